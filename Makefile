@@ -1,0 +1,33 @@
+# Two commands for a fresh machine: `make demo` and `make test` (each sets itself up).
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODELS ?= models
+OUT    ?= out
+
+.PHONY: demo test test-fast install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+# The main job on the embedded default: build the miniature model and render an image in-process.
+demo: $(STAMP)
+	$(BIN)/zoomq prepare --tiny --out $(MODELS)/tiny-sd2
+	$(BIN)/zoomq render image "a lighthouse on a cliff at sunset, oil painting" \
+		--model $(MODELS)/tiny-sd2 --steps 20 --seed 9999 --out $(OUT)/demo.png
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) $(MODELS) $(OUT) .pytest_cache

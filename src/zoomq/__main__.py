@@ -1,0 +1,3 @@
+from zoomq.cli.main import main
+
+raise SystemExit(main())

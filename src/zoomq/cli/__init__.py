@@ -1,0 +1,1 @@
+"""The ``zoomq`` command line: thin argument parsing over the library."""

@@ -1,0 +1,62 @@
+"""Entry point of the ``zoomq`` command: builds the parser, runs the subcommand, turns errors
+into one line on stderr and an exit code (2 for bad input, 1 for other failures)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from zoomq import __version__
+from zoomq.errors import InvalidParameter, ZoomqError
+
+# Parameters whose CLI option is not simply --name-with-dashes.
+_OPTIONS = {"width": "--size", "height": "--size", "prompt": "PROMPT"}
+
+
+def option_name(param: str) -> str:
+    return _OPTIONS.get(param, "--" + param.replace("_", "-"))
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (tracer warnings, hub notices) off the user's terminal."""
+    warnings.filterwarnings("ignore")
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from zoomq.cli import prepare, render
+
+    parser = argparse.ArgumentParser(prog="zoomq", description="Stable Diffusion 2 on CPUs with OpenVINO.")
+    parser.add_argument("--version", action="version", version=f"zoomq {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    prepare.add_parser(sub)
+    render.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="zoomq: %(message)s", stream=sys.stderr)
+    _quiet_libraries()
+    try:
+        return args.run(args) or 0
+    except InvalidParameter as e:
+        print(f"zoomq: error: {option_name(e.param)}: {e.rule} (got {e.value!r})", file=sys.stderr)
+        return e.exit_code
+    except ZoomqError as e:
+        print(f"zoomq: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("zoomq: interrupted", file=sys.stderr)
+        return 130

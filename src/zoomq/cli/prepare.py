@@ -1,0 +1,62 @@
+"""``zoomq prepare``: convert a model, or build a random one, into a zoomq model folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zoomq.model_prep.prepare import WEIGHTS, prepare, prepare_random
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="convert a diffusers SD2 model to OpenVINO IR",
+        description="Convert a diffusers SD2 model (hub id or local folder) to a zoomq model folder, "
+        "or build a random-weight one (--tiny for tests, --full-size-random for benchmarks).",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="Hugging Face hub id or local diffusers folder")
+    source.add_argument("--tiny", action="store_true", help="a miniature random-weight SD2 model")
+    source.add_argument(
+        "--full-size-random", action="store_true", help="the real SD2 architecture with random weights"
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--via-onnx", action="store_true", help="export through ONNX (the notebook's route)")
+    p.add_argument("--weights", choices=WEIGHTS, default="fp16", help="weight storage (default fp16)")
+    random = p.add_argument_group("random models (--tiny, --full-size-random)")
+    random.add_argument("--inpainting", action="store_true", help="9-channel inpainting UNet")
+    random.add_argument("--size", type=int, help="native size in px (default 256 tiny, 512 full-size)")
+    random.add_argument(
+        "--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon", help="default epsilon"
+    )
+    random.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    route = "onnx" if args.via_onnx else "direct"
+    if args.model:
+        if args.inpainting or args.size or args.prediction_type != "epsilon":
+            print("zoomq: note: --inpainting/--size/--prediction-type apply to random models; "
+                  "a real model's kind is read from its config")
+        manifest = prepare(args.model, args.out, route=route, weights=args.weights, report=_say)
+    else:
+        manifest = prepare_random(
+            args.out,
+            full=args.full_size_random,
+            inpainting=args.inpainting,
+            size=args.size,
+            prediction_type=args.prediction_type,
+            seed=args.seed,
+            route=route,
+            weights=args.weights,
+            report=_say,
+        )
+    kind = manifest.kind
+    print(f"{manifest.folder}: {kind['task']} model, {kind['native_size']} px, {kind['prediction_type']}")
+    return 0
+
+
+def _say(message: str) -> None:
+    print(f"zoomq: {message}", flush=True)

@@ -1,0 +1,106 @@
+"""Tell what kind of Stable Diffusion model a diffusers folder holds, from its own config files.
+
+The name of a model says nothing reliable; its configs do: the UNet's input channels (4 =
+text-to-image, 9 = inpainting), the scheduler's prediction type, the sizes of the latent space.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from zoomq.errors import ModelError
+
+_REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    task: str  # "text-to-image" or "inpainting"
+    family: str  # "sd2", "sd2-miniature" or "sd1"
+    prediction_type: str
+    native_size: int
+    latent_channels: int
+    unet_in_channels: int
+    vae_scale_factor: int
+    vae_scaling_factor: float
+    text_hidden_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _read(folder: Path, rel: str) -> dict:
+    path = folder / rel
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{folder}: missing {rel}; this is not a complete diffusers pipeline folder") from None
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{folder}: cannot read {rel}: {e}") from None
+
+
+def detect(folder: Path) -> ModelKind:
+    """Detect the model kind of a diffusers folder, or raise ``ModelError`` saying why it won't do."""
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise ModelError(
+            f"{folder} is not a diffusers pipeline folder (no model_index.json); "
+            "pass a folder saved by diffusers' save_pretrained or a Hugging Face hub id"
+        )
+    index = _read(folder, "model_index.json")
+    pipeline = index.get("_class_name", "?")
+    if "text_encoder_2" in index or "transformer" in index:
+        raise ModelError(
+            f"{folder}: unsupported architecture {pipeline} (SDXL/SD3-style); zoomq runs Stable Diffusion 2 models"
+        )
+    missing = [c for c in _REQUIRED if not index.get(c) or index[c] == [None, None]]
+    if missing:
+        raise ModelError(f"{folder}: {pipeline} has no {', '.join(missing)}; zoomq needs an SD2 pipeline")
+    if index["unet"][1] != "UNet2DConditionModel" or index["vae"][1] != "AutoencoderKL":
+        raise ModelError(
+            f"{folder}: unsupported architecture (unet {index['unet'][1]}, vae {index['vae'][1]}); "
+            "zoomq needs UNet2DConditionModel + AutoencoderKL as in Stable Diffusion 2"
+        )
+    unet = _read(folder, "unet/config.json")
+    vae = _read(folder, "vae/config.json")
+    text = _read(folder, "text_encoder/config.json")
+    scheduler = _read(folder, "scheduler/scheduler_config.json")
+
+    in_channels = unet.get("in_channels", 4)
+    tasks = {4: "text-to-image", 9: "inpainting"}
+    if in_channels not in tasks:
+        raise ModelError(
+            f"{folder}: unsupported architecture {pipeline}: UNet with {in_channels} input channels "
+            "(zoomq renders 4-channel text-to-image and 9-channel inpainting models; depth and "
+            "upscaler models are not supported)"
+        )
+    for key in ("class_embed_type", "addition_embed_type", "time_cond_proj_dim"):
+        if unet.get(key) is not None:
+            raise ModelError(f"{folder}: unsupported architecture {pipeline}: UNet uses {key}={unet[key]!r}")
+    cross = unet.get("cross_attention_dim")
+    hidden = text.get("hidden_size")
+    if cross != hidden:
+        raise ModelError(
+            f"{folder}: UNet cross_attention_dim {cross} does not match text encoder hidden_size {hidden}"
+        )
+    if cross == 1024:
+        family = "sd2"
+    elif cross == 768:
+        family = "sd1"
+    else:
+        family = "sd2-miniature" if unet.get("use_linear_projection") else "sd1-miniature"
+
+    scale = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+    return ModelKind(
+        task=tasks[in_channels],
+        family=family,
+        prediction_type=scheduler.get("prediction_type", "epsilon"),
+        native_size=int(unet.get("sample_size", 64)) * scale,
+        latent_channels=int(vae.get("latent_channels", 4)),
+        unet_in_channels=in_channels,
+        vae_scale_factor=scale,
+        vae_scaling_factor=float(vae.get("scaling_factor", 0.18215)),
+        text_hidden_size=int(hidden),
+    )

@@ -1,0 +1,254 @@
+"""``zoomq prepare``: turn a diffusers SD2 pipeline (hub id or local folder) into a zoomq model
+folder — OpenVINO IR of the four sub-models, tokenizer, scheduler config and a manifest.
+
+Everything is written to a hidden staging folder next to ``out`` and renamed into place only when
+complete, so a failed or interrupted conversion never leaves a folder that looks like a model.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from zoomq import __version__
+from zoomq import manifest as mf
+from zoomq.errors import ModelError, PrepareError, ZoomqError
+from zoomq.model_prep.detect import ModelKind, detect
+
+log = logging.getLogger(__name__)
+
+ROUTES = ("direct", "onnx")
+WEIGHTS = ("fp16", "int8")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_HUB_FILES = [
+    "model_index.json",
+    "scheduler/*",
+    "tokenizer/*",
+    "*/config.json",
+    "text_encoder/model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+]
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import openvino
+    import torch
+    import transformers
+
+    return {
+        "zoomq": __version__,
+        "openvino": openvino.get_version(),
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def resolve_source(model: str) -> tuple[Path, str]:
+    """A local folder as it is, or a hub id downloaded (or found in the hub cache)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"--model {model}: is a file; pass a diffusers pipeline folder or a hub id")
+        return path.resolve(), "folder"
+    if not _HUB_ID.fullmatch(model):
+        raise ModelError(f"--model {model}: no such folder, and not a Hugging Face hub id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, allow_patterns=_HUB_FILES)), "hub"
+    except Exception as e:  # the hub client raises many kinds; all mean "could not fetch"
+        raise PrepareError(
+            f"--model {model}: cannot fetch it from the Hugging Face hub ({type(e).__name__}); "
+            "if this machine has no network, download the model where there is one "
+            f"(`huggingface-cli download {model} --local-dir DIR`), copy DIR here and pass --model DIR"
+        ) from None
+
+
+def _weights_size(folder: Path) -> int:
+    return sum(
+        p.stat().st_size
+        for sub in ("unet", "vae", "text_encoder")
+        for p in (folder / sub).glob("*")
+        if p.suffix in _WEIGHT_SUFFIXES
+    )
+
+
+def _check_space(where: Path, needed: int) -> None:
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise PrepareError(
+            f"not enough disk space in {where}: the model needs about {needed / 2**20:.0f} MiB, "
+            f"{free / 2**20:.0f} MiB free; free some space or choose another --out"
+        )
+
+
+def _existing(out: Path, source: str, route: str, weights: str) -> mf.Manifest | None:
+    """The manifest of an identical model already in ``out``; raises if ``out`` holds something else."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise PrepareError(f"--out {out}: is a file; choose a folder")
+    if (out / mf.MANIFEST).is_file():
+        current = mf.read(out)
+        same = (current.data.get("source"), current.data.get("route"), current.data.get("weights"))
+        if same == (source, route, weights):
+            return current
+        raise PrepareError(
+            f"--out {out}: already holds another model ({current.data.get('source')}, "
+            f"{current.data.get('route')}, {current.data.get('weights')}); choose another --out or remove it"
+        )
+    if any(out.iterdir()):
+        raise PrepareError(f"--out {out}: exists, is not empty and holds no zoomq model; choose another --out")
+    return None
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A hidden folder beside ``out`` that becomes ``out`` on success and vanishes on failure."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+        if out.exists():
+            out.rmdir()  # _existing() made sure it is empty
+        os.rename(stage, out)
+    except BaseException as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC or (
+            isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(out.parent).free < 16 * 2**20
+        ):
+            raise PrepareError(f"no space left on the disk of {out.parent} while writing the model: {e}") from e
+        raise
+
+
+def _convert(
+    source_dir: Path,
+    kind: ModelKind,
+    stage: Path,
+    route: str,
+    weights: str,
+    report: Callable[[str], None],
+) -> None:
+    from zoomq.model_prep.convert import convert_part, parts
+
+    for sub in ("tokenizer", "scheduler"):
+        shutil.copytree(source_dir / sub, stage / sub)
+    for part in parts(source_dir, kind.unet_in_channels, kind.text_hidden_size, kind.latent_channels):
+        report(f"converting {part.name} ({route}, {weights} weights)")
+        convert_part(source_dir, part, stage, route=route, weights=weights)
+
+
+def _finish(stage: Path, source: str, source_kind: str, kind: ModelKind, route: str, weights: str) -> None:
+    mf.write(
+        stage,
+        {
+            "source": source,
+            "source_kind": source_kind,
+            "kind": kind.to_dict(),
+            "route": route,
+            "weights": weights,
+            "text_max_length": 77,
+            "files": mf.hashed_files(stage),
+            "versions": _versions(),
+        },
+    )
+
+
+def _check_options(route: str, weights: str) -> None:
+    if route not in ROUTES:
+        raise PrepareError(f"route {route!r}: must be one of {', '.join(ROUTES)}")
+    if weights not in WEIGHTS:
+        raise PrepareError(f"--weights {weights}: must be one of {', '.join(WEIGHTS)}")
+
+
+def prepare(
+    model: str,
+    out: Path,
+    *,
+    route: str = "direct",
+    weights: str = "fp16",
+    report: Callable[[str], None] = log.info,
+) -> mf.Manifest:
+    """Convert a diffusers SD2 pipeline (local folder or hub id) into the zoomq model folder ``out``."""
+    _check_options(route, weights)
+    out = Path(out).expanduser().absolute()
+    source_dir, source_kind = resolve_source(model)
+    source = str(source_dir) if source_kind == "folder" else model
+    done = _existing(out, source, route, weights)
+    if done:
+        report(f"{out} already holds this model; nothing to do")
+        return done
+    kind = detect(source_dir)
+    report(f"{source}: {kind.family} {kind.task}, {kind.native_size} px, {kind.prediction_type}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_space(out.parent, _weights_size(source_dir) * 3 // 4 + 2**20)
+    try:
+        with _staging(out) as stage:
+            _convert(source_dir, kind, stage, route, weights, report)
+            _finish(stage, source, source_kind, kind, route, weights)
+    except ZoomqError:
+        raise
+    except Exception as e:
+        raise PrepareError(f"converting {source} failed: {type(e).__name__}: {e}") from e
+    return mf.read(out)
+
+
+def prepare_random(
+    out: Path,
+    *,
+    full: bool,
+    inpainting: bool = False,
+    size: int | None = None,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+    route: str = "direct",
+    weights: str = "fp16",
+    report: Callable[[str], None] = log.info,
+) -> mf.Manifest:
+    """Build a seeded random-weight SD2 pipeline (miniature or full-size), keep its diffusers
+    folder in ``out/diffusers`` and convert it into ``out``."""
+    from zoomq.model_prep.architectures import build_random_pipeline
+
+    _check_options(route, weights)
+    size = size or (512 if full else 256)
+    if size % 8:
+        raise PrepareError(f"--size {size}: must be a multiple of 8")
+    out = Path(out).expanduser().absolute()
+    label = "full-size-random" if full else "tiny"
+    task = "inpainting" if inpainting else "text-to-image"
+    source = f"{label}:{task}:{size}px:{prediction_type}:seed={seed}"
+    done = _existing(out, source, route, weights)
+    if done:
+        report(f"{out} already holds this model; nothing to do")
+        return done
+    try:
+        with _staging(out) as stage:
+            report(f"building a {label} {task} SD2 pipeline ({size} px, {prediction_type}, seed {seed})")
+            build_random_pipeline(
+                stage / "diffusers",
+                full=full,
+                inpainting=inpainting,
+                size=size,
+                prediction_type=prediction_type,
+                seed=seed,
+            )
+            kind = detect(stage / "diffusers")
+            _convert(stage / "diffusers", kind, stage, route, weights, report)
+            _finish(stage, source, label, kind, route, weights)
+    except ZoomqError:
+        raise
+    except Exception as e:
+        raise PrepareError(f"preparing the {label} model failed: {type(e).__name__}: {e}") from e
+    return mf.read(out)

@@ -1,0 +1,199 @@
+"""The render core: text-to-image, image-to-image and inpainting on a prepared model with OpenVINO.
+
+The steps mirror diffusers' Stable Diffusion pipelines one for one — the same preprocessing, the
+same draws from a CPU ``torch.Generator`` in the same order, the same scheduler calls — so the same
+weights, seed, scheduler and steps give diffusers' picture. Only the networks run in OpenVINO.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from transformers import CLIPTokenizer
+
+from zoomq import __version__
+from zoomq import manifest as mf
+from zoomq.config import Settings, settings as current_settings
+from zoomq.errors import RenderCancelled
+from zoomq.render import schedulers
+from zoomq.render.ov_models import CompiledParts
+from zoomq.render.request import RenderRequest, validate
+
+log = logging.getLogger(__name__)
+
+#: Called as ``progress(step, total)`` before the first step (0) and after every step; returning
+#: ``False`` cancels the render cooperatively (``RenderCancelled``), within one step.
+Progress = Callable[[int, int], "bool | None"]
+
+
+@dataclass
+class RenderResult:
+    image: Image.Image
+    pixels: np.ndarray  # float32 HWC in [0, 1], before rounding to 8 bits
+    recipe: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+class Renderer:
+    """A prepared model ready to render; compiles each sub-model once per shape and keeps it."""
+
+    def __init__(self, model_dir: Path | str, settings: Settings | None = None):
+        self.manifest = mf.read(Path(model_dir))
+        self.folder = self.manifest.folder
+        self.kind = self.manifest.kind
+        self.settings = settings or current_settings()
+        self.parts = CompiledParts(self.folder, self.settings)
+        self.tokenizer = CLIPTokenizer.from_pretrained(self.folder / "tokenizer")
+        self.scheduler_config = json.loads((self.folder / "scheduler" / "scheduler_config.json").read_text())
+        scale = self.kind["vae_scale_factor"]
+        self.image_processor = VaeImageProcessor(vae_scale_factor=scale)
+        self.mask_processor = VaeImageProcessor(
+            vae_scale_factor=scale, do_normalize=False, do_binarize=True, do_convert_grayscale=True
+        )
+
+    @property
+    def task(self) -> str:
+        return self.kind["task"]
+
+    # -- building blocks -------------------------------------------------------------------
+
+    def _tokens(self, text: str, warnings: list[str]) -> np.ndarray:
+        max_len = self.manifest.data.get("text_max_length", 77)
+        ids = self.tokenizer(text, padding="max_length", max_length=max_len, truncation=True).input_ids
+        full = self.tokenizer(text).input_ids
+        if len(full) > max_len:
+            dropped = self.tokenizer.decode(full[max_len - 1 : -1])
+            message = f"prompt longer than {max_len} tokens; this part was truncated: {dropped!r}"
+            log.warning(message)
+            warnings.append(message)
+        return np.array([ids], dtype=np.int64)
+
+    def encode_text(self, text: str, warnings: list[str] | None = None) -> np.ndarray:
+        """Text embedding of one prompt, shape (1, 77, hidden)."""
+        return self.parts.run("text_encoder", input_ids=self._tokens(text, warnings if warnings is not None else []))
+
+    def _encode_image(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        moments = torch.from_numpy(self.parts.run("vae_encoder", image=image.numpy()))
+        latents = DiagonalGaussianDistribution(moments).sample(generator)
+        return latents * self.kind["vae_scaling_factor"]
+
+    def _unet(self, latents: torch.Tensor, t: torch.Tensor, embeds: np.ndarray) -> torch.Tensor:
+        out = self.parts.run(
+            "unet",
+            sample=latents.numpy(),
+            timestep=np.array(float(t), dtype=np.float32),
+            encoder_hidden_states=embeds,
+        )
+        return torch.from_numpy(out)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents → float32 HWC image in [0, 1]."""
+        image = self.parts.run("vae_decoder", latents=(latents / self.kind["vae_scaling_factor"]).numpy())
+        return self.image_processor.postprocess(torch.from_numpy(image), output_type="np")[0]
+
+    # -- the pipeline ----------------------------------------------------------------------
+
+    def render(self, request: RenderRequest, progress: Progress | None = None) -> RenderResult:
+        """Render one image; raises ``InvalidParameter`` for bad input, ``RenderCancelled`` on cancel."""
+        req = validate(request.with_seed(), self.task, self.kind["native_size"])
+        warnings: list[str] = []
+        generator = torch.Generator("cpu").manual_seed(req.seed)
+        cfg = req.guidance > 1.0
+
+        # 1. text
+        embeds = self.encode_text(req.prompt, warnings)
+        if cfg:
+            embeds = np.concatenate([self.encode_text(req.negative_prompt, warnings), embeds])
+
+        # 2. timesteps
+        scheduler = schedulers.make(req.scheduler, self.scheduler_config)
+        scheduler.set_timesteps(req.steps)
+        timesteps = scheduler.timesteps
+        if req.mode != "text-to-image":
+            keep = min(int(req.steps * req.strength), req.steps)
+            t_start = max(req.steps - keep, 0)
+            timesteps = scheduler.timesteps[t_start * scheduler.order :]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(t_start * scheduler.order)
+
+        # 3. initial latents, drawing from the generator in diffusers' order
+        shape = (1, self.kind["latent_channels"], req.height // 8, req.width // 8)
+        mask = masked_latents = None
+        if req.mode == "text-to-image":
+            latents = randn_tensor(shape, generator=generator) * scheduler.init_noise_sigma
+        else:
+            image = self.image_processor.preprocess(req.init_image, height=req.height, width=req.width)
+            image = image.to(torch.float32)
+            full_strength = req.strength == 1.0
+            if req.mode == "inpainting" and full_strength:
+                latents = randn_tensor(shape, generator=generator) * scheduler.init_noise_sigma
+            else:
+                image_latents = self._encode_image(image, generator)
+                noise = randn_tensor(image_latents.shape, generator=generator)
+                latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
+            if req.mode == "inpainting":
+                mask_px = self.mask_processor.preprocess(req.mask, height=req.height, width=req.width)
+                masked_latents = self._encode_image(image * (mask_px < 0.5), generator)
+                mask = torch.nn.functional.interpolate(mask_px, size=shape[2:])
+                if cfg:
+                    mask, masked_latents = torch.cat([mask] * 2), torch.cat([masked_latents] * 2)
+
+        # 4. denoise
+        step_kwargs = {}
+        accepted = set(inspect.signature(scheduler.step).parameters)
+        if "eta" in accepted:
+            step_kwargs["eta"] = req.eta
+        if "generator" in accepted:
+            step_kwargs["generator"] = generator
+        total = len(timesteps)
+        if progress is not None and progress(0, total) is False:
+            raise RenderCancelled("render cancelled before the first step")
+        for i, t in enumerate(timesteps):
+            model_input = torch.cat([latents] * 2) if cfg else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            if mask is not None:
+                model_input = torch.cat([model_input, mask, masked_latents], dim=1)
+            noise_pred = self._unet(model_input, t, embeds)
+            if cfg:
+                uncond, cond = noise_pred.chunk(2)
+                noise_pred = uncond + req.guidance * (cond - uncond)
+            latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+            if progress is not None and progress(i + 1, total) is False:
+                raise RenderCancelled(f"render cancelled after step {i + 1} of {total}")
+
+        # 5. decode
+        pixels = self.decode(latents)
+        image = Image.fromarray((pixels * 255).round().astype(np.uint8))
+        return RenderResult(image=image, pixels=pixels, recipe=self.recipe(req), warnings=warnings)
+
+    def recipe(self, req: RenderRequest) -> dict:
+        """Everything needed to render ``req`` again: parameters, model identity, version."""
+        recipe = {
+            "mode": req.mode,
+            "prompt": req.prompt,
+            "negative_prompt": req.negative_prompt,
+            "seed": req.seed,
+            "steps": req.steps,
+            "guidance": req.guidance,
+            "scheduler": req.scheduler,
+            "size": f"{req.width}x{req.height}",
+            "eta": req.eta,
+            "model": self.manifest.sha256,
+            "model_source": self.manifest.data.get("source"),
+            "inference_precision": self.settings.inference_precision,
+            "zoomq_version": __version__,
+        }
+        if req.mode != "text-to-image":
+            recipe["strength"] = req.strength
+        return recipe

@@ -1,0 +1,40 @@
+"""PNG files that carry their recipe in text chunks, readable by any PNG tool."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from zoomq.errors import InvalidParameter
+
+RECIPE_KEY = "zoomq"
+
+
+def save(image: Image.Image, path: Path, recipe: dict) -> None:
+    """Save ``image`` as PNG with one text chunk per recipe field plus the whole recipe as JSON."""
+    info = PngInfo()
+    for key, value in recipe.items():
+        info.add_text(key, str(value))
+    info.add_text(RECIPE_KEY, json.dumps(recipe, sort_keys=True))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    tmp.replace(path)
+
+
+def read_recipe(path: Path) -> dict:
+    with Image.open(path) as image:
+        return json.loads(image.text[RECIPE_KEY])
+
+
+def load_image(path: Path | str, param: str, mode: str = "RGB") -> Image.Image:
+    """Open an image file or raise ``InvalidParameter`` naming ``param``."""
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode)
+    except (OSError, ValueError) as e:
+        raise InvalidParameter(param, str(path), f"cannot be read as an image ({e})") from None

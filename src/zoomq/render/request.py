@@ -1,0 +1,126 @@
+"""What a render is asked to do, and the checks that turn bad input into one clear error.
+
+The same checks serve the CLI, the producer and the web API, so every front end rejects the same
+things with the same words. Errors name the parameter (``InvalidParameter.param``); front ends map
+it to their own spelling (``--steps``, a form field).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field, replace
+
+from PIL import Image
+
+from zoomq.errors import InvalidParameter
+from zoomq.render import schedulers
+
+MAX_SIDE = 2048
+MAX_SEED = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """One image render. ``init_image`` makes it image-to-image, ``mask`` (white = repaint)
+    makes it inpainting; ``width``/``height`` default to the init image's or the model's size."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 20
+    guidance: float = 7.5
+    seed: int | None = None
+    scheduler: str = "default"
+    width: int | None = None
+    height: int | None = None
+    strength: float | None = None
+    eta: float = 0.0
+    init_image: Image.Image | None = field(default=None, repr=False)
+    mask: Image.Image | None = field(default=None, repr=False)
+
+    @property
+    def mode(self) -> str:
+        if self.mask is not None:
+            return "inpainting"
+        return "image-to-image" if self.init_image is not None else "text-to-image"
+
+    def with_seed(self) -> "RenderRequest":
+        """This request with a concrete seed (a random one when none was given)."""
+        return self if self.seed is not None else replace(self, seed=secrets.randbelow(2**32))
+
+
+def _number(param: str, value, kind=float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidParameter(param, value, "must be a number")
+    if kind is int and not float(value).is_integer():
+        raise InvalidParameter(param, value, "must be a whole number")
+    if not math.isfinite(value):
+        raise InvalidParameter(param, value, "must be finite")
+    return kind(value)
+
+
+def check_size(param: str, value) -> int:
+    value = _number(param, value, int)
+    if value % 8 or not 64 <= value <= MAX_SIDE:
+        raise InvalidParameter(param, value, f"must be a multiple of 8 between 64 and {MAX_SIDE}")
+    return value
+
+
+def validate(request: RenderRequest, task: str, native_size: int) -> RenderRequest:
+    """Check ``request`` against a model of ``task`` and return it with defaults filled in.
+
+    Raises ``InvalidParameter`` for the first problem found.
+    """
+    if not isinstance(request.prompt, str):
+        raise InvalidParameter("prompt", request.prompt, "must be text")
+    if not isinstance(request.negative_prompt, str):
+        raise InvalidParameter("negative_prompt", request.negative_prompt, "must be text")
+    steps = _number("steps", request.steps, int)
+    if steps < 1:
+        raise InvalidParameter("steps", steps, "must be at least 1")
+    guidance = _number("guidance", request.guidance)
+    if guidance < 0:
+        raise InvalidParameter("guidance", guidance, "must be ≥ 0 (≤ 1 turns guidance off)")
+    eta = _number("eta", request.eta)
+    if eta < 0:
+        raise InvalidParameter("eta", eta, "must be ≥ 0")
+    if request.seed is not None:
+        seed = _number("seed", request.seed, int)
+        if not 0 <= seed <= MAX_SEED:
+            raise InvalidParameter("seed", seed, "must be between 0 and 2**64 - 1")
+    schedulers.check_name(request.scheduler)
+
+    if task == "inpainting":
+        if request.mask is None:
+            raise InvalidParameter(
+                "mask", None, "required: this is an inpainting model; give a mask (white = repaint)"
+            )
+        if request.init_image is None:
+            raise InvalidParameter("init_image", None, "required with a mask: the image to inpaint")
+    elif request.mask is not None:
+        raise InvalidParameter(
+            "mask",
+            "<image>",
+            "this is a text-to-image model; masks need an inpainting model "
+            "(prepared from stabilityai/stable-diffusion-2-inpainting)",
+        )
+
+    strength = request.strength
+    if strength is None:
+        strength = 1.0 if request.mode != "image-to-image" else 0.8
+    strength = _number("strength", strength)
+    if not 0 < strength <= 1:
+        raise InvalidParameter("strength", strength, "must be in (0, 1]")
+    if request.mode != "text-to-image" and int(steps * strength) < 1:
+        raise InvalidParameter(
+            "strength", strength, f"leaves no denoising step of {steps}; raise --strength or --steps"
+        )
+
+    default_w = default_h = native_size
+    if request.init_image is not None:  # like diffusers: the init image's size, down to a multiple of 8
+        default_w, default_h = (s - s % 8 for s in request.init_image.size)
+    width = check_size("width", request.width if request.width is not None else default_w)
+    height = check_size("height", request.height if request.height is not None else default_h)
+    return replace(
+        request, steps=steps, guidance=guidance, eta=eta, strength=strength, width=width, height=height
+    )

@@ -1,0 +1,81 @@
+"""Shared fixtures: miniature models built once per session, a private compile cache, f32 precision.
+
+Nothing here is mocked: the models are real (random-weight) SD2 pipelines, converted by the same
+code users run, rendered by OpenVINO and compared with diffusers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def pytest_configure(config):
+    # Parity is defined at f32 inference precision; tests that need another set it themselves.
+    os.environ["ZOOMQ_INFERENCE_PRECISION"] = "f32"
+    os.environ.setdefault("ZOOMQ_CACHE_DIR", str(Path(config.rootpath) / "build" / "test-cache"))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two float images in [0, 1], in dB."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_t2i(models_dir) -> Path:
+    from zoomq.model_prep.prepare import prepare_random
+
+    return prepare_random(models_dir / "t2i", full=False).folder
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint(models_dir) -> Path:
+    from zoomq.model_prep.prepare import prepare_random
+
+    return prepare_random(models_dir / "inpaint", full=False, inpainting=True).folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t2i_onnx(models_dir) -> Path:
+    from zoomq.model_prep.prepare import prepare_random
+
+    return prepare_random(models_dir / "t2i-onnx", full=False, route="onnx").folder
+
+
+@pytest.fixture(scope="session")
+def init_image():
+    from PIL import Image
+
+    rng = np.random.default_rng(1234)
+    smooth = rng.random((16, 16, 3)) * 255
+    return Image.fromarray(smooth.astype(np.uint8)).resize((256, 256), Image.BICUBIC)
+
+
+@pytest.fixture(scope="session")
+def square_mask():
+    from PIL import Image
+
+    mask = Image.new("L", (256, 256), 0)
+    mask.paste(255, (64, 64, 192, 192))
+    return mask
+
+
+def run_cli(*args: str, capsys=None) -> tuple[int, str, str]:
+    """Run ``zoomq ARGS`` in this process; returns (exit code, stdout, stderr)."""
+    from zoomq.cli.main import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    out, err = capsys.readouterr() if capsys else ("", "")
+    return code, out, err
