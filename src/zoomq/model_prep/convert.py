@@ -111,6 +111,7 @@ def parts(folder: Path, in_channels: int, text_hidden: int, latent_channels: int
 
 
 def _name_io(model: ov.Model, part: Part) -> ov.Model:
+    model.set_friendly_name(part.name)
     for port, (name, _, _) in zip(model.inputs, part.inputs):
         port.get_tensor().set_names({name})
     model.outputs[0].get_tensor().set_names({"out"})

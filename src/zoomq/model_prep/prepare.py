@@ -112,6 +112,19 @@ def _existing(out: Path, source: str, route: str, weights: str) -> mf.Manifest |
     return None
 
 
+def _disk_full(error: BaseException, where: Path) -> bool:
+    """Whether ``error`` came from a full disk; libraries (safetensors, OpenVINO) wrap ENOSPC in
+    their own exception types, so the text and the free space count as evidence too."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    if "No space left on device" in str(error):
+        return True
+    try:
+        return shutil.disk_usage(where).free < 2**20
+    except OSError:
+        return False
+
+
 @contextmanager
 def _staging(out: Path) -> Iterator[Path]:
     """A hidden folder beside ``out`` that becomes ``out`` on success and vanishes on failure."""
@@ -125,10 +138,9 @@ def _staging(out: Path) -> Iterator[Path]:
             out.rmdir()  # _existing() made sure it is empty
         os.rename(stage, out)
     except BaseException as e:
+        full = _disk_full(e, stage)
         shutil.rmtree(stage, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC or (
-            isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(out.parent).free < 16 * 2**20
-        ):
+        if full:
             raise PrepareError(f"no space left on the disk of {out.parent} while writing the model: {e}") from e
         raise
 

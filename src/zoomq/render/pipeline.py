@@ -120,12 +120,14 @@ class Renderer:
         scheduler = schedulers.make(req.scheduler, self.scheduler_config)
         scheduler.set_timesteps(req.steps)
         timesteps = scheduler.timesteps
+        n_steps = req.steps
         if req.mode != "text-to-image":
             keep = min(int(req.steps * req.strength), req.steps)
             t_start = max(req.steps - keep, 0)
             timesteps = scheduler.timesteps[t_start * scheduler.order :]
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(t_start * scheduler.order)
+            n_steps = req.steps - t_start
 
         # 3. initial latents, drawing from the generator in diffusers' order
         shape = (1, self.kind["latent_channels"], req.height // 8, req.width // 8)
@@ -156,8 +158,11 @@ class Renderer:
             step_kwargs["eta"] = req.eta
         if "generator" in accepted:
             step_kwargs["generator"] = generator
-        total = len(timesteps)
-        if progress is not None and progress(0, total) is False:
+        # Steps are counted as diffusers counts them: multistep schedulers (PNDM) make extra
+        # warm-up UNet calls that are not steps of their own.
+        warmup = len(timesteps) - n_steps * scheduler.order
+        done = 0
+        if progress is not None and progress(0, n_steps) is False:
             raise RenderCancelled("render cancelled before the first step")
         for i, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if cfg else latents
@@ -169,8 +174,10 @@ class Renderer:
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + req.guidance * (cond - uncond)
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
-            if progress is not None and progress(i + 1, total) is False:
-                raise RenderCancelled(f"render cancelled after step {i + 1} of {total}")
+            if i == len(timesteps) - 1 or (i + 1 > warmup and (i + 1) % scheduler.order == 0):
+                done += 1
+                if progress is not None and progress(done, n_steps) is False:
+                    raise RenderCancelled(f"render cancelled after step {done} of {n_steps}")
 
         # 5. decode
         pixels = self.decode(latents)
