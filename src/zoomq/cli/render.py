@@ -57,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
         width, height = parse_size(args.size)
     init = png.load_image(args.init_image, "init_image") if args.init_image else None
     mask = png.load_image(args.mask, "mask", mode="L") if args.mask else None
-    if args.strength is not None and init is None:
-        raise InvalidParameter("strength", args.strength, "needs --init-image")
     request = RenderRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,

@@ -138,7 +138,7 @@ def _staging(out: Path) -> Iterator[Path]:
             out.rmdir()  # _existing() made sure it is empty
         os.rename(stage, out)
     except BaseException as e:
-        full = _disk_full(e, stage)
+        full = not isinstance(e, ZoomqError) and _disk_full(e, stage)
         shutil.rmtree(stage, ignore_errors=True)
         if full:
             raise PrepareError(f"no space left on the disk of {out.parent} while writing the model: {e}") from e
@@ -149,20 +149,22 @@ def _convert(
     source_dir: Path,
     kind: ModelKind,
     stage: Path,
+    *,
+    source: str,
+    source_kind: str,
     route: str,
     weights: str,
     report: Callable[[str], None],
 ) -> None:
+    """Convert the diffusers folder ``source_dir`` into ``stage``; the manifest comes last."""
     from zoomq.model_prep.convert import convert_part, parts
 
+    report(f"{source}: {kind.family} {kind.task}, {kind.native_size} px, {kind.prediction_type}")
     for sub in ("tokenizer", "scheduler"):
         shutil.copytree(source_dir / sub, stage / sub)
     for part in parts(source_dir, kind.unet_in_channels, kind.text_hidden_size, kind.latent_channels):
         report(f"converting {part.name} ({route}, {weights} weights)")
         convert_part(source_dir, part, stage, route=route, weights=weights)
-
-
-def _finish(stage: Path, source: str, source_kind: str, kind: ModelKind, route: str, weights: str) -> None:
     mf.write(
         stage,
         {
@@ -176,6 +178,30 @@ def _finish(stage: Path, source: str, source_kind: str, kind: ModelKind, route: 
             "versions": _versions(),
         },
     )
+
+
+def _build(
+    out: Path,
+    *,
+    source: str,
+    route: str,
+    weights: str,
+    report: Callable[[str], None],
+    fill: Callable[[Path], None],
+) -> mf.Manifest:
+    """Run ``fill(stage)`` unless ``out`` already holds this model; move the result into place."""
+    done = _existing(out, source, route, weights)
+    if done:
+        report(f"{out} already holds this model; nothing to do")
+        return done
+    try:
+        with _staging(out) as stage:
+            fill(stage)
+    except ZoomqError:
+        raise
+    except Exception as e:
+        raise PrepareError(f"preparing {source} failed: {type(e).__name__}: {e}") from e
+    return mf.read(out)
 
 
 def _check_options(route: str, weights: str) -> None:
@@ -198,23 +224,14 @@ def prepare(
     out = Path(out).expanduser().absolute()
     source_dir, source_kind = resolve_source(model)
     source = str(source_dir) if source_kind == "folder" else model
-    done = _existing(out, source, route, weights)
-    if done:
-        report(f"{out} already holds this model; nothing to do")
-        return done
-    kind = detect(source_dir)
-    report(f"{source}: {kind.family} {kind.task}, {kind.native_size} px, {kind.prediction_type}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _check_space(out.parent, _weights_size(source_dir) * 3 // 4 + 2**20)
-    try:
-        with _staging(out) as stage:
-            _convert(source_dir, kind, stage, route, weights, report)
-            _finish(stage, source, source_kind, kind, route, weights)
-    except ZoomqError:
-        raise
-    except Exception as e:
-        raise PrepareError(f"converting {source} failed: {type(e).__name__}: {e}") from e
-    return mf.read(out)
+    kind = detect(source_dir)  # before anything is written: a wrong folder fails fast
+
+    def fill(stage: Path) -> None:
+        _check_space(stage, _weights_size(source_dir) * 3 // 4 + 2**20)
+        _convert(source_dir, kind, stage, source=source, source_kind=source_kind, route=route, weights=weights,
+                 report=report)
+
+    return _build(out, source=source, route=route, weights=weights, report=report, fill=fill)
 
 
 def prepare_random(
@@ -241,26 +258,18 @@ def prepare_random(
     label = "full-size-random" if full else "tiny"
     task = "inpainting" if inpainting else "text-to-image"
     source = f"{label}:{task}:{size}px:{prediction_type}:seed={seed}"
-    done = _existing(out, source, route, weights)
-    if done:
-        report(f"{out} already holds this model; nothing to do")
-        return done
-    try:
-        with _staging(out) as stage:
-            report(f"building a {label} {task} SD2 pipeline ({size} px, {prediction_type}, seed {seed})")
-            build_random_pipeline(
-                stage / "diffusers",
-                full=full,
-                inpainting=inpainting,
-                size=size,
-                prediction_type=prediction_type,
-                seed=seed,
-            )
-            kind = detect(stage / "diffusers")
-            _convert(stage / "diffusers", kind, stage, route, weights, report)
-            _finish(stage, source, label, kind, route, weights)
-    except ZoomqError:
-        raise
-    except Exception as e:
-        raise PrepareError(f"preparing the {label} model failed: {type(e).__name__}: {e}") from e
-    return mf.read(out)
+
+    def fill(stage: Path) -> None:
+        report(f"building a {label} {task} SD2 pipeline ({size} px, {prediction_type}, seed {seed})")
+        build_random_pipeline(
+            stage / "diffusers",
+            full=full,
+            inpainting=inpainting,
+            size=size,
+            prediction_type=prediction_type,
+            seed=seed,
+        )
+        _convert(stage / "diffusers", detect(stage / "diffusers"), stage, source=source, source_kind=label, route=route, weights=weights,
+                 report=report)
+
+    return _build(out, source=source, route=route, weights=weights, report=report, fill=fill)

@@ -106,6 +106,8 @@ def validate(request: RenderRequest, task: str, native_size: int) -> RenderReque
         )
 
     strength = request.strength
+    if strength is not None and request.init_image is None:
+        raise InvalidParameter("strength", strength, "needs an init image (image-to-image or inpainting)")
     if strength is None:
         strength = 1.0 if request.mode != "image-to-image" else 0.8
     strength = _number("strength", strength)
