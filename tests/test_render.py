@@ -202,3 +202,16 @@ def test_foreign_miniature_model_with_v_prediction(tmp_path, capsys):
                       generator=torch.Generator("cpu").manual_seed(9)).images[0]
         assert ours.pixels.shape == (size, size, 3)
         assert psnr(ours.pixels, theirs) >= 40
+
+
+def test_compiled_models_are_cached_on_disk_per_precision(tiny_t2i, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOOMQ_CACHE_DIR", str(tmp_path))
+    Renderer(tiny_t2i).render(RenderRequest("a hill", steps=1, seed=1))
+    blobs = sorted(p.name for p in (tmp_path / "ov-cache" / "cpu-f32").glob("*.blob"))
+    assert len(blobs) == 3  # text encoder, UNet, VAE decoder at this size
+    # a fresh renderer (as in a restarted worker) loads those blobs instead of compiling anew
+    fresh = Renderer(tiny_t2i)
+    unet = fresh.parts.compiled("unet", {"sample": [2, 4, 32, 32], "timestep": [],
+                                         "encoder_hidden_states": [2, 77, 32]})
+    assert unet.get_property("LOADED_FROM_CACHE") is True
+    assert sorted(p.name for p in (tmp_path / "ov-cache" / "cpu-f32").glob("*.blob")) == blobs
