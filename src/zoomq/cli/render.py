@@ -43,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
     p.add_argument("--out", required=True, type=Path, help="output PNG")
     p.set_defaults(run=run)
+    add_zoom_parser(what)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,4 +89,80 @@ def run(args: argparse.Namespace) -> int:
         print(f"zoomq: warning: {warning}", file=sys.stderr)
     png.save(result.image, args.out, result.recipe)
     print(f"{args.out} (seed {result.recipe['seed']})")
+    return 0
+
+
+def add_zoom_parser(what: argparse._SubParsersAction) -> None:
+    from zoomq.zoom.settings import DIRECTIONS, ZoomSettings
+
+    d = ZoomSettings(prompt="")
+    p = what.add_parser(
+        "zoom",
+        help="an infinite-zoom video (needs an inpainting model)",
+        description="Render an infinite-zoom video: keyframes by outpainting, frames interpolated "
+        "between them, H.264 MP4 plus a sidecar JSON and the keyframes as PNGs.",
+    )
+    p.add_argument("prompt")
+    p.add_argument("--model", required=True, type=Path, help="prepared inpainting model folder")
+    p.add_argument("--negative-prompt", default=d.negative_prompt)
+    p.add_argument("--keyframes", type=int, default=d.keyframes, help=f"keyframes, ≥ 2 (default {d.keyframes})")
+    p.add_argument("--size", type=int, default=d.size, help=f"frame side in px (default {d.size})")
+    p.add_argument("--mask-width", type=int, default=d.mask_width,
+                   help=f"outpainted border per keyframe in px (default {d.mask_width}: 2x zoom per keyframe at 512)")
+    p.add_argument("--interpolation-frames", type=int, default=d.interpolation_frames,
+                   help=f"frames per keyframe step (default {d.interpolation_frames})")
+    p.add_argument("--fps", type=int, default=d.fps, help=f"frames per second (default {d.fps})")
+    p.add_argument("--direction", choices=DIRECTIONS, default=d.direction, help="zoom out (default) or in")
+    p.add_argument("--seed", type=int, help="job seed; each keyframe's seed derives from it (default: random)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"denoising steps per keyframe (default {d.steps})")
+    p.add_argument("--guidance", type=float, default=d.guidance, help=f"guidance scale (default {d.guidance})")
+    p.add_argument("--scheduler", default=d.scheduler, help=f"one of {', '.join(schedulers.NAMES)}")
+    p.add_argument("--seam", type=int, default=d.seam,
+                   help=f"px of feathered blend at the pasted square (default {d.seam}; 0 = the notebook exactly)")
+    p.add_argument("--prompt-schedule", type=Path,
+                   help='JSON file: [{"keyframe": 4, "prompt": "...", "negative_prompt": "..."}, ...]')
+    p.add_argument("--init-image", type=Path, help="use this image as keyframe 0")
+    p.add_argument("--gif", action="store_true", help="also write a looping GIF")
+    p.add_argument("--out", required=True, type=Path, help="output MP4")
+    p.set_defaults(run=run_zoom)
+
+
+def run_zoom(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from zoomq.render.pipeline import Renderer
+    from zoomq.zoom.compose import render_zoom
+    from zoomq.zoom.keyframe import check_model
+    from zoomq.zoom.settings import ZoomSettings, load_schedule, validate
+
+    if args.out.suffix.lower() != ".mp4":
+        raise InvalidParameter("out", str(args.out), "must end in .mp4")
+    if args.init_image is not None and not args.init_image.is_file():
+        raise InvalidParameter("init_image", str(args.init_image), "no such file")
+    settings = validate(ZoomSettings(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, keyframes=args.keyframes, size=args.size,
+        mask_width=args.mask_width, interpolation_frames=args.interpolation_frames, fps=args.fps,
+        direction=args.direction, seed=args.seed, steps=args.steps, guidance=args.guidance,
+        scheduler=args.scheduler, seam=args.seam,
+        schedule=load_schedule(args.prompt_schedule) if args.prompt_schedule else (),
+        gif=args.gif, init_image=str(args.init_image) if args.init_image else None,
+    ))
+    renderer = Renderer(args.model)
+    check_model(renderer)
+    bars: list[tqdm] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="step", file=sys.stderr))
+        bars[0].set_description(stage, refresh=False)
+        bars[0].update(done - bars[0].n)
+
+    try:
+        result = render_zoom(renderer, settings, args.out, progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    v = result.sidecar["video"]
+    print(f"{result.video}: {v['frames']} frames, {v['fps']:g} fps, {v['size'][0]}x{v['size'][1]} "
+          f"(seed {settings.seed}; keyframes in {result.keyframes_dir})")
     return 0

@@ -1,0 +1,66 @@
+"""Keyframe unit: keyframe 0 from a blank, fully masked canvas (or the user's init image), and
+keyframe k+1 by outpainting keyframe k. Reads and writes PNG files that carry their recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from zoomq.errors import ModelError
+from zoomq.render import png
+from zoomq.render.pipeline import Progress, Renderer
+from zoomq.render.request import RenderRequest
+from zoomq.zoom import geometry
+from zoomq.zoom.settings import ZoomSettings
+
+
+def keyframe_name(k: int) -> str:
+    return f"keyframe-{k:03d}.png"
+
+
+def check_model(renderer: Renderer) -> None:
+    if renderer.task != "inpainting":
+        raise ModelError(
+            f"{renderer.folder} is a {renderer.task} model; zoom outpaints and needs an inpainting model "
+            "(prepare stabilityai/stable-diffusion-2-inpainting, or `zoomq prepare --tiny --inpainting`)"
+        )
+
+
+def render_keyframe(
+    renderer: Renderer,
+    settings: ZoomSettings,
+    k: int,
+    previous: Path | None,
+    out: Path,
+    progress: Progress | None = None,
+) -> dict:
+    """Render keyframe ``k`` into the PNG ``out`` (``previous`` is keyframe k-1's file) and return
+    its recipe."""
+    check_model(renderer)
+    prompt, negative = settings.prompts(k)
+    zoom = {"keyframe": k, "job_seed": settings.seed, "mask_width": settings.mask_width, "seam": settings.seam}
+    side = settings.size
+    if k == 0 and settings.init_image:
+        image = ImageOps.fit(png.load_image(settings.init_image, "init_image"), (side, side), Image.BICUBIC)
+        recipe = {"mode": "init-image", "source": str(settings.init_image), **zoom}
+    else:
+        if k == 0:
+            canvas, mask = Image.new("RGB", (side, side)), Image.new("L", (side, side), 255)
+            inner = None
+        else:
+            with Image.open(previous) as f:
+                inner = f.convert("RGB")
+            canvas, mask = geometry.outpaint_canvas(inner, settings.mask_width, settings.seam)
+        request = RenderRequest(
+            prompt=prompt, negative_prompt=negative, steps=settings.steps, guidance=settings.guidance,
+            seed=settings.keyframe_seed(k), scheduler=settings.scheduler, width=side, height=side,
+            init_image=canvas, mask=mask, strength=1.0,
+        )
+        result = renderer.render(request, progress)
+        image = result.image
+        if inner is not None:
+            image = geometry.finish_keyframe(image, inner, settings.mask_width, settings.seam)
+        recipe = {**result.recipe, **zoom}
+    png.save(image, out, recipe)
+    return recipe

@@ -1,0 +1,165 @@
+"""What a zoom job is asked to do, checked up front, and what each keyframe gets from it.
+
+The same checks serve the CLI, the producer and the web API. Prompts can change from given
+keyframes on (a prompt schedule); every keyframe's seed is derived from the job seed, so the same
+job renders the same video, and any one keyframe can be rendered again on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from zoomq.errors import InvalidParameter
+from zoomq.render import schedulers
+from zoomq.render.request import MAX_SEED, _number, check_size
+
+DIRECTIONS = ("out", "in")
+
+
+@dataclass(frozen=True)
+class PromptChange:
+    """From keyframe ``keyframe`` on, render with these prompts."""
+
+    keyframe: int
+    prompt: str
+    negative_prompt: str | None = None  # None keeps the previous negative prompt
+
+
+@dataclass(frozen=True)
+class ZoomSettings:
+    prompt: str
+    negative_prompt: str = ""
+    keyframes: int = 3
+    size: int = 512
+    mask_width: int = 128
+    interpolation_frames: int = 30
+    fps: int = 30
+    direction: str = "out"
+    seed: int | None = None
+    steps: int = 20
+    guidance: float = 7.5
+    scheduler: str = "default"
+    seam: int = 16
+    schedule: tuple[PromptChange, ...] = ()
+    gif: bool = False
+    init_image: str | None = field(default=None)  # path of keyframe 0, when given
+
+    def with_seed(self) -> "ZoomSettings":
+        return self if self.seed is not None else replace(self, seed=secrets.randbelow(2**32))
+
+    @property
+    def total_frames(self) -> int:
+        return (self.keyframes - 1) * self.interpolation_frames + 1
+
+    def keyframe_seed(self, k: int) -> int:
+        """Seed of keyframe k: a hash of the job seed and k (neighbouring jobs share nothing)."""
+        digest = hashlib.sha256(f"zoomq-keyframe:{self.seed}:{k}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") >> 1
+
+    def prompts(self, k: int) -> tuple[str, str]:
+        """(prompt, negative prompt) in force at keyframe k."""
+        prompt, negative = self.prompt, self.negative_prompt
+        for change in self.schedule:
+            if change.keyframe <= k:
+                prompt = change.prompt
+                if change.negative_prompt is not None:
+                    negative = change.negative_prompt
+        return prompt, negative
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["schedule"] = [asdict(c) for c in self.schedule]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ZoomSettings":
+        data = dict(data)
+        data["schedule"] = tuple(PromptChange(**c) for c in data.get("schedule", ()))
+        return cls(**data)
+
+
+def parse_schedule(raw, param: str = "prompt_schedule") -> tuple[PromptChange, ...]:
+    """A schedule from JSON data: ``[{"keyframe": 4, "prompt": "...", "negative_prompt": "..."}]``."""
+    if not isinstance(raw, list):
+        raise InvalidParameter(param, type(raw).__name__, 'must be a JSON list of {"keyframe": K, "prompt": "..."}')
+    changes = []
+    for i, item in enumerate(raw):
+        where = f"{param}[{i}]"
+        if not isinstance(item, dict) or set(item) - {"keyframe", "prompt", "negative_prompt"}:
+            raise InvalidParameter(
+                where, item, 'must be an object with "keyframe", "prompt" and optionally "negative_prompt"'
+            )
+        keyframe = item.get("keyframe")
+        if isinstance(keyframe, bool) or not isinstance(keyframe, int) or keyframe < 0:
+            raise InvalidParameter(f"{where}.keyframe", keyframe, "must be a whole number ≥ 0")
+        if not isinstance(item.get("prompt"), str):
+            raise InvalidParameter(f"{where}.prompt", item.get("prompt"), "must be text")
+        negative = item.get("negative_prompt")
+        if negative is not None and not isinstance(negative, str):
+            raise InvalidParameter(f"{where}.negative_prompt", negative, "must be text")
+        changes.append(PromptChange(keyframe, item["prompt"], negative))
+    keys = [c.keyframe for c in changes]
+    if len(set(keys)) != len(keys):
+        raise InvalidParameter(param, keys, "names a keyframe twice")
+    return tuple(sorted(changes, key=lambda c: c.keyframe))
+
+
+def load_schedule(path: Path | str) -> tuple[PromptChange, ...]:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise InvalidParameter("prompt_schedule", str(path), f"cannot be read ({e.strerror})") from None
+    except ValueError as e:
+        raise InvalidParameter("prompt_schedule", str(path), f"is not valid JSON ({e})") from None
+    return parse_schedule(raw)
+
+
+def validate(s: ZoomSettings) -> ZoomSettings:
+    """Check every setting; returns the settings with a concrete seed. Raises ``InvalidParameter``."""
+    if not isinstance(s.prompt, str):
+        raise InvalidParameter("prompt", s.prompt, "must be text")
+    if not isinstance(s.negative_prompt, str):
+        raise InvalidParameter("negative_prompt", s.negative_prompt, "must be text")
+    keyframes = _number("keyframes", s.keyframes, int)
+    if keyframes < 2:
+        raise InvalidParameter("keyframes", keyframes, "must be at least 2 (a zoom runs from one keyframe to the next)")
+    size = check_size("size", s.size)
+    mask_width = _number("mask_width", s.mask_width, int)
+    if not 8 <= mask_width < size / 2:
+        raise InvalidParameter("mask_width", mask_width, f"must be at least 8 and less than half the size ({size // 2})")
+    frames = _number("interpolation_frames", s.interpolation_frames, int)
+    if frames < 1:
+        raise InvalidParameter("interpolation_frames", frames, "must be at least 1")
+    fps = _number("fps", s.fps, int)
+    if not 1 <= fps <= 120:
+        raise InvalidParameter("fps", fps, "must be between 1 and 120")
+    if s.direction not in DIRECTIONS:
+        raise InvalidParameter("direction", s.direction, "must be out or in")
+    steps = _number("steps", s.steps, int)
+    if steps < 1:
+        raise InvalidParameter("steps", steps, "must be at least 1")
+    guidance = _number("guidance", s.guidance)
+    if guidance < 0:
+        raise InvalidParameter("guidance", guidance, "must be ≥ 0 (≤ 1 turns guidance off)")
+    schedulers.check_name(s.scheduler)
+    seam = _number("seam", s.seam, int)
+    inner = size - 2 * mask_width
+    if not 0 <= seam <= inner // 4:
+        raise InvalidParameter("seam", seam, f"must be between 0 and {inner // 4} (a quarter of the pasted square)")
+    if s.seed is not None:
+        seed = _number("seed", s.seed, int)
+        if not 0 <= seed <= MAX_SEED:
+            raise InvalidParameter("seed", seed, "must be between 0 and 2**64 - 1")
+    for change in s.schedule:
+        if change.keyframe >= keyframes:
+            raise InvalidParameter(
+                "prompt_schedule", change.keyframe, f"names a keyframe past the last one ({keyframes - 1})"
+            )
+    return replace(
+        s, keyframes=keyframes, size=size, mask_width=mask_width, interpolation_frames=frames, fps=fps,
+        steps=steps, guidance=guidance, seam=seam,
+    ).with_seed()
