@@ -17,11 +17,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job on the embedded default: build the miniature model and render an image in-process.
+# The main job on the embedded default: build the miniature models, render an image and an
+# infinite-zoom video in-process (the queue comes with the workers).
 demo: $(STAMP)
 	$(BIN)/zoomq prepare --tiny --out $(MODELS)/tiny-sd2
+	$(BIN)/zoomq prepare --tiny --inpainting --out $(MODELS)/tiny-sd2-inpainting
 	$(BIN)/zoomq render image "a lighthouse on a cliff at sunset, oil painting" \
 		--model $(MODELS)/tiny-sd2 --steps 20 --seed 9999 --out $(OUT)/demo.png
+	$(BIN)/zoomq render zoom "an endless spiral library, fantasy art" \
+		--model $(MODELS)/tiny-sd2-inpainting --keyframes 4 --size 256 --mask-width 64 \
+		--steps 10 --seed 9999 --gif --out $(OUT)/demo-zoom.mp4
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -215,3 +215,20 @@ def test_compiled_models_are_cached_on_disk_per_precision(tiny_t2i, tmp_path, mo
                                          "encoder_hidden_states": [2, 77, 32]})
     assert unet.get_property("LOADED_FROM_CACHE") is True
     assert sorted(p.name for p in (tmp_path / "ov-cache" / "cpu-f32").glob("*.blob")) == blobs
+
+
+def test_text_embeddings_are_computed_once_per_prompt(tiny_t2i):
+    renderer = Renderer(tiny_t2i)
+    calls = []
+    run = renderer.parts.run
+
+    def counting(part, **inputs):
+        calls.append(part)
+        return run(part, **inputs)
+
+    renderer.parts.run = counting
+    long = "a very detailed castle " * 30
+    for seed in (1, 2, 3):
+        result = renderer.render(RenderRequest(long, negative_prompt="fog", steps=1, seed=seed))
+        assert result.warnings and "truncated" in result.warnings[0]  # reported every time
+    assert calls.count("text_encoder") == 2  # the prompt and the negative prompt, once each

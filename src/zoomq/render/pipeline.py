@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 #: ``False`` cancels the render cooperatively (``RenderCancelled``), within one step.
 Progress = Callable[[int, int], "bool | None"]
 
+_EMBEDDINGS_KEPT = 16
+
 
 @dataclass
 class RenderResult:
@@ -55,6 +57,7 @@ class Renderer:
         self.settings = settings or current_settings()
         self.parts = CompiledParts(self.folder, self.settings)
         self.tokenizer = CLIPTokenizer.from_pretrained(self.folder / "tokenizer")
+        self._embeddings: dict[str, tuple[np.ndarray, list[str]]] = {}
         self.scheduler_config = json.loads((self.folder / "scheduler" / "scheduler_config.json").read_text())
         scale = self.kind["vae_scale_factor"]
         self.image_processor = VaeImageProcessor(vae_scale_factor=scale)
@@ -80,8 +83,17 @@ class Renderer:
         return np.array([ids], dtype=np.int64)
 
     def encode_text(self, text: str, warnings: list[str] | None = None) -> np.ndarray:
-        """Text embedding of one prompt, shape (1, 77, hidden)."""
-        return self.parts.run("text_encoder", input_ids=self._tokens(text, warnings if warnings is not None else []))
+        """Text embedding of one prompt, shape (1, 77, hidden); recent prompts are kept, so the
+        keyframes of a zoom encode their prompt once."""
+        if text not in self._embeddings:
+            notes: list[str] = []
+            self._embeddings[text] = (self.parts.run("text_encoder", input_ids=self._tokens(text, notes)), notes)
+            while len(self._embeddings) > _EMBEDDINGS_KEPT:
+                self._embeddings.pop(next(iter(self._embeddings)))
+        embeds, notes = self._embeddings[text]
+        if warnings is not None:
+            warnings.extend(notes)
+        return embeds
 
     def _encode_image(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         moments = torch.from_numpy(self.parts.run("vae_encoder", image=image.numpy()))
