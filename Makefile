@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MODELS ?= models
 OUT    ?= out
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast install browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ demo: $(STAMP)
 		--model $(MODELS)/tiny-sd2-inpainting --keyframes 4 --size 256 --mask-width 64 \
 		--steps 10 --seed 9999 --gif --out $(OUT)/demo-zoom.mp4
 
-test: $(STAMP)
+# Browser tests drive Debian's chromium (playwright cannot download browsers offline).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+		echo "zoomq: could not install chromium; the browser tests will be skipped and say so"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

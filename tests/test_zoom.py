@@ -222,3 +222,24 @@ def test_memory_stays_flat_for_a_longer_video(tiny_inpaint, tmp_path):
     assert video.probe(tmp_path / "long.mp4").frames == 19 * 30 + 1
     print(f"zoom peak RSS: 31 frames {short / 2**20:.0f} MiB, 571 frames {long / 2**20:.0f} MiB")
     assert long - short < 64 * 2**20
+
+
+def test_video_plays_in_a_real_browser(zoom_out):
+    """Chromium loads the MP4, knows its size and length, and plays it forward."""
+    from browser import ARTIFACTS, chromium, serve
+
+    result, settings = zoom_out
+    page_html = result.video.parent / "player.html"
+    page_html.write_text(f'<video id="v" src="{result.video.name}" muted playsinline></video>')
+    with serve(result.video.parent) as url, chromium() as browser:
+        page = browser.new_page()
+        page.goto(f"{url}/player.html")
+        page.wait_for_function("document.getElementById('v').readyState >= 1", timeout=30000)
+        meta = page.evaluate("(() => { const v = document.getElementById('v');"
+                             " return [v.videoWidth, v.videoHeight, v.duration, v.error]; })()")
+        assert meta[:2] == [128, 128] and meta[3] is None
+        assert abs(meta[2] - settings.total_frames / settings.fps) < 0.1
+        page.evaluate("document.getElementById('v').play()")
+        page.wait_for_function("document.getElementById('v').currentTime > 0.3", timeout=30000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "zoom-video-in-chromium.png"))
