@@ -69,6 +69,24 @@ def square_mask():
     return mask
 
 
+def peak_rss_of_zoomq(*args: str, timeout: float = 1800) -> int:
+    """Run ``zoomq ARGS`` in a child process; returns its peak RSS in bytes (fails on non-zero exit)."""
+    import subprocess
+    import sys
+
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "sys.stderr.write(proc.stderr[-3000:])\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
+        "sys.exit(proc.returncode)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "zoomq", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
 def run_cli(*args: str, capsys=None) -> tuple[int, str, str]:
     """Run ``zoomq ARGS`` in this process; returns (exit code, stdout, stderr)."""
     from zoomq.cli.main import main

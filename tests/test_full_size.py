@@ -6,10 +6,9 @@ Slow (minutes): ``make test`` runs it; ``make test-fast`` leaves it out.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pytest
+from conftest import peak_rss_of_zoomq
 
 from zoomq import manifest as mf
 from zoomq.render import png
@@ -19,28 +18,12 @@ pytestmark = pytest.mark.slow
 RAM_LIMIT = 24 * 2**30
 
 
-def _run_measured(*args: str) -> int:
-    """Run ``zoomq ARGS`` in a child process and return its peak RSS in bytes."""
-    wrapper = (
-        "import resource, subprocess, sys\n"
-        "code = subprocess.run(sys.argv[1:]).returncode\n"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
-        "sys.exit(code)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", wrapper, sys.executable, "-m", "zoomq", *args],
-        capture_output=True, text=True, timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return int(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("inpainting", [False, True], ids=["text-to-image", "inpainting"])
 def test_full_size_model_converts_within_ram_and_renders(tmp_path, inpainting):
     out = tmp_path / "full"
     try:
         flags = ["--inpainting"] if inpainting else []
-        peak = _run_measured("prepare", "--full-size-random", *flags, "--out", str(out))
+        peak = peak_rss_of_zoomq("prepare", "--full-size-random", *flags, "--out", str(out))
         print(f"full-size {'inpainting' if inpainting else 'text-to-image'} conversion: peak RSS {peak / 2**30:.2f} GiB")
         assert peak < RAM_LIMIT
         kind = mf.read(out).kind
@@ -55,7 +38,7 @@ def test_full_size_model_converts_within_ram_and_renders(tmp_path, inpainting):
             Image.new("RGB", (520, 456), "gray").save(tmp_path / "in.png")
             Image.new("L", (520, 456), 255).save(tmp_path / "mask.png")
             args += ["--init-image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png")]
-        peak = _run_measured(*args)
+        peak = peak_rss_of_zoomq(*args)
         print(f"full-size render at 520x456 (compile + 1 step): peak RSS {peak / 2**30:.2f} GiB")
         assert png.read_recipe(tmp_path / "out.png")["size"] == "520x456"
     finally:

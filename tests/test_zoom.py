@@ -4,12 +4,10 @@ seeds, direction, bad input and flat memory."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import psnr, run_cli
+from conftest import peak_rss_of_zoomq, psnr, run_cli
 from PIL import Image
 
 from zoomq.errors import RenderCancelled
@@ -198,20 +196,8 @@ def test_text_to_image_model_is_refused_for_zoom(tiny_t2i, tmp_path, capsys):
 
 
 def _peak_rss_of_zoom(model, out, keyframes: int) -> int:
-    wrapper = (
-        "import resource, subprocess, sys\n"
-        "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode\n"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
-        "sys.exit(code)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", wrapper, sys.executable, "-m", "zoomq", "render", "zoom", "a tunnel",
-         "--model", str(model), "--keyframes", str(keyframes), "--steps", "2", "--seed", "3", "--size", "512",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return int(proc.stdout.strip().splitlines()[-1])
+    return peak_rss_of_zoomq("render", "zoom", "a tunnel", "--model", model, "--keyframes", keyframes,
+                             "--steps", 2, "--seed", 3, "--size", 512, "--out", out)
 
 
 @pytest.mark.slow

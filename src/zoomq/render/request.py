@@ -49,7 +49,7 @@ class RenderRequest:
         return self if self.seed is not None else replace(self, seed=secrets.randbelow(2**32))
 
 
-def _number(param: str, value, kind=float):
+def number(param: str, value, kind=float):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidParameter(param, value, "must be a number")
     if kind is int and not float(value).is_integer():
@@ -59,8 +59,37 @@ def _number(param: str, value, kind=float):
     return kind(value)
 
 
+def check_text(param: str, value) -> str:
+    if not isinstance(value, str):
+        raise InvalidParameter(param, value, "must be text")
+    return value
+
+
+def check_steps(value) -> int:
+    steps = number("steps", value, int)
+    if steps < 1:
+        raise InvalidParameter("steps", steps, "must be at least 1")
+    return steps
+
+
+def check_guidance(value) -> float:
+    guidance = number("guidance", value)
+    if guidance < 0:
+        raise InvalidParameter("guidance", guidance, "must be ≥ 0 (≤ 1 turns guidance off)")
+    return guidance
+
+
+def check_seed(value) -> int | None:
+    if value is None:
+        return None
+    seed = number("seed", value, int)
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidParameter("seed", seed, "must be between 0 and 2**64 - 1")
+    return seed
+
+
 def check_size(param: str, value) -> int:
-    value = _number(param, value, int)
+    value = number(param, value, int)
     if value % 8 or not 64 <= value <= MAX_SIDE:
         raise InvalidParameter(param, value, f"must be a multiple of 8 between 64 and {MAX_SIDE}")
     return value
@@ -71,23 +100,14 @@ def validate(request: RenderRequest, task: str, native_size: int) -> RenderReque
 
     Raises ``InvalidParameter`` for the first problem found.
     """
-    if not isinstance(request.prompt, str):
-        raise InvalidParameter("prompt", request.prompt, "must be text")
-    if not isinstance(request.negative_prompt, str):
-        raise InvalidParameter("negative_prompt", request.negative_prompt, "must be text")
-    steps = _number("steps", request.steps, int)
-    if steps < 1:
-        raise InvalidParameter("steps", steps, "must be at least 1")
-    guidance = _number("guidance", request.guidance)
-    if guidance < 0:
-        raise InvalidParameter("guidance", guidance, "must be ≥ 0 (≤ 1 turns guidance off)")
-    eta = _number("eta", request.eta)
+    check_text("prompt", request.prompt)
+    check_text("negative_prompt", request.negative_prompt)
+    steps = check_steps(request.steps)
+    guidance = check_guidance(request.guidance)
+    eta = number("eta", request.eta)
     if eta < 0:
         raise InvalidParameter("eta", eta, "must be ≥ 0")
-    if request.seed is not None:
-        seed = _number("seed", request.seed, int)
-        if not 0 <= seed <= MAX_SEED:
-            raise InvalidParameter("seed", seed, "must be between 0 and 2**64 - 1")
+    check_seed(request.seed)
     schedulers.check_name(request.scheduler)
 
     if task == "inpainting":
@@ -110,7 +130,7 @@ def validate(request: RenderRequest, task: str, native_size: int) -> RenderReque
         raise InvalidParameter("strength", strength, "needs an init image (image-to-image or inpainting)")
     if strength is None:
         strength = 1.0 if request.mode != "image-to-image" else 0.8
-    strength = _number("strength", strength)
+    strength = number("strength", strength)
     if not 0 < strength <= 1:
         raise InvalidParameter("strength", strength, "must be in (0, 1]")
     if request.mode != "text-to-image" and int(steps * strength) < 1:

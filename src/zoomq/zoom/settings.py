@@ -15,7 +15,7 @@ from pathlib import Path
 
 from zoomq.errors import InvalidParameter
 from zoomq.render import schedulers
-from zoomq.render.request import MAX_SEED, _number, check_size
+from zoomq.render.request import check_guidance, check_seed, check_size, check_steps, check_text, number
 
 DIRECTIONS = ("out", "in")
 
@@ -120,40 +120,31 @@ def load_schedule(path: Path | str) -> tuple[PromptChange, ...]:
 
 def validate(s: ZoomSettings) -> ZoomSettings:
     """Check every setting; returns the settings with a concrete seed. Raises ``InvalidParameter``."""
-    if not isinstance(s.prompt, str):
-        raise InvalidParameter("prompt", s.prompt, "must be text")
-    if not isinstance(s.negative_prompt, str):
-        raise InvalidParameter("negative_prompt", s.negative_prompt, "must be text")
-    keyframes = _number("keyframes", s.keyframes, int)
+    check_text("prompt", s.prompt)
+    check_text("negative_prompt", s.negative_prompt)
+    keyframes = number("keyframes", s.keyframes, int)
     if keyframes < 2:
         raise InvalidParameter("keyframes", keyframes, "must be at least 2 (a zoom runs from one keyframe to the next)")
     size = check_size("size", s.size)
-    mask_width = _number("mask_width", s.mask_width, int)
+    mask_width = number("mask_width", s.mask_width, int)
     if not 8 <= mask_width < size / 2:
         raise InvalidParameter("mask_width", mask_width, f"must be at least 8 and less than half the size ({size // 2})")
-    frames = _number("interpolation_frames", s.interpolation_frames, int)
+    frames = number("interpolation_frames", s.interpolation_frames, int)
     if frames < 1:
         raise InvalidParameter("interpolation_frames", frames, "must be at least 1")
-    fps = _number("fps", s.fps, int)
+    fps = number("fps", s.fps, int)
     if not 1 <= fps <= 120:
         raise InvalidParameter("fps", fps, "must be between 1 and 120")
     if s.direction not in DIRECTIONS:
         raise InvalidParameter("direction", s.direction, "must be out or in")
-    steps = _number("steps", s.steps, int)
-    if steps < 1:
-        raise InvalidParameter("steps", steps, "must be at least 1")
-    guidance = _number("guidance", s.guidance)
-    if guidance < 0:
-        raise InvalidParameter("guidance", guidance, "must be ≥ 0 (≤ 1 turns guidance off)")
+    steps = check_steps(s.steps)
+    guidance = check_guidance(s.guidance)
     schedulers.check_name(s.scheduler)
-    seam = _number("seam", s.seam, int)
+    seam = number("seam", s.seam, int)
     inner = size - 2 * mask_width
     if not 0 <= seam <= inner // 4:
         raise InvalidParameter("seam", seam, f"must be between 0 and {inner // 4} (a quarter of the pasted square)")
-    if s.seed is not None:
-        seed = _number("seed", s.seed, int)
-        if not 0 <= seed <= MAX_SEED:
-            raise InvalidParameter("seed", seed, "must be between 0 and 2**64 - 1")
+    check_seed(s.seed)
     for change in s.schedule:
         if change.keyframe >= keyframes:
             raise InvalidParameter(
