@@ -35,6 +35,26 @@ VARIABLES: tuple[Variable, ...] = (
         "~/.cache/zoomq",
         "Where compiled models are cached (`ov-cache/<device>-<precision>/`), so later loads skip compilation.",
     ),
+    Variable("ZOOMQ_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis for the queue, job records and artifacts."),
+    Variable(
+        "ZOOMQ_ARTIFACTS",
+        "redis",
+        "Where images, keyframes, segments and videos live: `redis`, or a directory every node mounts.",
+    ),
+    Variable("ZOOMQ_ARTIFACT_TTL", "604800", "Seconds artifacts are kept in Redis (7 days)."),
+    Variable("ZOOMQ_JOB_TTL", "604800", "Seconds a job record is kept after the job ends (7 days)."),
+    Variable("ZOOMQ_MODELS", "", "Model folders a worker serves, separated by `:` (`zoomq worker --models` overrides)."),
+    Variable(
+        "ZOOMQ_VISIBILITY_TIMEOUT",
+        "21600",
+        "Seconds before Redis hands an unacknowledged task to another worker; longer than any task.",
+    ),
+    Variable("ZOOMQ_HEARTBEAT", "5", "Seconds between liveness reports of workers and running tasks."),
+    Variable(
+        "ZOOMQ_STALE_AFTER",
+        "45",
+        "Seconds without a heartbeat after which a running piece is given to another worker.",
+    ),
 )
 
 _PRECISIONS = ("auto", "f32", "bf16", "f16")
@@ -46,6 +66,14 @@ class Settings:
     inference_precision: str
     threads: int
     cache_dir: Path
+    redis_url: str
+    artifacts: str
+    artifact_ttl: int
+    job_ttl: int
+    models: tuple[Path, ...]
+    visibility_timeout: int
+    heartbeat: int
+    stale_after: int
 
     @property
     def ov_cache_dir(self) -> Path:
@@ -60,6 +88,17 @@ def _get(name: str) -> str:
     return os.environ.get(name, "").strip() or default
 
 
+def _int(name: str, minimum: int) -> int:
+    raw = _get(name)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise InvalidParameter(name, raw, f"must be a whole number ≥ {minimum}")
+    return value
+
+
 def settings() -> Settings:
     """The current settings, validated; a bad value raises ``InvalidParameter`` naming the variable."""
     precision = _get("ZOOMQ_INFERENCE_PRECISION").lower()
@@ -67,16 +106,20 @@ def settings() -> Settings:
         raise InvalidParameter(
             "ZOOMQ_INFERENCE_PRECISION", precision, f"must be one of {', '.join(_PRECISIONS)}"
         )
-    raw_threads = _get("ZOOMQ_THREADS")
-    try:
-        threads = int(raw_threads)
-    except ValueError:
-        threads = -1
-    if threads < 0:
-        raise InvalidParameter("ZOOMQ_THREADS", raw_threads, "must be a whole number ≥ 0 (0 = all cores)")
+    artifacts = _get("ZOOMQ_ARTIFACTS")
+    if artifacts != "redis" and not os.path.isabs(os.path.expanduser(artifacts)):
+        raise InvalidParameter("ZOOMQ_ARTIFACTS", artifacts, "must be `redis` or an absolute directory path")
     return Settings(
         device=_get("ZOOMQ_DEVICE"),
         inference_precision=precision,
-        threads=threads,
+        threads=_int("ZOOMQ_THREADS", 0),
         cache_dir=Path(os.path.expanduser(_get("ZOOMQ_CACHE_DIR"))),
+        redis_url=_get("ZOOMQ_REDIS_URL"),
+        artifacts=artifacts if artifacts == "redis" else os.path.expanduser(artifacts),
+        artifact_ttl=_int("ZOOMQ_ARTIFACT_TTL", 1),
+        job_ttl=_int("ZOOMQ_JOB_TTL", 1),
+        models=tuple(Path(p).expanduser() for p in _get("ZOOMQ_MODELS").split(os.pathsep) if p),
+        visibility_timeout=_int("ZOOMQ_VISIBILITY_TIMEOUT", 60),
+        heartbeat=_int("ZOOMQ_HEARTBEAT", 1),
+        stale_after=_int("ZOOMQ_STALE_AFTER", 2),
     )

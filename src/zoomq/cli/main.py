@@ -12,7 +12,7 @@ from zoomq import __version__
 from zoomq.errors import InvalidParameter, ZoomqError
 
 # Parameters whose CLI option is not simply --name-with-dashes.
-_OPTIONS = {"width": "--size", "height": "--size", "prompt": "PROMPT"}
+_OPTIONS = {"width": "--size", "height": "--size", "prompt": "PROMPT", "job_id": "JOB_ID"}
 
 
 def option_name(param: str) -> str:
@@ -34,13 +34,15 @@ def _quiet_libraries() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from zoomq.cli import prepare, render
+    from zoomq.cli import jobs, prepare, render, worker
 
     parser = argparse.ArgumentParser(prog="zoomq", description="Stable Diffusion 2 on CPUs with OpenVINO.")
     parser.add_argument("--version", action="version", version=f"zoomq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     prepare.add_parser(sub)
     render.add_parser(sub)
+    worker.add_parser(sub)
+    jobs.add_parsers(sub)
     return parser
 
 

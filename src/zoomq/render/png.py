@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,16 +14,23 @@ from zoomq.errors import InvalidParameter
 RECIPE_KEY = "zoomq"
 
 
-def save(image: Image.Image, path: Path, recipe: dict) -> None:
-    """Save ``image`` as PNG with one text chunk per recipe field plus the whole recipe as JSON."""
+def encode(image: Image.Image, recipe: dict) -> bytes:
+    """PNG bytes of ``image`` with one text chunk per recipe field plus the whole recipe as JSON."""
     info = PngInfo()
     for key, value in recipe.items():
         info.add_text(key, str(value))
     info.add_text(RECIPE_KEY, json.dumps(recipe, sort_keys=True))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def save(image: Image.Image, path: Path, recipe: dict) -> None:
+    """Save ``image`` as a PNG carrying ``recipe``; written whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
+    tmp.write_bytes(encode(image, recipe))
     tmp.replace(path)
 
 

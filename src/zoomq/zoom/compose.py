@@ -16,7 +16,7 @@ from zoomq.render.pipeline import Renderer
 from zoomq.zoom.keyframe import check_model, keyframe_name, render_keyframe
 from zoomq.zoom.segment import frame_indices, render_segment, segment_name
 from zoomq.zoom.settings import ZoomSettings, validate
-from zoomq.zoom.stitch import stitch
+from zoomq.zoom.stitch import keyframe_entry, stitch
 
 #: ``progress(stage, done, total)`` with done/total counted in denoising steps plus frames;
 #: returning False cancels.
@@ -68,8 +68,7 @@ def render_zoom(renderer: Renderer, settings: ZoomSettings, out: Path, progress:
             previous = kf_dir / keyframe_name(k - 1) if k else None
             recipe = render_keyframe(renderer, settings, k, previous, path, report(stage))
             done += 0 if recipe["mode"] == "init-image" else settings.steps
-            recipes.append({"index": k, "file": f"{kf_dir.name}/{path.name}", "seed": recipe.get("seed"),
-                            "prompt": recipe.get("prompt"), "negative_prompt": recipe.get("negative_prompt")})
+            recipes.append(keyframe_entry(k, recipe, f"{kf_dir.name}/{path.name}"))
             if k:
                 segment = work / segment_name(k - 1)
                 render_segment(previous, path, settings, k - 1, segment,

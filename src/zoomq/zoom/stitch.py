@@ -12,6 +12,12 @@ from zoomq.zoom import video
 from zoomq.zoom.settings import ZoomSettings
 
 
+def keyframe_entry(k: int, recipe: dict, file: str) -> dict:
+    """What the sidecar says of keyframe k, from its PNG recipe."""
+    return {"index": k, "file": file, "seed": recipe.get("seed"), "prompt": recipe.get("prompt"),
+            "negative_prompt": recipe.get("negative_prompt")}
+
+
 def sidecar_path(out: Path) -> Path:
     return Path(out).with_suffix(".json")
 

@@ -1,0 +1,95 @@
+"""Options shared by ``render`` (in-process) and ``submit`` (queued): one definition, one meaning."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from zoomq.errors import InvalidParameter
+from zoomq.render import schedulers
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``768`` or ``768x512`` (width x height)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+))?\s*", text)
+    if not m:
+        raise InvalidParameter("size", text, "must be WxH or N, e.g. 768x512 or 512")
+    width = int(m.group(1))
+    return width, int(m.group(2) or width)
+
+
+def add_image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default 7.5; ≤ 1 = off)")
+    p.add_argument("--seed", type=int, help="random seed (default: a random one, recorded in the PNG)")
+    p.add_argument("--scheduler", default="default", help=f"one of {', '.join(schedulers.NAMES)}")
+    p.add_argument("--size", help="WxH or N (default: the model's native size)")
+    p.add_argument("--init-image", type=Path, help="start from this image (image-to-image)")
+    p.add_argument("--strength", type=float, help="how much to change the init image, (0, 1]")
+    p.add_argument("--mask", type=Path, help="inpainting mask, white = repaint")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+
+
+def image_options(args: argparse.Namespace) -> dict:
+    """``RenderRequest`` fields from the parsed options, images loaded."""
+    from zoomq.render import png
+
+    width = height = None
+    if args.size:
+        width, height = parse_size(args.size)
+    return dict(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
+        seed=args.seed, scheduler=args.scheduler, width=width, height=height, strength=args.strength, eta=args.eta,
+        init_image=png.load_image(args.init_image, "init_image") if args.init_image else None,
+        mask=png.load_image(args.mask, "mask", mode="L") if args.mask else None,
+    )
+
+
+def add_zoom_options(p: argparse.ArgumentParser) -> None:
+    from zoomq.zoom.settings import DIRECTIONS, ZoomSettings
+
+    d = ZoomSettings(prompt="")
+    p.add_argument("prompt")
+    p.add_argument("--negative-prompt", default=d.negative_prompt)
+    p.add_argument("--keyframes", type=int, default=d.keyframes, help=f"keyframes, ≥ 2 (default {d.keyframes})")
+    p.add_argument("--size", type=int, default=d.size, help=f"frame side in px (default {d.size})")
+    p.add_argument("--mask-width", type=int, default=d.mask_width,
+                   help=f"outpainted border per keyframe in px (default {d.mask_width}: 2x zoom per keyframe at 512)")
+    p.add_argument("--interpolation-frames", type=int, default=d.interpolation_frames,
+                   help=f"frames per keyframe step (default {d.interpolation_frames})")
+    p.add_argument("--fps", type=int, default=d.fps, help=f"frames per second (default {d.fps})")
+    p.add_argument("--direction", choices=DIRECTIONS, default=d.direction, help="zoom out (default) or in")
+    p.add_argument("--seed", type=int, help="job seed; each keyframe's seed derives from it (default: random)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"denoising steps per keyframe (default {d.steps})")
+    p.add_argument("--guidance", type=float, default=d.guidance, help=f"guidance scale (default {d.guidance})")
+    p.add_argument("--scheduler", default=d.scheduler, help=f"one of {', '.join(schedulers.NAMES)}")
+    p.add_argument("--seam", type=int, default=d.seam,
+                   help=f"px of feathered blend at the pasted square (default {d.seam}; 0 = the notebook exactly)")
+    p.add_argument("--prompt-schedule", type=Path,
+                   help='JSON file: [{"keyframe": 4, "prompt": "...", "negative_prompt": "..."}, ...]')
+    p.add_argument("--init-image", type=Path, help="use this image as keyframe 0")
+    p.add_argument("--gif", action="store_true", help="also write a looping GIF")
+
+
+def zoom_options(args: argparse.Namespace) -> dict:
+    """``ZoomSettings`` fields from the parsed options (the schedule read and checked)."""
+    from zoomq.zoom.settings import load_schedule
+
+    if args.init_image is not None and not args.init_image.is_file():
+        raise InvalidParameter("init_image", str(args.init_image), "no such file")
+    return dict(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, keyframes=args.keyframes, size=args.size,
+        mask_width=args.mask_width, interpolation_frames=args.interpolation_frames, fps=args.fps,
+        direction=args.direction, seed=args.seed, steps=args.steps, guidance=args.guidance,
+        scheduler=args.scheduler, seam=args.seam,
+        schedule=load_schedule(args.prompt_schedule) if args.prompt_schedule else (),
+        gif=args.gif, init_image=str(args.init_image) if args.init_image else None,
+    )
+
+
+def check_out(path: Path | None, suffix: str) -> None:
+    if path is not None and path.suffix.lower() != suffix:
+        raise InvalidParameter("out", str(path), f"must end in {suffix}")

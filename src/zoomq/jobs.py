@@ -1,0 +1,198 @@
+"""Job records in Redis: one hash per job with its state, stage, progress, queue position, ETA,
+error and result — what ``zoomq status``, the API and the web page show.
+
+A job is ``queued`` until its first piece starts, ``running`` until it is ``done``, ``failed`` or
+``cancelled``. Progress is counted in work units (denoising steps of keyframes and images, plus
+video frames), each running piece reporting its own units, so pieces running side by side on
+different workers add up without double counting. Ended records expire after ``ZOOMQ_JOB_TTL``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import redis
+
+from zoomq.errors import InvalidParameter
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+ENDED = (DONE, FAILED, CANCELLED)
+_EMA = 0.3  # weight of the newest measurement in the per-unit time averages
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_id(job_id: str) -> str:
+    try:
+        return str(uuid.UUID(str(job_id)))
+    except ValueError:
+        raise InvalidParameter("job_id", job_id, "is not a job id (a UUID)") from None
+
+
+def _key(job_id: str) -> str:
+    return f"zoomq:job:{job_id}"
+
+
+class Jobs:
+    """Reads and writes job records; every write is a single Redis command or transaction."""
+
+    QUEUED_SET = "zoomq:queued"  # job ids by submit time: the queue position
+    ALL_SET = "zoomq:jobs"  # every job id by submit time: the recent-jobs list
+
+    def __init__(self, client: redis.Redis, ttl: int):
+        self.r = client
+        self.ttl = ttl
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def create(self, job_id: str, kind: str, model: str, params: dict, work_total: int, **extra) -> None:
+        now = time.time()
+        record = {
+            "id": job_id, "kind": kind, "model": model, "params": json.dumps(params), "state": QUEUED,
+            "stage": "queued", "created": now, "updated": now, "work_total": work_total, **extra,
+        }
+        with self.r.pipeline() as p:
+            p.hset(_key(job_id), mapping={k: _enc(v) for k, v in record.items()})
+            p.zadd(self.QUEUED_SET, {job_id: now})
+            p.zadd(self.ALL_SET, {job_id: now})
+            p.execute()
+
+    def update(self, job_id: str, **fields) -> None:
+        fields["updated"] = time.time()
+        self.r.hset(_key(job_id), mapping={k: _enc(v) for k, v in fields.items()})
+
+    def start_piece(self, job_id: str, piece: str, worker: str) -> None:
+        """A piece begins: the job is running (if it was queued) and leaves the queue."""
+        now = time.time()
+        with self.r.pipeline() as p:
+            p.hsetnx(_key(job_id), "started", now)
+            p.zrem(self.QUEUED_SET, job_id)
+            p.hset(_key(job_id), mapping={"worker": worker, "piece": piece, "heartbeat": now, "updated": now})
+            p.execute()
+        self._transition(job_id, (QUEUED,), RUNNING)
+
+    def progress(self, job_id: str, piece: str, units: int, stage: str | None = None) -> None:
+        """Units of work ``piece`` has done so far (absolute, so repeats are harmless)."""
+        now = time.time()
+        with self.r.pipeline() as p:
+            p.hset(f"{_key(job_id)}:work", piece, units)
+            fields = {"heartbeat": now, "updated": now}
+            if stage:
+                fields["stage"] = stage
+            p.hset(_key(job_id), mapping={k: _enc(v) for k, v in fields.items()})
+            p.execute()
+
+    def measure(self, job_id: str, what: str, seconds_per_unit: float) -> None:
+        """Fold a measured time per step (``what`` = "step") or per frame into the job's average."""
+        field = f"seconds_per_{what}"
+        old = self.r.hget(_key(job_id), field)
+        value = seconds_per_unit if old is None else (1 - _EMA) * float(old) + _EMA * seconds_per_unit
+        self.r.hset(_key(job_id), field, value)
+
+    def finish(self, job_id: str, **fields) -> None:
+        if self._transition(job_id, (QUEUED, RUNNING), DONE, finished=time.time(), stage="done", **fields):
+            self.r.hset(_key(job_id), "work_done", self.get(job_id)["work_total"])
+
+    def fail(self, job_id: str, error: str) -> None:
+        self._transition(job_id, (QUEUED, RUNNING), FAILED, finished=time.time(), stage="failed", error=error)
+
+    def cancel(self, job_id: str) -> bool:
+        """Mark the job cancelled; running pieces see it within one step. False if it had ended."""
+        return self._transition(job_id, (QUEUED, RUNNING), CANCELLED, finished=time.time(), stage="cancelled")
+
+    def _transition(self, job_id: str, from_states: tuple[str, ...], to: str, **fields) -> bool:
+        """Move the job to ``to`` only if it is in one of ``from_states`` (atomic, by WATCH)."""
+        key = _key(job_id)
+        with self.r.pipeline() as p:
+            while True:
+                try:
+                    p.watch(key)
+                    state = p.hget(key, "state")
+                    if state is None or state.decode() not in from_states:
+                        p.unwatch()
+                        return False
+                    p.multi()
+                    p.hset(key, mapping={k: _enc(v) for k, v in {"state": to, "updated": time.time(), **fields}.items()})
+                    if to in ENDED:
+                        p.zrem(self.QUEUED_SET, job_id)
+                        p.expire(key, self.ttl)
+                        p.expire(f"{key}:work", self.ttl)
+                    p.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def state(self, job_id: str) -> str | None:
+        value = self.r.hget(_key(job_id), "state")
+        return value.decode() if value is not None else None
+
+    def get(self, job_id: str) -> dict | None:
+        """The record with derived fields: progress, queue position, ETA."""
+        raw = self.r.hgetall(_key(job_id))
+        if not raw:
+            return None
+        record = {k.decode(): _dec(k.decode(), v) for k, v in raw.items()}
+        record["params"] = json.loads(record.get("params") or "{}")
+        work = {k.decode(): int(v) for k, v in self.r.hgetall(f"{_key(job_id)}:work").items()}
+        frames_done = sum(v for k, v in work.items() if k.startswith("segment"))
+        total = int(record.get("work_total") or 0)
+        done = record.get("work_done")
+        done = int(done) if done is not None else min(total, sum(work.values()))
+        record["work_done"] = done
+        record["frames_done"] = frames_done
+        record["progress"] = round(done / total, 4) if total else 0.0
+        record["queue_position"] = None
+        if record["state"] == QUEUED:
+            rank = self.r.zrank(self.QUEUED_SET, job_id)
+            record["queue_position"] = None if rank is None else rank + 1
+        record["eta_seconds"] = self._eta(record, total - done)
+        return record
+
+    @staticmethod
+    def _eta(record: dict, remaining_units: int) -> float | None:
+        if record["state"] != RUNNING:
+            return None
+        per_step = record.get("seconds_per_step")
+        if per_step is None:
+            return None
+        # Units are steps and frames; frames are counted at their own measured rate when known.
+        frames_left = max(0, int(record.get("frames_total") or 0) - record["frames_done"])
+        per_frame = float(record.get("seconds_per_frame") or 0.0)
+        steps_left = max(0, remaining_units - frames_left)
+        return round(steps_left * float(per_step) + frames_left * per_frame, 1)
+
+    def recent(self, limit: int = 50) -> list[dict]:
+        ids = [i.decode() for i in self.r.zrevrange(self.ALL_SET, 0, limit - 1)]
+        records = [self.get(i) for i in ids]
+        gone = [i for i, rec in zip(ids, records) if rec is None]
+        if gone:
+            self.r.zrem(self.ALL_SET, *gone)
+        return [rec for rec in records if rec is not None]
+
+
+def _enc(value) -> str | float | int:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value if isinstance(value, (str, int, float)) else str(value)
+
+
+_NUMBERS = {
+    "created", "updated", "started", "finished", "heartbeat", "work_total", "work_done", "frames_total",
+    "keyframes_total", "keyframes_done", "seconds_per_step", "seconds_per_frame",
+}
+
+
+def _dec(field: str, raw: bytes):
+    text = raw.decode()
+    if field in _NUMBERS:
+        number = float(text)
+        return int(number) if number.is_integer() and field not in ("seconds_per_step", "seconds_per_frame") else number
+    return text

@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks over the render core and the zoom engine (see ``pieces``)."""

@@ -1,0 +1,48 @@
+"""The Celery application, configured for long CPU tasks on Redis.
+
+Late acknowledgement with prefetch 1 and requeue on worker loss, so a task whose process dies is
+given to another worker; JSON only; a visibility timeout longer than any task, so Redis never hands
+out a task that is still running. Work is split over two queues — ``render`` (images, keyframes)
+and ``encode`` (segments, stitching) — so a node can serve either or both.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from zoomq.config import Settings, settings as current_settings
+
+RENDER_QUEUE, ENCODE_QUEUE = "render", "encode"
+QUEUES = (RENDER_QUEUE, ENCODE_QUEUE)
+
+TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH = (
+    "zoomq.image", "zoomq.keyframe", "zoomq.segment", "zoomq.stitch",
+)
+ROUTES = {
+    TASK_IMAGE: RENDER_QUEUE,
+    TASK_KEYFRAME: RENDER_QUEUE,
+    TASK_SEGMENT: ENCODE_QUEUE,
+    TASK_STITCH: ENCODE_QUEUE,
+}
+
+
+def make_app(s: Settings | None = None) -> Celery:
+    s = s or current_settings()
+    app = Celery("zoomq", broker=s.redis_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # results live in job records and the artifact store
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": s.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},
+        task_default_queue=RENDER_QUEUE,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    return app

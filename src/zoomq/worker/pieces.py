@@ -1,0 +1,262 @@
+"""The work of each task, as plain functions: one image, one zoom keyframe, one segment, the stitch.
+
+Every piece is idempotent — it first looks for its result in the artifact store and, if there,
+only makes sure the pieces after it are enqueued. While it runs it holds a lease (a Redis key that
+expires unless refreshed) and is listed in ``zoomq:running``; if its worker dies the lease lapses
+and the watchdog hands the piece to another worker. Follow-up pieces are sent every time a piece
+completes or is found complete: duplicates find their result stored, or the lease taken, and end.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import redis
+from PIL import Image
+
+from zoomq.config import Settings
+from zoomq.errors import ZoomqError
+from zoomq.jobs import CANCELLED, ENDED, Jobs
+from zoomq.render import png
+from zoomq.render.pipeline import Renderer
+from zoomq.render.request import RenderRequest
+from zoomq.store import ArtifactStore
+from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH
+from zoomq.zoom.keyframe import keyframe_name, render_keyframe
+from zoomq.zoom.segment import render_segment, segment_name
+from zoomq.zoom.settings import ZoomSettings
+from zoomq.zoom.stitch import keyframe_entry, stitch
+
+log = logging.getLogger(__name__)
+
+RUNNING = "zoomq:running"
+
+
+class PieceBusy(ZoomqError):
+    """Another live worker holds this piece's lease; try again later."""
+
+
+def lease_key(job_id: str, piece: str) -> str:
+    return f"zoomq:lease:{job_id}:{piece}"
+
+
+def running_field(job_id: str, piece: str) -> str:
+    return f"{job_id}|{piece}"
+
+
+@dataclass
+class Context:
+    """What a piece needs from its worker process; made once per process."""
+
+    settings: Settings
+    redis: redis.Redis
+    jobs: Jobs
+    store: ArtifactStore
+    worker: str
+    models: dict[str, dict]
+    send: Callable[[str, list, str], None]  # (task name, args, queue)
+    renderers: dict[str, Renderer] = field(default_factory=dict)
+
+    def renderer(self, model: str) -> Renderer:
+        if model not in self.renderers:
+            if model not in self.models:
+                raise ZoomqError(f"model {model!r}: this worker does not serve it ({', '.join(self.models)})")
+            self.renderers[model] = Renderer(self.models[model]["path"], self.settings)
+        return self.renderers[model]
+
+
+def render_queue(model: str) -> str:
+    return f"render.{model}"
+
+
+# -- leases and heartbeats ------------------------------------------------------------------
+
+@contextmanager
+def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue: str) -> Iterator[None]:
+    """Run a piece under its lease, refreshing lease and heartbeat from a thread."""
+    me = f"{ctx.worker}:{threading.get_native_id()}:{time.time()}"
+    key = lease_key(job_id, piece)
+    if not ctx.redis.set(key, me, nx=True, ex=ctx.settings.stale_after):
+        raise PieceBusy(f"{piece} of job {job_id} is being rendered elsewhere")
+    entry = {"task": task, "args": args, "queue": queue, "worker": ctx.worker, "since": time.time()}
+    ctx.redis.hset(RUNNING, running_field(job_id, piece), json.dumps(entry))
+    ctx.jobs.start_piece(job_id, piece, ctx.worker)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(ctx.settings.heartbeat):
+            try:
+                if ctx.redis.get(key) == me.encode():
+                    ctx.redis.expire(key, ctx.settings.stale_after)
+                ctx.jobs.update(job_id, heartbeat=time.time(), worker=ctx.worker)
+            except redis.RedisError as e:  # the task itself will meet the error; just keep beating
+                log.warning("heartbeat of %s failed: %s", piece, e)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat {piece}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        ctx.redis.hdel(RUNNING, running_field(job_id, piece))
+        if ctx.redis.get(key) == me.encode():
+            ctx.redis.delete(key)
+
+
+def _progress(ctx: Context, job_id: str, piece: str, stage: str, offset: int = 0, what: str = "step"):
+    """A render/segment progress callback that records units, times them and sees cancels."""
+    last = [time.monotonic(), 0]
+
+    def callback(done: int, total: int) -> bool:
+        now = time.monotonic()
+        if done > last[1]:
+            ctx.jobs.measure(job_id, what, (now - last[0]) / (done - last[1]))
+        last[:] = [now, done]
+        ctx.jobs.progress(job_id, piece, offset + done, stage=f"{stage} ({done}/{total})")
+        return ctx.jobs.state(job_id) != CANCELLED
+
+    return callback
+
+
+def _live(ctx: Context, job_id: str) -> dict | None:
+    """The job's record if it still wants work done, else None."""
+    job = ctx.jobs.get(job_id)
+    if job is None or job["state"] in ENDED:
+        return None
+    return job
+
+
+# -- image ----------------------------------------------------------------------------------
+
+def run_image(ctx: Context, job_id: str) -> None:
+    job = _live(ctx, job_id)
+    if job is None:
+        return
+    key = f"{job_id}/result.png"
+    if not ctx.store.exists(key):
+        with holding(ctx, job_id, "image", TASK_IMAGE, [job_id], render_queue(job["model"])):
+            params = dict(job["params"])
+            for name in ("init_image", "mask"):
+                if params.get(name):
+                    data = ctx.store.get(params[name])
+                    if data is None:
+                        raise ZoomqError(f"{name} of job {job_id} is no longer in the artifact store")
+                    params[name] = Image.open(io.BytesIO(data)).convert("L" if name == "mask" else "RGB")
+            request = RenderRequest(**params)
+            renderer = ctx.renderer(job["model"])
+            result = renderer.render(request, _progress(ctx, job_id, "image", "denoising"))
+            ctx.store.put(key, png.encode(result.image, result.recipe))
+            ctx.jobs.update(job_id, recipe=json.dumps(result.recipe), warnings=json.dumps(result.warnings))
+    ctx.jobs.finish(job_id, result=key, result_type="image/png")
+
+
+# -- zoom -----------------------------------------------------------------------------------
+
+def _zoom(job: dict) -> ZoomSettings:
+    return ZoomSettings.from_dict(job["params"]["zoom"])
+
+
+def keyframe_key(job_id: str, k: int) -> str:
+    return f"{job_id}/{keyframe_name(k)}"
+
+
+def segment_key(job_id: str, k: int) -> str:
+    return f"{job_id}/{segment_name(k)}"
+
+
+def _fetch(ctx: Context, key: str, folder: Path) -> Path:
+    path = folder / key.rsplit("/", 1)[-1]
+    if not ctx.store.get_file(key, path):
+        raise ZoomqError(f"{key} is missing from the artifact store")
+    return path
+
+
+def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
+    job = _live(ctx, job_id)
+    if job is None:
+        return
+    settings = _zoom(job)
+    key = keyframe_key(job_id, k)
+    queue = render_queue(job["model"])
+    if not ctx.store.exists(key):
+        with holding(ctx, job_id, f"keyframe:{k}", TASK_KEYFRAME, [job_id, k], queue), \
+                tempfile.TemporaryDirectory(prefix="zoomq-kf-") as tmp:
+            tmp = Path(tmp)
+            previous = _fetch(ctx, keyframe_key(job_id, k - 1), tmp) if k else None
+            if k == 0 and settings.init_image:
+                settings = ZoomSettings.from_dict({**settings.to_dict(),
+                                                   "init_image": str(_fetch(ctx, settings.init_image, tmp))})
+            out = tmp / keyframe_name(k)
+            stage = f"keyframe {k + 1}/{settings.keyframes}"
+            render_keyframe(ctx.renderer(job["model"]), settings, k, previous, out,
+                            _progress(ctx, job_id, f"keyframe:{k}", stage))
+            ctx.store.put_file(key, out)
+    ctx.jobs.progress(job_id, f"keyframe:{k}", settings.steps)
+    ctx.redis.sadd(f"zoomq:job:{job_id}:keyframes", k)
+    ctx.jobs.update(job_id, keyframes_done=ctx.redis.scard(f"zoomq:job:{job_id}:keyframes"))
+    if k:
+        ctx.send(TASK_SEGMENT, [job_id, k - 1], "encode")
+    if k + 1 < settings.keyframes:
+        ctx.send(TASK_KEYFRAME, [job_id, k + 1], queue)
+
+
+def run_segment(ctx: Context, job_id: str, k: int) -> None:
+    job = _live(ctx, job_id)
+    if job is None:
+        return
+    settings = _zoom(job)
+    key = segment_key(job_id, k)
+    if not ctx.store.exists(key):
+        with holding(ctx, job_id, f"segment:{k}", TASK_SEGMENT, [job_id, k], "encode"), \
+                tempfile.TemporaryDirectory(prefix="zoomq-seg-") as tmp:
+            tmp = Path(tmp)
+            inner, outer = (_fetch(ctx, keyframe_key(job_id, i), tmp) for i in (k, k + 1))
+            out = tmp / segment_name(k)
+            stage = f"segment {k + 1}/{settings.keyframes - 1}"
+            frames = render_segment(inner, outer, settings, k, out,
+                                    _progress(ctx, job_id, f"segment:{k}", stage, what="frame"))
+            ctx.store.put_file(key, out)
+            ctx.jobs.progress(job_id, f"segment:{k}", frames)
+    if all(ctx.store.exists(segment_key(job_id, i)) for i in range(settings.keyframes - 1)):
+        ctx.send(TASK_STITCH, [job_id], "encode")
+
+
+def run_stitch(ctx: Context, job_id: str) -> None:
+    job = _live(ctx, job_id)
+    if job is None:
+        return
+    settings = _zoom(job)
+    key = f"{job_id}/result.mp4"
+    if not ctx.store.exists(key):
+        with holding(ctx, job_id, "stitch", TASK_STITCH, [job_id], "encode"), \
+                tempfile.TemporaryDirectory(prefix="zoomq-stitch-") as tmp:
+            tmp = Path(tmp)
+            ctx.jobs.update(job_id, stage="stitching")
+            segments = [_fetch(ctx, segment_key(job_id, k), tmp) for k in range(settings.keyframes - 1)]
+            keyframes = []
+            for k in range(settings.keyframes):
+                path = _fetch(ctx, keyframe_key(job_id, k), tmp)
+                keyframes.append(keyframe_entry(k, png.read_recipe(path), keyframe_name(k)))
+            model = {"name": job["model"], "sha256": ctx.models.get(job["model"], {}).get("sha256")}
+            out = tmp / "result.mp4"
+            sidecar = stitch(segments, settings, out, keyframes, model)
+            if settings.gif:
+                ctx.store.put_file(f"{job_id}/result.gif", out.with_suffix(".gif"))
+            ctx.store.put(f"{job_id}/sidecar.json", json.dumps(sidecar, indent=2).encode())
+            ctx.store.put_file(key, out)  # last: its presence means the whole result is there
+    ctx.jobs.finish(job_id, result=key, result_type="video/mp4", sidecar=f"{job_id}/sidecar.json",
+                    gif=f"{job_id}/result.gif" if settings.gif else "")
+
+
+PIECES = {TASK_IMAGE: run_image, TASK_KEYFRAME: run_keyframe, TASK_SEGMENT: run_segment, TASK_STITCH: run_stitch}
+

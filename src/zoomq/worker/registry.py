@@ -1,0 +1,68 @@
+"""Which workers are alive and which models they serve.
+
+Every worker refreshes a short-lived key ``zoomq:worker:<name>`` with its models, queues and
+process; a worker that stops refreshing (killed, its node lost) disappears within three heartbeats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import redis
+
+from zoomq import manifest as mf
+from zoomq.errors import ModelError
+
+PREFIX = "zoomq:worker:"
+
+
+def describe_models(folders: list[Path]) -> dict[str, dict]:
+    """The models a worker serves, by name (the folder's name), from their manifests."""
+    models = {}
+    for folder in folders:
+        m = mf.read(folder)
+        name = Path(folder).name
+        if name in models:
+            raise ModelError(f"two model folders are both named {name!r}; model names must be unique")
+        models[name] = {
+            "path": str(Path(folder).resolve()),
+            "sha256": m.sha256,
+            "task": m.task,
+            "native_size": m.kind["native_size"],
+        }
+    return models
+
+
+def announce(client: redis.Redis, name: str, info: dict, heartbeat: int) -> None:
+    payload = {**info, "name": name, "host": socket.gethostname(), "pid": os.getpid(), "seen": time.time()}
+    client.set(PREFIX + name, json.dumps(payload), ex=3 * heartbeat)
+
+
+def withdraw(client: redis.Redis, name: str) -> None:
+    client.delete(PREFIX + name)
+
+
+def live_workers(client: redis.Redis) -> list[dict]:
+    workers = []
+    for key in client.scan_iter(match=PREFIX + "*", count=200):
+        raw = client.get(key)
+        if raw:
+            workers.append(json.loads(raw))
+    return sorted(workers, key=lambda w: w["name"])
+
+
+def is_alive(client: redis.Redis, name: str) -> bool:
+    return bool(name) and bool(client.exists(PREFIX + name))
+
+
+def served_models(workers: list[dict]) -> dict[str, dict]:
+    """Model name → its description, over all live workers."""
+    models: dict[str, dict] = {}
+    for worker in workers:
+        for name, info in worker.get("models", {}).items():
+            models.setdefault(name, info)
+    return models

@@ -1,0 +1,139 @@
+"""Celery tasks: thin wrappers that run a piece and turn its outcome into job state.
+
+``celery -A zoomq.worker.tasks worker`` works as well as ``zoomq worker``. A piece that raises a
+zoomq error fails its job with that message; a lost broker connection is retried with backoff; a
+piece whose lease another worker holds is tried again a little later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+import redis
+from celery import signals
+from kombu.exceptions import OperationalError
+
+from zoomq import jobs as jobs_mod
+from zoomq.config import settings as current_settings
+from zoomq.errors import RenderCancelled, ZoomqError
+from zoomq.store import open_store
+from zoomq.worker import pieces, registry, watchdog
+from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, make_app
+
+log = logging.getLogger("zoomq.worker")
+app = make_app()
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+
+_context: pieces.Context | None = None
+
+
+def worker_name() -> str:
+    return os.environ.get("ZOOMQ_WORKER_NAME") or f"zoomq-{os.getpid()}@{socket.gethostname()}"
+
+
+def send(task: str, args: list, queue: str) -> None:
+    app.send_task(task, args=args, queue=queue)
+
+
+def context() -> pieces.Context:
+    """This process's context, made on first use (after the fork: no OpenVINO before it)."""
+    global _context
+    if _context is None:
+        s = current_settings()
+        client = redis.Redis.from_url(s.redis_url)
+        _context = pieces.Context(
+            settings=s,
+            redis=client,
+            jobs=jobs_mod.Jobs(client, s.job_ttl),
+            store=open_store(s, client),
+            worker=worker_name(),
+            models=registry.describe_models(list(s.models)),
+            send=send,
+        )
+    return _context
+
+
+def _run(task, piece: str, job_id: str, *args) -> None:
+    ctx = context()
+    try:
+        pieces.PIECES[piece](ctx, job_id, *args)
+    except pieces.PieceBusy:
+        raise task.retry(countdown=max(2, ctx.settings.heartbeat), max_retries=None)
+    except RenderCancelled:
+        log.info("job %s cancelled", job_id)
+    except TRANSIENT:
+        raise  # autoretry_for: backoff and try again
+    except ZoomqError as e:
+        ctx.jobs.fail(job_id, str(e))
+    except Exception as e:  # a bug or a broken model: the job says so, the worker lives on
+        log.exception("job %s: %s failed", job_id, piece)
+        ctx.jobs.fail(job_id, f"{type(e).__name__}: {e}")
+
+
+_OPTIONS = dict(bind=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, retry_jitter=True,
+                max_retries=30)
+
+
+@app.task(name=TASK_IMAGE, **_OPTIONS)
+def image(self, job_id: str) -> None:
+    _run(self, TASK_IMAGE, job_id)
+
+
+@app.task(name=TASK_KEYFRAME, **_OPTIONS)
+def keyframe(self, job_id: str, k: int) -> None:
+    _run(self, TASK_KEYFRAME, job_id, k)
+
+
+@app.task(name=TASK_SEGMENT, **_OPTIONS)
+def segment(self, job_id: str, k: int) -> None:
+    _run(self, TASK_SEGMENT, job_id, k)
+
+
+@app.task(name=TASK_STITCH, **_OPTIONS)
+def stitch(self, job_id: str) -> None:
+    _run(self, TASK_STITCH, job_id)
+
+
+# -- the worker's main process: announce models, watch for lost pieces -------------------------
+
+_stop = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_background(sender=None, **_):
+    s = current_settings()
+    client = redis.Redis.from_url(s.redis_url)
+    name = worker_name()
+    models = registry.describe_models(list(s.models))
+    queues = os.environ.get("ZOOMQ_WORKER_QUEUES", "").split(",") if os.environ.get("ZOOMQ_WORKER_QUEUES") else []
+    info = {"models": models, "queues": queues, "concurrency": int(os.environ.get("ZOOMQ_WORKER_CONCURRENCY", 0)),
+            "threads": s.threads}
+    jobs = jobs_mod.Jobs(client, s.job_ttl)
+    interval = max(2.0, s.stale_after / 4)
+
+    def loop() -> None:
+        next_scan = 0.0
+        while not _stop.is_set():
+            try:
+                registry.announce(client, name, info, s.heartbeat)
+                if time.monotonic() >= next_scan:
+                    watchdog.scan(client, jobs, send, s.stale_after, name, interval)
+                    next_scan = time.monotonic() + interval
+            except redis.RedisError as e:
+                log.warning("cannot reach Redis for heartbeat: %s", e)
+            _stop.wait(s.heartbeat)
+
+    threading.Thread(target=loop, name="zoomq heartbeat", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_background(**_):
+    _stop.set()
+    try:
+        registry.withdraw(redis.Redis.from_url(current_settings().redis_url), worker_name())
+    except redis.RedisError:
+        pass
