@@ -65,13 +65,17 @@ class Jobs:
         fields["updated"] = time.time()
         self.r.hset(_key(job_id), mapping={k: _enc(v) for k, v in fields.items()})
 
-    def start_piece(self, job_id: str, piece: str, worker: str) -> None:
-        """A piece begins: the job is running (if it was queued) and leaves the queue."""
+    def start_piece(self, job_id: str, piece: str, worker: str, pid: int) -> None:
+        """A piece begins: the job is running (if it was queued) and leaves the queue. Which worker
+        ran each piece, and how often each piece was started, stay in the record's side hashes."""
         now = time.time()
         with self.r.pipeline() as p:
             p.hsetnx(_key(job_id), "started", now)
             p.zrem(self.QUEUED_SET, job_id)
-            p.hset(_key(job_id), mapping={"worker": worker, "piece": piece, "heartbeat": now, "updated": now})
+            p.hset(_key(job_id), mapping={"worker": worker, "worker_pid": pid, "piece": piece, "heartbeat": now,
+                                          "updated": now})
+            p.hset(f"{_key(job_id)}:pieces", piece, worker)
+            p.hincrby(f"{_key(job_id)}:starts", piece, 1)
             p.execute()
         self._transition(job_id, (QUEUED,), RUNNING)
 
@@ -120,7 +124,8 @@ class Jobs:
                     if to in ENDED:
                         p.zrem(self.QUEUED_SET, job_id)
                         p.expire(key, self.ttl)
-                        p.expire(f"{key}:work", self.ttl)
+                        for side in ("work", "pieces", "starts", "keyframes"):
+                            p.expire(f"{key}:{side}", self.ttl)
                     p.execute()
                     return True
                 except redis.WatchError:
@@ -167,6 +172,12 @@ class Jobs:
         steps_left = max(0, remaining_units - frames_left)
         return round(steps_left * float(per_step) + frames_left * per_frame, 1)
 
+    def pieces(self, job_id: str) -> dict[str, dict]:
+        """Piece → {"worker": who ran it last, "starts": how often it was started}."""
+        workers = self.r.hgetall(f"{_key(job_id)}:pieces")
+        starts = self.r.hgetall(f"{_key(job_id)}:starts")
+        return {k.decode(): {"worker": v.decode(), "starts": int(starts.get(k, 0))} for k, v in workers.items()}
+
     def recent(self, limit: int = 50) -> list[dict]:
         ids = [i.decode() for i in self.r.zrevrange(self.ALL_SET, 0, limit - 1)]
         records = [self.get(i) for i in ids]
@@ -186,7 +197,7 @@ def _enc(value) -> str | float | int:
 
 _NUMBERS = {
     "created", "updated", "started", "finished", "heartbeat", "work_total", "work_done", "frames_total",
-    "keyframes_total", "keyframes_done", "seconds_per_step", "seconds_per_frame",
+    "keyframes_total", "keyframes_done", "seconds_per_step", "seconds_per_frame", "worker_pid",
 }
 
 

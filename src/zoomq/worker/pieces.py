@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import logging
 import tempfile
 import threading
@@ -89,7 +90,7 @@ def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
         raise PieceBusy(f"{piece} of job {job_id} is being rendered elsewhere")
     entry = {"task": task, "args": args, "queue": queue, "worker": ctx.worker, "since": time.time()}
     ctx.redis.hset(RUNNING, running_field(job_id, piece), json.dumps(entry))
-    ctx.jobs.start_piece(job_id, piece, ctx.worker)
+    ctx.jobs.start_piece(job_id, piece, ctx.worker, os.getpid())
     stop = threading.Event()
 
     def beat() -> None:

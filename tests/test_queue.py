@@ -1,0 +1,266 @@
+"""The distributed system end to end: a private redis-server, real worker processes, the
+miniature models — jobs, pipelined zooms, and the failures real clusters have."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from cluster import RedisServer, Worker, wait_for
+from conftest import run_cli
+from PIL import Image
+
+from zoomq.producer import Producer
+from zoomq.render.pipeline import Renderer
+from zoomq.render.request import RenderRequest
+from zoomq.zoom import video
+from zoomq.zoom.compose import render_zoom
+from zoomq.zoom.settings import ZoomSettings
+
+SMALL_ZOOM = dict(size=128, mask_width=32, interpolation_frames=6, steps=3, seed=21)
+SLOW_ZOOM = dict(size=512, mask_width=128, interpolation_frames=4, steps=30, seed=8)  # ~6 s a keyframe
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    srv = RedisServer(tmp_path / "redis")
+    monkeypatch.setenv("ZOOMQ_REDIS_URL", srv.url)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def cluster(server, tmp_path, tiny_t2i, tiny_inpaint):
+    """Start workers with ``cluster(name, **options)``; all are stopped afterwards."""
+    started = []
+
+    def start(name, models=(tiny_t2i, tiny_inpaint), **options):
+        worker = Worker(name, server.url, list(models), tmp_path, **options)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def decoded(data: bytes, folder) -> list[np.ndarray]:
+    path = folder / f"video-{time.monotonic_ns()}.mp4"
+    path.write_bytes(data)
+    return list(video.read_frames(path))
+
+
+def reference_zoom(tiny_inpaint, folder, **options) -> list[np.ndarray]:
+    """The same zoom rendered in this process, uninterrupted, with the workers' thread count
+    (OpenVINO's sums run in another order with other thread counts, which moves pixels)."""
+    from zoomq.config import settings
+
+    threads_one = settings().__class__(**{**vars(settings()), "threads": 1})
+    result = render_zoom(Renderer(tiny_inpaint, threads_one), ZoomSettings("a spiral", **options),
+                         folder / "reference.mp4")
+    return list(video.read_frames(result.video))
+
+
+def test_image_job_end_to_end(cluster, tiny_t2i):
+    cluster("w1")
+    producer = Producer()
+    job = producer.submit_image("a castle", model="t2i", steps=4, seed=3, negative_prompt="fog")
+    record = producer.wait(job, timeout=120)
+    assert record["state"] == "done", record.get("error")
+    assert record["progress"] == 1.0 and record["worker"].startswith("w1@")
+    queued = Image.open(io.BytesIO(producer.result(job))).convert("RGB")
+    local = Renderer(tiny_t2i).render(RenderRequest("a castle", steps=4, seed=3, negative_prompt="fog")).image
+    assert np.array_equal(np.asarray(queued), np.asarray(local))
+
+
+def test_zoom_job_over_two_workers(cluster, tiny_inpaint, tmp_path):
+    cluster("w1")
+    cluster("w2")
+    producer = Producer()
+    job = producer.submit_zoom("a spiral", model="inpaint", keyframes=6, gif=True, **SMALL_ZOOM)
+    record = producer.wait(job, timeout=300)
+    assert record["state"] == "done", record.get("error")
+    assert record["keyframes_done"] == 6 and record["progress"] == 1.0
+    pieces = producer.jobs.pieces(job)
+    assert set(pieces) == {f"keyframe:{k}" for k in range(6)} | {f"segment:{k}" for k in range(5)} | {"stitch"}
+    assert len({p["worker"] for p in pieces.values()}) == 2, pieces  # both workers did work
+    frames = decoded(producer.result(job), tmp_path)
+    reference = reference_zoom(tiny_inpaint, tmp_path, keyframes=6, **SMALL_ZOOM)
+    assert len(frames) == len(reference) == 5 * 6 + 1
+    assert all(np.array_equal(a, b) for a, b in zip(frames, reference))
+    assert producer.artifact(job, "result.gif")[:6] == b"GIF89a"
+    assert b'"frames": 31' in producer.artifact(job, "sidecar.json")
+
+
+def _running_piece(producer, job, prefix, min_units):
+    """Wait until a piece named ``prefix…`` is past ``min_units`` of work; returns the record."""
+    def check():
+        record = producer.jobs.get(job)
+        work = {k.decode(): int(v) for k, v in producer.redis.hgetall(f"zoomq:job:{job}:work").items()}
+        piece = record.get("piece", "")
+        return record if piece.startswith(prefix) and work.get(piece, 0) >= min_units else None
+    return wait_for(check, 180, f"{prefix} to be under way")
+
+
+def test_worker_killed_mid_keyframe_resumes_with_identical_video(cluster, tiny_inpaint, tmp_path):
+    cluster("w1")
+    cluster("w2")
+    producer = Producer()
+    job = producer.submit_zoom("a spiral", model="inpaint", keyframes=4, **SLOW_ZOOM)
+    record = _running_piece(producer, job, "keyframe:2", 5)
+    os.kill(int(record["worker_pid"]), signal.SIGKILL)  # the process rendering keyframe 2
+    record = producer.wait(job, timeout=600)
+    assert record["state"] == "done", record.get("error")
+    starts = {piece: p["starts"] for piece, p in producer.jobs.pieces(job).items()}
+    assert starts["keyframe:0"] == starts["keyframe:1"] == 1  # resumed from the last finished keyframe
+    assert starts["keyframe:2"] >= 2
+    frames = decoded(producer.result(job), tmp_path)
+    reference = reference_zoom(tiny_inpaint, tmp_path, keyframes=4, **SLOW_ZOOM)
+    assert len(frames) == len(reference) == 3 * 4 + 1  # no segment twice
+    assert all(np.array_equal(a, b) for a, b in zip(frames, reference))
+
+
+@pytest.mark.slow
+def test_lost_node_is_replaced_within_two_minutes(cluster, tmp_path):
+    """With the default stale time: the lost node's keyframe starts elsewhere well within 2 min."""
+    default = {"ZOOMQ_STALE_AFTER": "45", "ZOOMQ_HEARTBEAT": "5"}
+    first = cluster("first", env=default)
+    producer = Producer()
+    job = producer.submit_zoom("a spiral", model="inpaint", keyframes=3, **SLOW_ZOOM)
+    record = _running_piece(producer, job, "keyframe:1", 3)
+    assert record["worker"] == first.name
+    cluster("second", env=default)  # idle until the first node is gone
+    first.kill_node()
+    lost = time.monotonic()
+    wait_for(lambda: producer.jobs.get(job)["worker"].startswith("second@"), 120, "another worker to take over")
+    took = time.monotonic() - lost
+    status = producer.status(job)
+    assert status["worker_alive"] is True
+    record = producer.wait(job, timeout=300)
+    assert record["state"] == "done", record.get("error")
+    print(f"lost node's keyframe restarted on another worker after {took:.0f} s")
+    assert took < 120
+
+
+def test_liveness_shows_in_status(cluster, capsys):
+    worker = cluster("w1", env={"ZOOMQ_HEARTBEAT": "1"})
+    producer = Producer()
+    job = producer.submit_zoom("a spiral", model="inpaint", keyframes=3, **SLOW_ZOOM)
+    _running_piece(producer, job, "keyframe:0", 2)
+    code, out, _ = run_cli("status", job, capsys=capsys)
+    assert code == 0 and "(alive;" in out and "running" in out
+    worker.kill_node()
+    wait_for(lambda: producer.status(job)["worker_alive"] is False, 15, "the worker to be seen lost")
+    code, out, _ = run_cli("status", job, capsys=capsys)
+    assert "NOT SEEN" in out
+
+
+def test_cancel_stops_within_one_step_and_frees_the_worker(cluster):
+    cluster("w1")
+    producer = Producer()
+    job = producer.submit_zoom("a spiral", model="inpaint", keyframes=3, **SLOW_ZOOM)
+    _running_piece(producer, job, "keyframe:0", 3)
+    per_step = float(producer.jobs.get(job)["seconds_per_step"])
+    assert producer.cancel(job)
+    cancelled = time.monotonic()
+    # the piece lets go of its lease once it has stopped
+    wait_for(lambda: not producer.redis.exists(f"zoomq:lease:{job}:keyframe:0"), 30, "the keyframe to stop")
+    stopped = time.monotonic() - cancelled
+    assert stopped < per_step + 2.0, (stopped, per_step)
+    assert producer.status(job)["state"] == "cancelled"
+    assert not producer.cancel(job)
+    follow = producer.submit_image("next", model="t2i", steps=2, seed=1)
+    assert producer.wait(follow, timeout=60)["state"] == "done"
+
+
+def test_failing_task_marks_the_job_failed(server, cluster, tiny_t2i):
+    producer = Producer()
+    job = producer.submit_image("x", model="t2i", steps=2, seed=1, init_image=Image.new("RGB", (64, 64)))
+    producer.redis.delete(f"zoomq:artifact:{job}/init.png")  # gone before any worker looks
+    cluster("w1")
+    record = producer.wait(job, timeout=60)
+    assert record["state"] == "failed" and "no longer in the artifact store" in record["error"]
+
+
+def test_a_model_nobody_serves_is_reported(cluster, capsys):
+    cluster("w1")
+    producer = Producer()
+    job = producer.submit_image("x", model="ghost", steps=2, seed=1)
+    status = producer.status(job)
+    assert status["state"] == "queued" and "no worker online serves model 'ghost'" in status["warning"]
+    assert status["queue_position"] == 1
+
+
+def test_invalid_parameters_are_refused_before_enqueueing(cluster, capsys):
+    cluster("w1")
+    producer = Producer()
+    from zoomq.errors import InvalidParameter
+
+    with pytest.raises(InvalidParameter) as e:
+        producer.submit_image("x", model="t2i", steps=0)
+    assert e.value.param == "steps"
+    with pytest.raises(InvalidParameter, match="needs an inpainting model"):
+        producer.submit_zoom("x", model="t2i")
+    with pytest.raises(InvalidParameter) as e:
+        producer.submit_zoom("x", model="inpaint", mask_width=300)
+    assert e.value.param == "mask_width"
+    assert producer.redis.zcard("zoomq:jobs") == 0  # nothing was enqueued
+    code, _, err = run_cli("submit", "image", "x", "--model", "t2i", "--steps", "0", capsys=capsys)
+    assert code == 2 and err.startswith("zoomq: error: --steps:")
+
+
+def test_broker_unreachable_is_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setenv("ZOOMQ_REDIS_URL", "redis://127.0.0.1:1/0")
+    code, _, err = run_cli("submit", "image", "x", "--model", "t2i", capsys=capsys)
+    assert code == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in err and len(err.strip().splitlines()) == 1
+
+
+def test_redis_restart_with_aof_loses_no_job(tmp_path, monkeypatch, tiny_t2i, tiny_inpaint):
+    server = RedisServer(tmp_path / "aof", appendonly=True)
+    monkeypatch.setenv("ZOOMQ_REDIS_URL", server.url)
+    workers = []
+    try:
+        producer = Producer()
+        waiting = [producer.submit_image("x", model="t2i", steps=2, seed=i) for i in range(3)]
+        server.restart()  # the jobs wait in the queue through the restart
+        workers.append(Worker("w1", server.url, [tiny_t2i, tiny_inpaint], tmp_path))
+        for job in waiting:
+            assert Producer().wait(job, timeout=120)["state"] == "done"
+        server.restart()  # and the worker rides through one too
+        later = Producer().submit_image("y", model="t2i", steps=2, seed=9)
+        assert Producer().wait(later, timeout=120)["state"] == "done"
+    finally:
+        for w in workers:
+            w.stop()
+        server.stop()
+
+
+def test_fifty_jobs_from_ten_producers_none_lost_none_twice(cluster):
+    cluster("w1")
+    cluster("w2")
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def produce(n: int) -> None:
+        producer = Producer()
+        for i in range(5):
+            job = producer.submit_image(f"job {n}.{i}", model="t2i", steps=1, seed=n * 10 + i, width=64, height=64)
+            with lock:
+                ids.append(job)
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == len(set(ids)) == 50
+    producer = Producer()
+    records = [producer.wait(job, timeout=300, poll=0.2) for job in ids]
+    assert [r["state"] for r in records] == ["done"] * 50
+    assert all(producer.jobs.pieces(job)["image"]["starts"] == 1 for job in ids)
+    assert producer.redis.zcard("zoomq:queued") == 0
