@@ -66,13 +66,15 @@ def reference_zoom(tiny_inpaint, folder, **options) -> list[np.ndarray]:
     return list(video.read_frames(result.video))
 
 
-def test_image_job_end_to_end(cluster, tiny_t2i):
+def test_image_job_end_to_end(cluster, tiny_t2i, monkeypatch):
+    monkeypatch.setenv("ZOOMQ_JOB_TTL", "600")
     cluster("w1")
     producer = Producer()
     job = producer.submit_image("a castle", model="t2i", steps=4, seed=3, negative_prompt="fog")
     record = producer.wait(job, timeout=120)
     assert record["state"] == "done", record.get("error")
     assert record["progress"] == 1.0 and record["worker"].startswith("w1@")
+    assert 0 < producer.redis.ttl(f"zoomq:job:{job}") <= 600  # ended records expire
     queued = Image.open(io.BytesIO(producer.result(job))).convert("RGB")
     local = Renderer(tiny_t2i).render(RenderRequest("a castle", steps=4, seed=3, negative_prompt="fog")).image
     assert np.array_equal(np.asarray(queued), np.asarray(local))
@@ -152,6 +154,9 @@ def test_liveness_shows_in_status(cluster, capsys):
     producer = Producer()
     job = producer.submit_zoom("a spiral", model="inpaint", keyframes=3, **SLOW_ZOOM)
     _running_piece(producer, job, "keyframe:0", 2)
+    record = producer.status(job)
+    assert record["stage"].startswith("keyframe 1/3 (") and record["eta_seconds"] > 0
+    assert record["queue_position"] is None and 0 < record["progress"] < 1
     code, out, _ = run_cli("status", job, capsys=capsys)
     assert code == 0 and "(alive;" in out and "running" in out
     worker.kill_node()
@@ -264,3 +269,27 @@ def test_fifty_jobs_from_ten_producers_none_lost_none_twice(cluster):
     assert [r["state"] for r in records] == ["done"] * 50
     assert all(producer.jobs.pieces(job)["image"]["starts"] == 1 for job in ids)
     assert producer.redis.zcard("zoomq:queued") == 0
+
+
+def test_plain_celery_command_serves_jobs(server, tmp_path, tiny_t2i):
+    """``celery -A zoomq.worker.tasks worker`` is the same worker as ``zoomq worker``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "ZOOMQ_REDIS_URL": server.url, "ZOOMQ_MODELS": str(tiny_t2i), "ZOOMQ_THREADS": "1"}
+    log = open(tmp_path / "celery.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "celery"), "-A", "zoomq.worker.tasks", "worker", "-Q", "render.t2i,encode",
+         "--concurrency", "1", "--loglevel", "INFO"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        producer = Producer()
+        wait_for(lambda: producer.workers(), 120, "the celery worker to announce itself")
+        assert "t2i" in producer.models()
+        job = producer.submit_image("x", model="t2i", steps=2, seed=1)
+        assert producer.wait(job, timeout=120)["state"] == "done"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()

@@ -34,7 +34,7 @@ def _quiet_libraries() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from zoomq.cli import jobs, prepare, render, worker
+    from zoomq.cli import bench, jobs, prepare, render, worker
 
     parser = argparse.ArgumentParser(prog="zoomq", description="Stable Diffusion 2 on CPUs with OpenVINO.")
     parser.add_argument("--version", action="version", version=f"zoomq {__version__}")
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_parser(sub)
     worker.add_parser(sub)
     jobs.add_parsers(sub)
+    bench.add_parser(sub)
     return parser
 
 

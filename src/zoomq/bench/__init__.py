@@ -1,0 +1,1 @@
+"""Benchmarks that print measured figures and write them to docs/benchmarks.md."""
