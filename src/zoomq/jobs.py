@@ -79,14 +79,16 @@ class Jobs:
             p.execute()
         self._transition(job_id, (QUEUED,), RUNNING)
 
-    def progress(self, job_id: str, piece: str, units: int, stage: str | None = None) -> None:
-        """Units of work ``piece`` has done so far (absolute, so repeats are harmless)."""
+    def progress(self, job_id: str, piece: str, units: int, stage: str | None = None,
+                 stage_field: str = "stage") -> None:
+        """Units of work ``piece`` has done so far (absolute, so repeats are harmless). Encoding
+        reports into ``encode_stage``, so it does not overwrite the keyframe rendered beside it."""
         now = time.time()
         with self.r.pipeline() as p:
             p.hset(f"{_key(job_id)}:work", piece, units)
             fields = {"heartbeat": now, "updated": now}
-            if stage:
-                fields["stage"] = stage
+            if stage is not None:
+                fields[stage_field] = stage
             p.hset(_key(job_id), mapping={k: _enc(v) for k, v in fields.items()})
             p.execute()
 
@@ -157,6 +159,8 @@ class Jobs:
             rank = self.r.zrank(self.QUEUED_SET, job_id)
             record["queue_position"] = None if rank is None else rank + 1
         record["eta_seconds"] = self._eta(record, total - done)
+        if record["state"] == RUNNING and record.get("encode_stage"):
+            record["stage"] = f"{record['stage']}; {record['encode_stage']}"
         return record
 
     @staticmethod

@@ -114,8 +114,9 @@ def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
             ctx.redis.delete(key)
 
 
-def _progress(ctx: Context, job_id: str, piece: str, stage: str, offset: int = 0, what: str = "step"):
+def _progress(ctx: Context, job_id: str, piece: str, stage: str, what: str = "step"):
     """A render/segment progress callback that records units, times them and sees cancels."""
+    field = "stage" if what == "step" else "encode_stage"
     last = [time.monotonic(), 0]
 
     def callback(done: int, total: int) -> bool:
@@ -123,7 +124,7 @@ def _progress(ctx: Context, job_id: str, piece: str, stage: str, offset: int = 0
         if done > last[1]:
             ctx.jobs.measure(job_id, what, (now - last[0]) / (done - last[1]))
         last[:] = [now, done]
-        ctx.jobs.progress(job_id, piece, offset + done, stage=f"{stage} ({done}/{total})")
+        ctx.jobs.progress(job_id, piece, done, stage=f"{stage} ({done}/{total})", stage_field=field)
         return ctx.jobs.state(job_id) != CANCELLED
 
     return callback
@@ -223,11 +224,11 @@ def run_segment(ctx: Context, job_id: str, k: int) -> None:
             tmp = Path(tmp)
             inner, outer = (_fetch(ctx, keyframe_key(job_id, i), tmp) for i in (k, k + 1))
             out = tmp / segment_name(k)
-            stage = f"segment {k + 1}/{settings.keyframes - 1}"
+            stage = f"encoding segment {k + 1}/{settings.keyframes - 1}"
             frames = render_segment(inner, outer, settings, k, out,
                                     _progress(ctx, job_id, f"segment:{k}", stage, what="frame"))
             ctx.store.put_file(key, out)
-            ctx.jobs.progress(job_id, f"segment:{k}", frames)
+            ctx.jobs.progress(job_id, f"segment:{k}", frames, stage="", stage_field="encode_stage")
     if all(ctx.store.exists(segment_key(job_id, i)) for i in range(settings.keyframes - 1)):
         ctx.send(TASK_STITCH, [job_id], "encode")
 
