@@ -293,3 +293,42 @@ def test_plain_celery_command_serves_jobs(server, tmp_path, tiny_t2i):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
+
+
+def test_duplicate_deliveries_do_no_work_twice(cluster, tmp_path):
+    """Tasks delivered again (as Redis does after a visibility timeout) find their result or the
+    piece's lease and end; every piece still runs exactly once."""
+    from zoomq.worker.app import TASK_KEYFRAME, TASK_SEGMENT
+
+    cluster("w1")
+    cluster("w2")
+    producer = Producer()
+    job = producer.submit_zoom("a spiral", model="inpaint", keyframes=3, **SLOW_ZOOM)
+    _running_piece(producer, job, "keyframe:1", 3)
+    for task, args, queue in ((TASK_KEYFRAME, [job, 0], "render.inpaint"), (TASK_KEYFRAME, [job, 1], "render.inpaint"),
+                              (TASK_SEGMENT, [job, 0], "encode")):
+        producer._send(task, args, queue)
+    record = producer.wait(job, timeout=300)
+    assert record["state"] == "done", record.get("error")
+    assert {piece: p["starts"] for piece, p in producer.jobs.pieces(job).items()} == {
+        "keyframe:0": 1, "keyframe:1": 1, "keyframe:2": 1, "segment:0": 1, "segment:1": 1, "stitch": 1}
+
+
+def test_redis_restart_during_a_keyframe_is_survived(tmp_path, monkeypatch, tiny_t2i, tiny_inpaint):
+    """The broker goes away mid-render and comes back: the piece's Redis calls are retried (by
+    redis-py, and past that by the task's own backoff) and the job completes; AOF kept the queue,
+    the lease and the records."""
+    server = RedisServer(tmp_path / "aof", appendonly=True)
+    monkeypatch.setenv("ZOOMQ_REDIS_URL", server.url)
+    worker = Worker("w1", server.url, [tiny_t2i, tiny_inpaint], tmp_path)
+    try:
+        producer = Producer()
+        job = producer.submit_zoom("a spiral", model="inpaint", keyframes=2, **SLOW_ZOOM)
+        _running_piece(producer, job, "keyframe:0", 3)
+        server.restart()
+        record = Producer().wait(job, timeout=300)
+        assert record["state"] == "done", record.get("error")
+        assert Producer().result(job)[4:8] == b"ftyp"
+    finally:
+        worker.stop()
+        server.stop()

@@ -190,6 +190,8 @@ def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
     settings = _zoom(job)
     key = keyframe_key(job_id, k)
     queue = render_queue(job["model"])
+    if k and not ctx.store.exists(keyframe_key(job_id, k - 1)):
+        return  # delivered early: keyframe k-1 sends this piece again when it is done
     if not ctx.store.exists(key):
         with holding(ctx, job_id, f"keyframe:{k}", TASK_KEYFRAME, [job_id, k], queue), \
                 tempfile.TemporaryDirectory(prefix="zoomq-kf-") as tmp:
@@ -218,6 +220,8 @@ def run_segment(ctx: Context, job_id: str, k: int) -> None:
         return
     settings = _zoom(job)
     key = segment_key(job_id, k)
+    if not ctx.store.exists(keyframe_key(job_id, k + 1)):
+        return  # delivered early: keyframe k+1 sends this piece again when it is done
     if not ctx.store.exists(key):
         with holding(ctx, job_id, f"segment:{k}", TASK_SEGMENT, [job_id, k], "encode"), \
                 tempfile.TemporaryDirectory(prefix="zoomq-seg-") as tmp:
@@ -229,8 +233,7 @@ def run_segment(ctx: Context, job_id: str, k: int) -> None:
                                     _progress(ctx, job_id, f"segment:{k}", stage, what="frame"))
             ctx.store.put_file(key, out)
             ctx.jobs.progress(job_id, f"segment:{k}", frames, stage="", stage_field="encode_stage")
-    if all(ctx.store.exists(segment_key(job_id, i)) for i in range(settings.keyframes - 1)):
-        ctx.send(TASK_STITCH, [job_id], "encode")
+    ctx.send(TASK_STITCH, [job_id], "encode")  # it ends at once unless every segment is there
 
 
 def run_stitch(ctx: Context, job_id: str) -> None:
@@ -239,6 +242,8 @@ def run_stitch(ctx: Context, job_id: str) -> None:
         return
     settings = _zoom(job)
     key = f"{job_id}/result.mp4"
+    if not all(ctx.store.exists(segment_key(job_id, k)) for k in range(settings.keyframes - 1)):
+        return  # delivered early: the last segment sends this piece again when it is done
     if not ctx.store.exists(key):
         with holding(ctx, job_id, "stitch", TASK_STITCH, [job_id], "encode"), \
                 tempfile.TemporaryDirectory(prefix="zoomq-stitch-") as tmp:

@@ -1,0 +1,49 @@
+"""The artifact store contract, for both stores: Redis (real, private) and a directory."""
+
+from __future__ import annotations
+
+import pytest
+from cluster import RedisServer
+
+from zoomq.errors import InvalidParameter
+from zoomq.store import DirectoryStore, RedisStore
+
+
+@pytest.fixture(params=["redis", "directory"])
+def store(request, tmp_path):
+    if request.param == "directory":
+        yield DirectoryStore(tmp_path / "artifacts")
+        return
+    server = RedisServer(tmp_path / "redis")
+    yield RedisStore(server.client(), ttl=60)
+    server.stop()
+
+
+def test_put_get_exists_and_files(store, tmp_path):
+    job = "0f1e2d3c-0000-4000-8000-000000000000"
+    assert store.get(f"{job}/a.png") is None and not store.exists(f"{job}/a.png")
+    store.put(f"{job}/a.png", b"png bytes")
+    assert store.get(f"{job}/a.png") == b"png bytes" and store.exists(f"{job}/a.png")
+    (tmp_path / "in.bin").write_bytes(b"x" * 100_000)
+    store.put_file(f"{job}/seg.mp4", tmp_path / "in.bin")
+    assert store.get_file(f"{job}/seg.mp4", tmp_path / "out" / "seg.mp4")
+    assert (tmp_path / "out" / "seg.mp4").read_bytes() == b"x" * 100_000
+    assert not store.get_file(f"{job}/missing", tmp_path / "nothing")
+    store.delete_job(job)
+    assert not store.exists(f"{job}/a.png") and not store.exists(f"{job}/seg.mp4")
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "/abs", "a/../../b", "a//b", "", "a b"])
+def test_keys_cannot_leave_the_store(store, key):
+    with pytest.raises(InvalidParameter):
+        store.put(key, b"x")
+
+
+def test_redis_artifacts_expire(tmp_path):
+    server = RedisServer(tmp_path / "redis")
+    try:
+        store = RedisStore(server.client(), ttl=60)
+        store.put("job/a", b"1")
+        assert 0 < server.client().ttl("zoomq:artifact:job/a") <= 60
+    finally:
+        server.stop()
