@@ -65,15 +65,17 @@ class Jobs:
         fields["updated"] = time.time()
         self.r.hset(_key(job_id), mapping={k: _enc(v) for k, v in fields.items()})
 
-    def start_piece(self, job_id: str, piece: str, worker: str, pid: int) -> None:
-        """A piece begins: the job is running (if it was queued) and leaves the queue. Which worker
-        ran each piece, and how often each piece was started, stay in the record's side hashes."""
+    def start_piece(self, job_id: str, piece: str, worker: str, pid: int, encoding: bool = False) -> None:
+        """A piece begins: the job is running (if it was queued) and leaves the queue. Encoding
+        pieces report into ``encode_*`` fields, so ``worker``/``piece`` stay the rendering ones.
+        Which worker ran each piece, and how often each was started, stay in side hashes."""
+        prefix = "encode_" if encoding else ""
         now = time.time()
         with self.r.pipeline() as p:
             p.hsetnx(_key(job_id), "started", now)
             p.zrem(self.QUEUED_SET, job_id)
-            p.hset(_key(job_id), mapping={"worker": worker, "worker_pid": pid, "piece": piece, "heartbeat": now,
-                                          "updated": now})
+            p.hset(_key(job_id), mapping={f"{prefix}worker": worker, f"{prefix}worker_pid": pid,
+                                          f"{prefix}piece": piece, "heartbeat": now, "updated": now})
             p.hset(f"{_key(job_id)}:pieces", piece, worker)
             p.hincrby(f"{_key(job_id)}:starts", piece, 1)
             p.execute()
@@ -202,6 +204,7 @@ def _enc(value) -> str | float | int:
 _NUMBERS = {
     "created", "updated", "started", "finished", "heartbeat", "work_total", "work_done", "frames_total",
     "keyframes_total", "keyframes_done", "seconds_per_step", "seconds_per_frame", "worker_pid",
+    "encode_worker_pid",
 }
 
 

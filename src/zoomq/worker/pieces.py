@@ -90,7 +90,11 @@ def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
         raise PieceBusy(f"{piece} of job {job_id} is being rendered elsewhere")
     entry = {"task": task, "args": args, "queue": queue, "worker": ctx.worker, "since": time.time()}
     ctx.redis.hset(RUNNING, running_field(job_id, piece), json.dumps(entry))
-    ctx.jobs.start_piece(job_id, piece, ctx.worker, os.getpid())
+    # Segments encode beside the keyframe being rendered; they report their worker apart, so the
+    # record's worker stays the one rendering (as its stage does).
+    encoding = piece.startswith("segment")
+    worker_field = "encode_worker" if encoding else "worker"
+    ctx.jobs.start_piece(job_id, piece, ctx.worker, os.getpid(), encoding)
     stop = threading.Event()
 
     def beat() -> None:
@@ -98,7 +102,7 @@ def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
             try:
                 if ctx.redis.get(key) == me.encode():
                     ctx.redis.expire(key, ctx.settings.stale_after)
-                ctx.jobs.update(job_id, heartbeat=time.time(), worker=ctx.worker)
+                ctx.jobs.update(job_id, heartbeat=time.time(), **{worker_field: ctx.worker})
             except redis.RedisError as e:  # the task itself will meet the error; just keep beating
                 log.warning("heartbeat of %s failed: %s", piece, e)
 
