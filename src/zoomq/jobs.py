@@ -41,7 +41,7 @@ class Jobs:
     """Reads and writes job records; every write is a single Redis command or transaction."""
 
     QUEUED_SET = "zoomq:queued"  # job ids by submit time: the queue position
-    ALL_SET = "zoomq:jobs"  # every job id by submit time: the recent-jobs list
+    ALL_SET = "zoomq:jobs"  # every job id by submit time
 
     def __init__(self, client: redis.Redis, ttl: int):
         self.r = client
@@ -102,8 +102,9 @@ class Jobs:
         self.r.hset(_key(job_id), field, value)
 
     def finish(self, job_id: str, **fields) -> None:
-        if self._transition(job_id, (QUEUED, RUNNING), DONE, finished=time.time(), stage="done", **fields):
-            self.r.hset(_key(job_id), "work_done", self.get(job_id)["work_total"])
+        total = self.r.hget(_key(job_id), "work_total") or 0
+        self._transition(job_id, (QUEUED, RUNNING), DONE, finished=time.time(), stage="done",
+                         work_done=int(total), **fields)
 
     def fail(self, job_id: str, error: str) -> None:
         self._transition(job_id, (QUEUED, RUNNING), FAILED, finished=time.time(), stage="failed", error=error)
@@ -183,14 +184,6 @@ class Jobs:
         workers = self.r.hgetall(f"{_key(job_id)}:pieces")
         starts = self.r.hgetall(f"{_key(job_id)}:starts")
         return {k.decode(): {"worker": v.decode(), "starts": int(starts.get(k, 0))} for k, v in workers.items()}
-
-    def recent(self, limit: int = 50) -> list[dict]:
-        ids = [i.decode() for i in self.r.zrevrange(self.ALL_SET, 0, limit - 1)]
-        records = [self.get(i) for i in ids]
-        gone = [i for i, rec in zip(ids, records) if rec is None]
-        if gone:
-            self.r.zrem(self.ALL_SET, *gone)
-        return [rec for rec in records if rec is not None]
 
 
 def _enc(value) -> str | float | int:

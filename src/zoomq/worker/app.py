@@ -13,7 +13,6 @@ from celery import Celery
 from zoomq.config import Settings, settings as current_settings
 
 RENDER_QUEUE, ENCODE_QUEUE = "render", "encode"
-QUEUES = (RENDER_QUEUE, ENCODE_QUEUE)
 
 TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH = (
     "zoomq.image", "zoomq.keyframe", "zoomq.segment", "zoomq.stitch",

@@ -55,10 +55,6 @@ def live_workers(client: redis.Redis) -> list[dict]:
     return sorted(workers, key=lambda w: w["name"])
 
 
-def is_alive(client: redis.Redis, name: str) -> bool:
-    return bool(name) and bool(client.exists(PREFIX + name))
-
-
 def served_models(workers: list[dict]) -> dict[str, dict]:
     """Model name → its description, over all live workers."""
     models: dict[str, dict] = {}
