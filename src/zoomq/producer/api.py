@@ -95,8 +95,6 @@ class Producer:
                            task, info["native_size"] if info else 512)
         job_id = jobs_mod.new_id()
         params = {k: v for k, v in asdict(request).items() if k not in ("init_image", "mask")}
-        if request.mode == "text-to-image":
-            params["strength"] = None  # the worker validates again, and strength needs an init image
         if init is not None:
             params["init_image"] = self._put_image(job_id, "init", init)
         if mask_image is not None:

@@ -128,15 +128,15 @@ def validate(request: RenderRequest, task: str, native_size: int) -> RenderReque
     strength = request.strength
     if strength is not None and request.init_image is None:
         raise InvalidParameter("strength", strength, "needs an init image (image-to-image or inpainting)")
-    if strength is None:
-        strength = 1.0 if request.mode != "image-to-image" else 0.8
-    strength = number("strength", strength)
-    if not 0 < strength <= 1:
-        raise InvalidParameter("strength", strength, "must be in (0, 1]")
-    if request.mode != "text-to-image" and int(steps * strength) < 1:
-        raise InvalidParameter(
-            "strength", strength, f"leaves no denoising step of {steps}; raise --strength or --steps"
-        )
+    if request.mode != "text-to-image":  # strength means nothing without an init image: left unset
+        strength = number("strength", strength if strength is not None else
+                          (1.0 if request.mode == "inpainting" else 0.8))
+        if not 0 < strength <= 1:
+            raise InvalidParameter("strength", strength, "must be in (0, 1]")
+        if int(steps * strength) < 1:
+            raise InvalidParameter(
+                "strength", strength, f"leaves no denoising step of {steps}; raise --strength or --steps"
+            )
 
     default_w = default_h = native_size
     if request.init_image is not None:  # like diffusers: the init image's size, down to a multiple of 8
