@@ -82,13 +82,11 @@ def run_image(args: argparse.Namespace) -> int:
 def run_zoom(args: argparse.Namespace) -> int:
     from zoomq.render.pipeline import Renderer
     from zoomq.zoom.compose import render_zoom
-    from zoomq.zoom.keyframe import check_model
     from zoomq.zoom.settings import ZoomSettings, validate
 
     check_out(args.out, ".mp4")
     settings = validate(ZoomSettings(**zoom_options(args)))
     renderer = Renderer(args.model)
-    check_model(renderer)
     bar = Bar("step")
     try:
         result = render_zoom(renderer, settings, args.out, lambda stage, done, total: bar.update(done, total, stage))
