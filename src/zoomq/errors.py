@@ -26,6 +26,49 @@ class InvalidParameter(ZoomqError, ValueError):
         super().__init__(f"{param}: {rule} (got {value!r})")
 
 
+class InvalidParameters(InvalidParameter):
+    """Several parameters are bad at once: ``errors`` holds one ``InvalidParameter`` per field, so a
+    form or an API client can show them all; it reads (and maps to an option) like the first."""
+
+    def __init__(self, errors: list[InvalidParameter]):
+        self.errors = list(errors)
+        first = self.errors[0]
+        super().__init__(first.param, first.value, first.rule)
+        more = ", ".join(e.param for e in self.errors[1:])
+        self.args = (f"{first}; also wrong: {more}",)
+
+
+class Checks:
+    """Runs independent checks and keeps every failure, one per parameter.
+
+    ``checks(fn, *args)`` returns ``fn(*args)``, or ``None`` when it raised ``InvalidParameter``;
+    ``raise_errors()`` then raises the one error, or ``InvalidParameters`` for several.
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[InvalidParameter] = []
+
+    def __call__(self, fn, *args):
+        try:
+            return fn(*args)
+        except InvalidParameters as e:
+            self.add(*e.errors)
+        except InvalidParameter as e:
+            self.add(e)
+        return None
+
+    def add(self, *errors: InvalidParameter) -> None:
+        for error in errors:
+            if all(e.param != error.param for e in self.errors):
+                self.errors.append(error)
+
+    def raise_errors(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise InvalidParameters(self.errors)
+
+
 class ModelError(ZoomqError):
     """A model folder or hub id cannot be used: not SD2, not prepared, unreadable, wrong kind."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
-from zoomq.errors import InvalidParameter
+from zoomq.errors import Checks, InvalidParameter
 from zoomq.render import schedulers
 
 MAX_SIDE = 2048
@@ -95,21 +95,21 @@ def check_size(param: str, value) -> int:
     return value
 
 
-def validate(request: RenderRequest, task: str, native_size: int) -> RenderRequest:
-    """Check ``request`` against a model of ``task`` and return it with defaults filled in.
-
-    Raises ``InvalidParameter`` for the first problem found.
-    """
-    check_text("prompt", request.prompt)
-    check_text("negative_prompt", request.negative_prompt)
-    steps = check_steps(request.steps)
-    guidance = check_guidance(request.guidance)
-    eta = number("eta", request.eta)
+def check_eta(value) -> float:
+    eta = number("eta", value)
     if eta < 0:
         raise InvalidParameter("eta", eta, "must be ≥ 0")
-    check_seed(request.seed)
-    schedulers.check_name(request.scheduler)
+    return eta
 
+
+def check_strength(value) -> float:
+    strength = number("strength", value)
+    if not 0 < strength <= 1:
+        raise InvalidParameter("strength", strength, "must be in (0, 1]")
+    return strength
+
+
+def _check_images(request: RenderRequest, task: str) -> None:
     if task == "inpainting":
         if request.mask is None:
             raise InvalidParameter(
@@ -124,25 +124,39 @@ def validate(request: RenderRequest, task: str, native_size: int) -> RenderReque
             "this is a text-to-image model; masks need an inpainting model "
             "(prepared from stabilityai/stable-diffusion-2-inpainting)",
         )
+    if request.strength is not None and request.init_image is None:
+        raise InvalidParameter("strength", request.strength, "needs an init image (image-to-image or inpainting)")
 
+
+def validate(request: RenderRequest, task: str, native_size: int) -> RenderRequest:
+    """Check ``request`` against a model of ``task`` and return it with defaults filled in.
+
+    Raises ``InvalidParameter`` for one problem, ``InvalidParameters`` for several fields at once.
+    """
+    checks = Checks()
+    checks(check_text, "prompt", request.prompt)
+    checks(check_text, "negative_prompt", request.negative_prompt)
+    steps = checks(check_steps, request.steps)
+    guidance = checks(check_guidance, request.guidance)
+    eta = checks(check_eta, request.eta)
+    checks(check_seed, request.seed)
+    checks(schedulers.check_name, request.scheduler)
+    checks(_check_images, request, task)
     strength = request.strength
-    if strength is not None and request.init_image is None:
-        raise InvalidParameter("strength", strength, "needs an init image (image-to-image or inpainting)")
     if request.mode != "text-to-image":  # strength means nothing without an init image: left unset
-        strength = number("strength", strength if strength is not None else
-                          (1.0 if request.mode == "inpainting" else 0.8))
-        if not 0 < strength <= 1:
-            raise InvalidParameter("strength", strength, "must be in (0, 1]")
-        if int(steps * strength) < 1:
-            raise InvalidParameter(
-                "strength", strength, f"leaves no denoising step of {steps}; raise --strength or --steps"
-            )
-
+        if strength is None:
+            strength = 1.0 if request.mode == "inpainting" else 0.8
+        strength = checks(check_strength, strength)
     default_w = default_h = native_size
     if request.init_image is not None:  # like diffusers: the init image's size, down to a multiple of 8
         default_w, default_h = (s - s % 8 for s in request.init_image.size)
-    width = check_size("width", request.width if request.width is not None else default_w)
-    height = check_size("height", request.height if request.height is not None else default_h)
+    width = checks(check_size, "width", request.width if request.width is not None else default_w)
+    height = checks(check_size, "height", request.height if request.height is not None else default_h)
+    checks.raise_errors()
+    if strength is not None and int(steps * strength) < 1:
+        raise InvalidParameter(
+            "strength", strength, f"leaves no denoising step of {steps}; raise --strength or --steps"
+        )
     return replace(
         request, steps=steps, guidance=guidance, eta=eta, strength=strength, width=width, height=height
     )

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from zoomq.errors import InvalidParameter
+from zoomq.errors import Checks, InvalidParameter
 from zoomq.render import schedulers
 from zoomq.render.request import check_guidance, check_seed, check_size, check_steps, check_text, number
 
@@ -118,38 +118,69 @@ def load_schedule(path: Path | str) -> tuple[PromptChange, ...]:
     return parse_schedule(raw)
 
 
-def validate(s: ZoomSettings) -> ZoomSettings:
-    """Check every setting; returns the settings with a concrete seed. Raises ``InvalidParameter``."""
-    check_text("prompt", s.prompt)
-    check_text("negative_prompt", s.negative_prompt)
-    keyframes = number("keyframes", s.keyframes, int)
-    if keyframes < 2:
-        raise InvalidParameter("keyframes", keyframes, "must be at least 2 (a zoom runs from one keyframe to the next)")
-    size = check_size("size", s.size)
-    mask_width = number("mask_width", s.mask_width, int)
+def _at_least(param: str, value, low: int, why: str = "") -> int:
+    value = number(param, value, int)
+    if value < low:
+        raise InvalidParameter(param, value, f"must be at least {low}{why}")
+    return value
+
+
+def _mask_width(value, size: int) -> int:
+    mask_width = number("mask_width", value, int)
     if not 8 <= mask_width < size / 2:
         raise InvalidParameter("mask_width", mask_width, f"must be at least 8 and less than half the size ({size // 2})")
-    frames = number("interpolation_frames", s.interpolation_frames, int)
-    if frames < 1:
-        raise InvalidParameter("interpolation_frames", frames, "must be at least 1")
-    fps = number("fps", s.fps, int)
+    return mask_width
+
+
+def _fps(value) -> int:
+    fps = number("fps", value, int)
     if not 1 <= fps <= 120:
         raise InvalidParameter("fps", fps, "must be between 1 and 120")
-    if s.direction not in DIRECTIONS:
-        raise InvalidParameter("direction", s.direction, "must be out or in")
-    steps = check_steps(s.steps)
-    guidance = check_guidance(s.guidance)
-    schedulers.check_name(s.scheduler)
-    seam = number("seam", s.seam, int)
+    return fps
+
+
+def _direction(value) -> str:
+    if value not in DIRECTIONS:
+        raise InvalidParameter("direction", value, "must be out or in")
+    return value
+
+
+def _seam(value, size: int, mask_width: int) -> int:
+    seam = number("seam", value, int)
     inner = size - 2 * mask_width
     if not 0 <= seam <= inner // 4:
         raise InvalidParameter("seam", seam, f"must be between 0 and {inner // 4} (a quarter of the pasted square)")
-    check_seed(s.seed)
-    for change in s.schedule:
+    return seam
+
+
+def _schedule_fits(schedule: tuple[PromptChange, ...], keyframes: int) -> None:
+    for change in schedule:
         if change.keyframe >= keyframes:
             raise InvalidParameter(
                 "prompt_schedule", change.keyframe, f"names a keyframe past the last one ({keyframes - 1})"
             )
+
+
+def validate(s: ZoomSettings) -> ZoomSettings:
+    """Check every setting; returns the settings with a concrete seed. Raises ``InvalidParameter``,
+    or ``InvalidParameters`` when several settings are wrong."""
+    checks = Checks()
+    checks(check_text, "prompt", s.prompt)
+    checks(check_text, "negative_prompt", s.negative_prompt)
+    keyframes = checks(_at_least, "keyframes", s.keyframes, 2, " (a zoom runs from one keyframe to the next)")
+    size = checks(check_size, "size", s.size)
+    mask_width = checks(_mask_width, s.mask_width, size) if size is not None else None
+    frames = checks(_at_least, "interpolation_frames", s.interpolation_frames, 1)
+    fps = checks(_fps, s.fps)
+    checks(_direction, s.direction)
+    steps = checks(check_steps, s.steps)
+    guidance = checks(check_guidance, s.guidance)
+    checks(schedulers.check_name, s.scheduler)
+    seam = checks(_seam, s.seam, size, mask_width) if mask_width is not None else None
+    checks(check_seed, s.seed)
+    if keyframes is not None:
+        checks(_schedule_fits, s.schedule, keyframes)
+    checks.raise_errors()
     return replace(
         s, keyframes=keyframes, size=size, mask_width=mask_width, interpolation_frames=frames, fps=fps,
         steps=steps, guidance=guidance, seam=seam,
