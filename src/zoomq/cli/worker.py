@@ -30,8 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from zoomq.config import settings
     from zoomq.worker import registry
-    from zoomq.worker.app import ENCODE_QUEUE, RENDER_QUEUE
-    from zoomq.worker.pieces import render_queue
+    from zoomq.worker.app import ENCODE_QUEUE, RENDER_QUEUE, render_queue
 
     kinds = [q.strip() for q in args.queues.split(",") if q.strip()]
     if not kinds or set(kinds) - {RENDER_QUEUE, ENCODE_QUEUE}:

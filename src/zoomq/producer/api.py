@@ -19,13 +19,12 @@ from PIL import Image
 
 from zoomq import jobs as jobs_mod
 from zoomq.config import Settings, settings as current_settings
-from zoomq.errors import InvalidParameter, ZoomqError
+from zoomq.errors import Checks, InvalidParameter, ZoomqError
 from zoomq.render.png import load_image
 from zoomq.render.request import RenderRequest, validate
 from zoomq.store import open_store
 from zoomq.worker import registry
-from zoomq.worker.app import ENCODE_QUEUE, TASK_IMAGE, TASK_KEYFRAME, make_app
-from zoomq.worker.pieces import render_queue
+from zoomq.worker.app import ENCODE_QUEUE, TASK_IMAGE, TASK_KEYFRAME, make_app, render_queue
 from zoomq.zoom.settings import ZoomSettings, parse_schedule, validate as validate_zoom
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -80,44 +79,60 @@ class Producer:
 
     # -- submitting ------------------------------------------------------------------------
 
+    def check_image(self, prompt: str, *, model: str, init_image: ImageInput = None, mask: ImageInput = None,
+                    **options) -> RenderRequest:
+        """The validated request ``submit_image`` would enqueue; raises ``InvalidParameter(s)``."""
+        checks = Checks()
+        info = checks(self._model, model)
+        init = checks(_as_image, init_image, "init_image", "RGB")
+        mask_image = checks(_as_image, mask, "mask", "L")
+        task = info["task"] if info else ("inpainting" if mask_image is not None else "text-to-image")
+        for name in sorted(set(options) - set(RenderRequest.__dataclass_fields__)):
+            checks.add(InvalidParameter(name, options[name], "is not an image parameter"))
+        options = {k: v for k, v in options.items() if k in RenderRequest.__dataclass_fields__}
+        request = checks(validate, RenderRequest(prompt=prompt, init_image=init, mask=mask_image, **options),
+                         task, info["native_size"] if info else 512)
+        checks.raise_errors()
+        return request.with_seed()
+
     def submit_image(self, prompt: str, *, model: str, init_image: ImageInput = None, mask: ImageInput = None,
                      **options) -> str:
         """Enqueue one image (text-to-image, image-to-image with ``init_image``, inpainting with
         ``mask``); ``options`` are ``RenderRequest`` fields. Returns the job id."""
-        info = self._model(model)
-        init = _as_image(init_image, "init_image", "RGB")
-        mask_image = _as_image(mask, "mask", "L")
-        task = info["task"] if info else ("inpainting" if mask_image is not None else "text-to-image")
-        unknown = set(options) - set(RenderRequest.__dataclass_fields__)
-        if unknown:
-            raise InvalidParameter(sorted(unknown)[0], options[sorted(unknown)[0]], "is not an image parameter")
-        request = validate(RenderRequest(prompt=prompt, init_image=init, mask=mask_image, **options).with_seed(),
-                           task, info["native_size"] if info else 512)
+        request = self.check_image(prompt, model=model, init_image=init_image, mask=mask, **options)
         job_id = jobs_mod.new_id()
         params = {k: v for k, v in asdict(request).items() if k not in ("init_image", "mask")}
-        if init is not None:
-            params["init_image"] = self._put_image(job_id, "init", init)
-        if mask_image is not None:
-            params["mask"] = self._put_image(job_id, "mask", mask_image)
+        if request.init_image is not None:
+            params["init_image"] = self._put_image(job_id, "init", request.init_image)
+        if request.mask is not None:
+            params["mask"] = self._put_image(job_id, "mask", request.mask)
         steps = request.steps if request.mode == "text-to-image" else min(int(request.steps * request.strength),
                                                                            request.steps)
         self._call(self.jobs.create, job_id, "image", model, params, steps)
         self._call(self._send, TASK_IMAGE, [job_id], render_queue(model))
         return job_id
 
+    def check_zoom(self, prompt: str, *, model: str, init_image: ImageInput = None, schedule=None,
+                   **options) -> tuple[ZoomSettings, Image.Image | None]:
+        """The validated settings (and init image) ``submit_zoom`` would enqueue."""
+        checks = Checks()
+        info = checks(self._model, model)
+        if info and info["task"] != "inpainting":
+            checks.add(InvalidParameter("model", model, "is a text-to-image model; zoom needs an inpainting model"))
+        for name in sorted(set(options) - set(ZoomSettings.__dataclass_fields__) - {"schedule", "init_image"}):
+            checks.add(InvalidParameter(name, options[name], "is not a zoom parameter"))
+        options = {k: v for k, v in options.items() if k in ZoomSettings.__dataclass_fields__}
+        init = checks(_as_image, init_image, "init_image", "RGB")
+        parsed = checks(parse_schedule, schedule) if schedule else ()
+        settings = checks(validate_zoom, ZoomSettings(prompt=prompt, schedule=parsed or (), **options))
+        checks.raise_errors()
+        return settings, init
+
     def submit_zoom(self, prompt: str, *, model: str, init_image: ImageInput = None, schedule=None,
                     **options) -> str:
         """Enqueue an infinite-zoom video; ``options`` are ``ZoomSettings`` fields, ``schedule`` a
         list of ``{"keyframe": k, "prompt": ..., "negative_prompt": ...}``. Returns the job id."""
-        info = self._model(model)
-        if info and info["task"] != "inpainting":
-            raise InvalidParameter("model", model, "is a text-to-image model; zoom needs an inpainting model")
-        unknown = set(options) - set(ZoomSettings.__dataclass_fields__) - {"schedule", "init_image"}
-        if unknown:
-            raise InvalidParameter(sorted(unknown)[0], options[sorted(unknown)[0]], "is not a zoom parameter")
-        init = _as_image(init_image, "init_image", "RGB")
-        settings = validate_zoom(ZoomSettings(
-            prompt=prompt, schedule=parse_schedule(schedule) if schedule else (), **options))
+        settings, init = self.check_zoom(prompt, model=model, init_image=init_image, schedule=schedule, **options)
         job_id = jobs_mod.new_id()
         if init is not None:
             settings = ZoomSettings.from_dict({**settings.to_dict(), "init_image": self._put_image(job_id, "init", init)})

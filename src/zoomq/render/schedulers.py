@@ -6,26 +6,23 @@ own scheduler config, exactly as diffusers' ``from_config`` swap does.
 
 from __future__ import annotations
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from typing import TYPE_CHECKING
 
 from zoomq.errors import InvalidParameter
 
-# name -> (class, extra config); "default" is the class the model was saved with.
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+# name -> (diffusers class, extra config); "default" is the class the model was saved with.
+# Classes are looked up by name when a render starts, so checking a name (the producer, the web
+# front end) does not import diffusers and torch.
 SCHEDULERS = {
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler-ancestral": (EulerAncestralDiscreteScheduler, {}),
-    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
-    "lms": (LMSDiscreteScheduler, {}),
-    "pndm": (PNDMScheduler, {}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
 }
 NAMES = ("default", *SCHEDULERS)
 
@@ -36,13 +33,12 @@ def check_name(name: str) -> str:
     return name
 
 
-def make(name: str, config: dict) -> SchedulerMixin:
+def make(name: str, config: dict) -> "SchedulerMixin":
     """A fresh scheduler called ``name`` configured from the model's ``scheduler_config.json``."""
+    import diffusers
+
     check_name(name)
     if name == "default":
-        import diffusers
-
-        cls = getattr(diffusers, config["_class_name"])
-        return cls.from_config(config)
-    cls, extra = SCHEDULERS[name]
-    return cls.from_config(config, **extra)
+        return getattr(diffusers, config["_class_name"]).from_config(config)
+    class_name, extra = SCHEDULERS[name]
+    return getattr(diffusers, class_name).from_config(config, **extra)

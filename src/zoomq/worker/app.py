@@ -25,6 +25,11 @@ ROUTES = {
 }
 
 
+def render_queue(model: str) -> str:
+    """The queue of render tasks for one model: only workers holding that model listen to it."""
+    return f"render.{model}"
+
+
 def make_app(s: Settings | None = None) -> Celery:
     s = s or current_settings()
     app = Celery("zoomq", broker=s.redis_url)

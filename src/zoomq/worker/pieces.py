@@ -31,7 +31,7 @@ from zoomq.render import png
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest
 from zoomq.store import ArtifactStore
-from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH
+from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, render_queue
 from zoomq.zoom.keyframe import keyframe_name, render_keyframe
 from zoomq.zoom.segment import render_segment, segment_name
 from zoomq.zoom.settings import ZoomSettings
@@ -73,10 +73,6 @@ class Context:
                 raise ZoomqError(f"model {model!r}: this worker does not serve it ({', '.join(self.models)})")
             self.renderers[model] = Renderer(self.models[model]["path"], self.settings)
         return self.renderers[model]
-
-
-def render_queue(model: str) -> str:
-    return f"render.{model}"
 
 
 # -- leases and heartbeats ------------------------------------------------------------------

@@ -4,15 +4,18 @@ keyframe k+1 by outpainting keyframe k. Reads and writes PNG files that carry th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
 from zoomq.errors import ModelError
 from zoomq.render import png
-from zoomq.render.pipeline import Progress, Renderer
 from zoomq.render.request import RenderRequest
 from zoomq.zoom import geometry
 from zoomq.zoom.settings import ZoomSettings
+
+if TYPE_CHECKING:  # the web front end names keyframes without loading torch
+    from zoomq.render.pipeline import Progress, Renderer
 
 
 def keyframe_name(k: int) -> str:
