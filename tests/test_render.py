@@ -115,6 +115,13 @@ def test_bad_input_is_one_line_naming_the_option_and_exit_2(tiny_t2i, tmp_path, 
     assert not (tmp_path / "o.png").exists()
 
 
+def test_several_bad_options_are_one_line_each(tiny_t2i, tmp_path, capsys):
+    code, _, err = run_cli("render", "image", "x", "--model", tiny_t2i, "--steps", "0", "--guidance", "-1",
+                           "--scheduler", "nope", "--out", tmp_path / "o.png", capsys=capsys)
+    assert code == 2
+    assert [line.split(":")[2].strip() for line in err.strip().splitlines()] == ["--steps", "--guidance", "--scheduler"]
+
+
 def test_inpainting_model_needs_a_mask(tiny_inpaint, tmp_path, capsys):
     img = tmp_path / "in.png"
     Image.new("RGB", (256, 256)).save(img)

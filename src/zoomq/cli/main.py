@@ -34,7 +34,7 @@ def _quiet_libraries() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from zoomq.cli import bench, jobs, prepare, render, worker
+    from zoomq.cli import bench, jobs, prepare, render, web, worker
 
     parser = argparse.ArgumentParser(prog="zoomq", description="Stable Diffusion 2 on CPUs with OpenVINO.")
     parser.add_argument("--version", action="version", version=f"zoomq {__version__}")
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_parser(sub)
     worker.add_parser(sub)
     jobs.add_parsers(sub)
+    web.add_parser(sub)
     bench.add_parser(sub)
     return parser
 
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except InvalidParameter as e:
-        print(f"zoomq: error: {option_name(e.param)}: {e.rule} (got {e.value!r})", file=sys.stderr)
+        lines = [f"zoomq: error: {option_name(error.param)}: {error.rule} (got {error.value!r})"
+                 for error in getattr(e, "errors", [e])]  # InvalidParameters: one line per wrong option
+        print("\n".join(dict.fromkeys(lines)), file=sys.stderr)  # width and height are both --size
         return e.exit_code
     except ZoomqError as e:
         print(f"zoomq: error: {e}", file=sys.stderr)
