@@ -179,6 +179,17 @@ class Jobs:
         steps_left = max(0, remaining_units - frames_left)
         return round(steps_left * float(per_step) + frames_left * per_frame, 1)
 
+    def recent(self, limit: int = 20) -> list[dict]:
+        """The newest ``limit`` jobs, newest first; ids whose record has expired are dropped."""
+        records, expired = [], []
+        for raw in self.r.zrevrange(self.ALL_SET, 0, limit - 1):
+            job_id = raw.decode()
+            record = self.get(job_id)
+            (records if record else expired).append(record or job_id)
+        if expired:
+            self.r.zrem(self.ALL_SET, *expired)
+        return records
+
     def pieces(self, job_id: str) -> dict[str, dict]:
         """Piece → {"worker": who ran it last, "starts": how often it was started}."""
         workers = self.r.hgetall(f"{_key(job_id)}:pieces")

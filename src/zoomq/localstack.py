@@ -1,4 +1,4 @@
-"""A whole zoomq stack on this machine: a private redis-server and worker processes.
+"""A whole zoomq stack on this machine: a private redis-server, worker processes, the web server.
 
 Used by the benchmarks and the tests, and the base of the one-machine deployment. Each server runs
 on a free port with its own directory, never touching a Redis that is already there; each worker
@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -118,11 +120,49 @@ class WorkerProcess:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        _stop_group(self.proc)
         self.log.close()
+
+
+class WebProcess:
+    """The web front end as a subprocess: ``zoomq web`` (Flask's server) or, with
+    ``gunicorn=True``, the production server; ready once ``/api/health`` answers."""
+
+    def __init__(self, redis_url: str, log_dir: Path, host: str = "127.0.0.1", port: int | None = None,
+                 gunicorn: bool = False, env: dict | None = None, start_timeout: float = 60):
+        self.port = port or free_port()
+        self.url = f"http://{host}:{self.port}"
+        self.log = open(Path(log_dir) / f"web-{self.port}.log", "ab")
+        environment = {**os.environ, "ZOOMQ_REDIS_URL": redis_url, **(env or {})}
+        command = ([sys.executable, "-m", "gunicorn", "--bind", f"{host}:{self.port}", "--workers", "2",
+                    "--threads", "4", "zoomq.web.wsgi:app"] if gunicorn else
+                   [sys.executable, "-m", "zoomq", "web", "--host", host, "--port", str(self.port)])
+        self.proc = subprocess.Popen(command, env=environment, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_for(lambda: self._answers() or self.proc.poll() is not None, start_timeout, "the web server to start")
+        if self.proc.poll() is not None:
+            raise ZoomqError(f"the web server exited at start; see {self.log.name}")
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/api/health", timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answered (503: Redis down), so it is up
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        _stop_group(self.proc)
+        self.log.close()
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group (a worker's pool, gunicorn's workers), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
