@@ -55,6 +55,25 @@ VARIABLES: tuple[Variable, ...] = (
         "45",
         "Seconds without a heartbeat after which a running piece is given to another worker.",
     ),
+    Variable(
+        "ZOOMQ_API_TOKEN",
+        "",
+        "When set, submitting and cancelling need it: `Authorization: Bearer <token>` on the API, "
+        "the token field on the web form.",
+    ),
+    Variable(
+        "ZOOMQ_SECRET_KEY",
+        "",
+        "Signs the web session and its CSRF tokens; empty shares one random key between all web "
+        "processes through Redis.",
+    ),
+    Variable(
+        "ZOOMQ_RATE_LIMIT",
+        "30/60",
+        "Job submissions allowed per client address: `N/SECONDS`, counted in Redis; `0` turns the limit off.",
+    ),
+    Variable("ZOOMQ_MAX_UPLOAD", "16777216", "Largest web request in bytes (init images, masks): 16 MiB."),
+    Variable("ZOOMQ_MAX_PROMPT", "1000", "Longest prompt, in characters, the web front end accepts."),
 )
 
 _PRECISIONS = ("auto", "f32", "bf16", "f16")
@@ -74,6 +93,11 @@ class Settings:
     visibility_timeout: int
     heartbeat: int
     stale_after: int
+    api_token: str = ""
+    secret_key: str = ""
+    rate_limit: tuple[int, int] = (30, 60)  # (submissions, per seconds); (0, 0) is off
+    max_upload: int = 16 * 2**20
+    max_prompt: int = 1000
 
     @property
     def ov_cache_dir(self) -> Path:
@@ -99,6 +123,16 @@ def _int(name: str, minimum: int) -> int:
     return value
 
 
+def _rate(name: str) -> tuple[int, int]:
+    raw = _get(name)
+    if raw == "0":
+        return (0, 0)
+    count, _, seconds = raw.partition("/")
+    if not (count.isdigit() and seconds.isdigit() and int(count) > 0 and int(seconds) > 0):
+        raise InvalidParameter(name, raw, "must be N/SECONDS (for example 30/60), or 0 for no limit")
+    return (int(count), int(seconds))
+
+
 def settings() -> Settings:
     """The current settings, validated; a bad value raises ``InvalidParameter`` naming the variable."""
     precision = _get("ZOOMQ_INFERENCE_PRECISION").lower()
@@ -122,4 +156,9 @@ def settings() -> Settings:
         visibility_timeout=_int("ZOOMQ_VISIBILITY_TIMEOUT", 60),
         heartbeat=_int("ZOOMQ_HEARTBEAT", 1),
         stale_after=_int("ZOOMQ_STALE_AFTER", 2),
+        api_token=_get("ZOOMQ_API_TOKEN"),
+        secret_key=_get("ZOOMQ_SECRET_KEY"),
+        rate_limit=_rate("ZOOMQ_RATE_LIMIT"),
+        max_upload=_int("ZOOMQ_MAX_UPLOAD", 1024),
+        max_prompt=_int("ZOOMQ_MAX_PROMPT", 1),
     )

@@ -1,0 +1,126 @@
+"""The HTML pages: submit form, job status page, jobs and cluster overview.
+
+Forms post back here (CSRF-checked) and work without JavaScript; the status page's script only
+polls the JSON API to update itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+from flask import Blueprint, abort, redirect, render_template, request, url_for
+
+from zoomq.errors import InvalidParameter, InvalidParameters
+from zoomq.jobs import ENDED
+from zoomq.producer.api import BrokerUnavailable
+from zoomq.render.request import RenderRequest
+from zoomq.render.schedulers import NAMES as SCHEDULERS
+from zoomq.web import present, security, submission
+from zoomq.web.api import submit
+from zoomq.web.app import web
+from zoomq.zoom.settings import DIRECTIONS, ZoomSettings
+
+bp = Blueprint("pages", __name__)
+
+
+def _defaults(cls) -> dict:
+    return {f.name: f.default for f in fields(cls) if f.default is not None and not callable(f.default)}
+
+
+@bp.app_context_processor
+def _common():
+    w = web()
+    return {
+        "csrf_token": security.csrf_token,
+        "csrf_field": security.CSRF_FIELD,
+        "needs_token": not security.authorized_session(w.settings.api_token),
+    }
+
+
+def _form_page(kind: str = "zoom", values: dict | None = None, errors: dict | None = None, status: int = 200):
+    try:
+        models = web().producer.models()
+        broker_error = None
+    except BrokerUnavailable as e:
+        models, broker_error = {}, str(e)
+    values = values or {}
+    schedule = [(k, p) for k, p in zip(values.get("schedule_keyframe", []), values.get("schedule_prompt", []))]
+    return render_template(
+        "submit.html", kind=kind, values=values, errors=errors or {}, broker_error=broker_error,
+        image_models=sorted(models), zoom_models=sorted(m for m, i in models.items() if i["task"] == "inpainting"),
+        image_defaults=_defaults(RenderRequest), zoom_defaults=_defaults(ZoomSettings),
+        schedulers=SCHEDULERS, directions=DIRECTIONS, schedule=schedule + [("", "")] * max(0, 3 - len(schedule)),
+        max_prompt=web().settings.max_prompt, max_upload=web().settings.max_upload,
+    ), status
+
+
+@bp.get("/")
+def index():
+    return _form_page(request.args.get("kind", "zoom"))
+
+
+@bp.post("/submit")
+def submit_form():
+    w = web()
+    values = {k: request.form.getlist(k) if k.startswith("schedule_") else request.form.get(k) for k in request.form}
+    kind = request.form.get("kind", "zoom")
+    if not security.csrf_ok(request):
+        return _form_page(kind, values, {"form": "the form has expired or was not sent by this site; submit it again"}, 400)
+    if not security.accept_token(request.form.get("token"), w.settings.api_token):
+        return _form_page(kind, values, {"token": "wrong or missing API token"}, 401)
+    if w.rate_limit.hit(request.remote_addr or "unknown") is not None:
+        count, seconds = w.settings.rate_limit
+        return _form_page(kind, values, {"form": f"too many submissions: at most {count} per {seconds} s; wait a moment"}, 429)
+    sub, checks = submission.from_form(request.form, request.files, w.settings.max_prompt)
+    try:
+        job_id = submit(sub, checks)
+    except InvalidParameters as e:
+        return _form_page(kind, values, _by_field(e.errors), 400)
+    except InvalidParameter as e:
+        return _form_page(kind, values, _by_field([e]), 400)
+    return redirect(url_for(".job", job_id=job_id), 303)
+
+
+def _by_field(errors: list[InvalidParameter]) -> dict:
+    out = {}
+    for e in errors:
+        name = submission.field_name(e.param)
+        key = "schedule" if name.startswith("schedule") else name
+        out.setdefault(key, f"{e.rule} (got {e.value!r})" if e.value is not None else e.rule)
+    return out
+
+
+def _job_or_404(job_id: str) -> dict:
+    try:
+        return web().producer.status(job_id)
+    except InvalidParameter:
+        abort(404)
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str):
+    record = _job_or_404(job_id)
+    params = record["params"].get("zoom", record["params"])
+    return render_template("job.html", job=present.job_json(record), ended=record["state"] in ENDED,
+                           prompt=params.get("prompt", ""), recipe=json.dumps(record["params"], indent=2))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str):
+    _job_or_404(job_id)
+    w = web()
+    if not security.csrf_ok(request):
+        abort(400, "the form has expired; reload the page")
+    if not security.accept_token(request.form.get("token"), w.settings.api_token):
+        return render_template("error.html", status=401, message="wrong or missing API token"), 401
+    w.producer.cancel(job_id)
+    return redirect(url_for(".job", job_id=job_id), 303)
+
+
+@bp.get("/jobs")
+def overview():
+    w = web()
+    cluster = present.health(w.producer)
+    jobs = [present.job_summary(r) for r in w.producer.jobs.recent(50)] if cluster["broker"]["reachable"] else []
+    return render_template("overview.html", jobs=jobs, cluster=cluster)

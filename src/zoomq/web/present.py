@@ -1,0 +1,73 @@
+"""What the API and the pages show: a job record with its URLs, and the cluster's health."""
+
+from __future__ import annotations
+
+import redis
+from flask import url_for
+
+from zoomq.jobs import DONE
+from zoomq.producer.api import Producer
+from zoomq.worker.app import ENCODE_QUEUE, render_queue
+
+# Fields of a job record that are internal bookkeeping, not for clients.
+_HIDDEN = ("worker_pid", "encode_worker_pid", "heartbeat")
+
+
+def job_json(record: dict) -> dict:
+    """A job record for clients: state, progress, ETA, error, and URLs of what exists so far."""
+    job_id = record["id"]
+    out = {k: v for k, v in record.items() if k not in _HIDDEN}
+    out["status_url"] = url_for("api.job", job_id=job_id)
+    out["page_url"] = url_for("pages.job", job_id=job_id)
+    done = record["state"] == DONE
+    out["result_url"] = url_for("api.result", job_id=job_id) if done else None
+    out["download_url"] = url_for("api.result", job_id=job_id, download=1) if done else None
+    out["sidecar_url"] = url_for("api.sidecar", job_id=job_id) if done and record.get("sidecar") else None
+    out["gif_url"] = (url_for("api.gif", job_id=job_id)
+                      if done and record["kind"] == "zoom" and record["params"].get("zoom", {}).get("gif") else None)
+    out["keyframe_urls"] = [url_for("api.keyframe", job_id=job_id, k=k)
+                            for k in range(int(record.get("keyframes_done") or 0))]
+    return out
+
+
+def job_summary(record: dict) -> dict:
+    """One line of the recent-jobs list."""
+    params = record["params"].get("zoom", record["params"])
+    return {
+        "id": record["id"], "kind": record["kind"], "model": record["model"], "state": record["state"],
+        "stage": record.get("stage"), "progress": record["progress"], "created": record["created"],
+        "prompt": params.get("prompt", ""), "page_url": url_for("pages.job", job_id=record["id"]),
+        "status_url": url_for("api.job", job_id=record["id"]),
+    }
+
+
+def health(producer: Producer) -> dict:
+    """Broker reachability, live workers with their models, and the length of every queue."""
+    try:
+        producer.redis.ping()
+    except redis.RedisError as e:
+        return {"ok": False, "broker": {"reachable": False, "error": str(e)}, "workers": [], "queues": {}}
+    workers = producer.workers()
+    queues = {ENCODE_QUEUE} | {q for w in workers for q in w.get("queues", [])}
+    queues |= {render_queue(m) for w in workers for m in w.get("models", {})}
+    # Render queues of models nobody serves right now still hold waiting jobs: show them too.
+    queues |= {k.decode() for k in producer.redis.scan_iter(match=render_queue("*"), count=500, _type="list")}
+    lengths = {q: producer.redis.llen(q) for q in sorted(queues)}
+    return {
+        "ok": bool(workers),
+        "broker": {"reachable": True, "url": _redacted(producer.settings.redis_url)},
+        "workers": [{"name": w["name"], "host": w.get("host"), "queues": w.get("queues", []),
+                     "concurrency": w.get("concurrency"), "seen": w.get("seen"),
+                     "models": {name: {"task": m["task"], "native_size": m["native_size"]}
+                                for name, m in w.get("models", {}).items()}} for w in workers],
+        "models": sorted({m for w in workers for m in w.get("models", {})}),
+        "queues": lengths,
+    }
+
+
+def _redacted(url: str) -> str:
+    """The Redis URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest

@@ -1,0 +1,125 @@
+"""The web front end in real headless Chromium against a real stack: a private redis-server, one
+worker process with the miniature inpainting model, and `zoomq web` — submit a zoom through the
+form, watch it to the end and play the video; cancel a running job from its page."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+from browser import ARTIFACTS, chromium
+from cluster import RedisServer, Worker
+
+from zoomq.localstack import WebProcess
+from zoomq.zoom import video
+
+JOB_PAGE = re.compile(r"/jobs/[0-9a-f-]{36}$")
+
+
+@pytest.fixture
+def stack(tmp_path, tiny_inpaint):
+    server = RedisServer(tmp_path / "redis")
+    worker = web = None
+    try:
+        worker = Worker("web1", server.url, [tiny_inpaint], tmp_path)
+        web = WebProcess(server.url, tmp_path)
+        yield SimpleNamespace(server=server, worker=worker, web=web)
+    finally:
+        for part in (web, worker, server):
+            if part is not None:
+                part.stop()
+
+
+def api(stack, path: str) -> dict:
+    with urllib.request.urlopen(stack.web.url + path, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def fill_zoom_form(page, prompt: str, **fields) -> None:
+    form = page.locator("#zoom-form")
+    form.locator("textarea[name=prompt]").fill(prompt)
+    form.locator("select[name=model]").select_option("inpaint")
+    for name, value in fields.items():
+        form.locator(f"input[name={name}]").fill(str(value))
+
+
+def test_submit_a_zoom_watch_it_and_play_the_video(stack, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 1300})
+        script_errors = []
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
+        page.goto(stack.web.url + "/")
+        # A few seconds of work, so the page polls it mid-way (it polls once a second).
+        fill_zoom_form(page, "an endless spiral library", keyframes=3, size=256, mask_width=64,
+                       interpolation_frames=12, steps=15, fps=12, seed=7)
+        page.locator("#schedule input[name=schedule_keyframe]").first.fill("2")
+        page.locator("#schedule input[name=schedule_prompt]").first.fill("a forest of books")
+        page.screenshot(path=str(ARTIFACTS / "web-submit.png"), full_page=True)
+        page.locator("#zoom-form button[type=submit]").click()
+        page.wait_for_url(JOB_PAGE)
+        job_id = page.url.rsplit("/", 1)[-1]
+
+        seen = []  # the progress bar, as the page shows it, until the job ends
+        deadline = time.monotonic() + 240
+        while page.locator("#job").get_attribute("data-state") not in ("done", "failed", "cancelled"):
+            assert time.monotonic() < deadline, f"job still {page.locator('#state').inner_text()} after 240 s"
+            seen.append(page.eval_on_selector("#progress", "e => e.value"))
+            page.wait_for_timeout(250)
+        assert page.locator("#state").inner_text() == "done", page.locator("#error").inner_text()
+        assert page.eval_on_selector("#progress", "e => e.value") == 100
+        assert page.locator("#percent").inner_text() == "100 %"
+        assert seen == sorted(seen) and any(0 < v < 100 for v in seen), seen
+
+        # Metadata loaded (duration known), then a frame decoded: the video plays in this browser.
+        page.wait_for_function("() => { const v = document.querySelector('#result video');"
+                               " return v && v.readyState >= 1 && v.duration > 0; }", timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#result video').readyState >= 2", timeout=30_000)
+        record = api(stack, f"/api/jobs/{job_id}")
+        duration = page.eval_on_selector("#result video", "v => v.duration")
+        assert abs(duration - record["frames_total"] / 12) < 0.2
+        page.wait_for_function("() => [...document.querySelectorAll('#keyframes img')]"
+                               ".filter(i => i.complete && i.naturalWidth === 256).length === 3")
+        links = {a.inner_text(): a.get_attribute("href") for a in page.locator("#downloads a").all()}
+        assert set(links) == {"Download the video", "Sidecar (JSON)"}
+        assert '"a forest of books"' in page.locator("#recipe").text_content()
+        page.screenshot(path=str(ARTIFACTS / "web-zoom-done.png"), full_page=True)
+        assert script_errors == []
+
+    with urllib.request.urlopen(stack.web.url + links["Download the video"], timeout=10) as response:
+        (tmp_path / "zoom.mp4").write_bytes(response.read())
+    assert video.probe(tmp_path / "zoom.mp4").frames == record["frames_total"]
+    keyframes = api(stack, links["Sidecar (JSON)"])["keyframes"]
+    assert [(k["index"], k["prompt"]) for k in keyframes] == [
+        (0, "an endless spiral library"), (1, "an endless spiral library"), (2, "a forest of books")]
+
+
+def test_cancel_a_running_job_from_its_page(stack):
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(stack.web.url + "/")
+        # ≈ 10 s a keyframe on the miniature model at 512 px: long enough to be caught running.
+        fill_zoom_form(page, "a slow zoom", keyframes=6, size=512, mask_width=128, steps=50,
+                       interpolation_frames=4)
+        page.locator("#zoom-form button[type=submit]").click()
+        page.wait_for_url(JOB_PAGE)
+        job_id = page.url.rsplit("/", 1)[-1]
+        page.wait_for_selector("#job[data-state=running]", timeout=120_000)
+        page.locator("#cancel").click()
+        page.wait_for_url(JOB_PAGE)
+        page.wait_for_selector("#job[data-state=cancelled]", timeout=10_000)
+        assert page.locator("#state").inner_text() == "cancelled"
+        assert page.locator("#cancel-form").is_hidden()
+        page.screenshot(path=str(ARTIFACTS / "web-zoom-cancelled.png"), full_page=True)
+
+    record = api(stack, f"/api/jobs/{job_id}")
+    assert record["state"] == "cancelled" and record["result_url"] is None
+    # The worker stops within a denoising step and takes nothing further of the job.
+    time.sleep(3)
+    later = api(stack, f"/api/jobs/{job_id}")
+    assert later["keyframes_done"] == record["keyframes_done"] < 6
+    assert api(stack, "/api/health")["queues"]["render.inpaint"] == 0
