@@ -7,7 +7,7 @@ polls the JSON API to update itself.
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import MISSING, fields
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 
@@ -25,7 +25,7 @@ bp = Blueprint("pages", __name__)
 
 
 def _defaults(cls) -> dict:
-    return {f.name: f.default for f in fields(cls) if f.default is not None and not callable(f.default)}
+    return {f.name: f.default for f in fields(cls) if f.default not in (None, MISSING)}
 
 
 @bp.app_context_processor
