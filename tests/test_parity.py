@@ -126,3 +126,42 @@ def test_bf16_stays_close_to_diffusers(t2i, tiny_t2i, monkeypatch):
     ours = renderer.render(RenderRequest("a castle on a hill", steps=STEPS, seed=42))
     theirs = _reference(ref, renderer, "default", 42, prompt="a castle on a hill", num_inference_steps=STEPS)
     assert psnr(ours.pixels, theirs) >= 30
+
+
+def _stop_guidance_after(calls: int, *chunked: str):
+    """diffusers' documented way to end guidance early: a step-end callback that sets the scale to
+    0 and keeps the prompt half of the batched tensors."""
+
+    def callback(pipe, step_index, timestep, tensors):
+        if step_index == calls - 1:
+            pipe._guidance_scale = 0.0
+            for name in chunked:
+                tensors[name] = tensors[name].chunk(2)[-1]
+        return tensors
+
+    return {"callback_on_step_end": callback, "callback_on_step_end_tensor_inputs": list(chunked)}
+
+
+def test_guidance_cutoff_matches_diffusers_ending_guidance_early(t2i):
+    renderer, ref, _ = t2i
+    # DDIM: one UNet call per step, so "2 of 5 steps guided" means the same in both (PNDM adds calls).
+    request = RenderRequest("a castle on a hill", negative_prompt="fog", steps=STEPS, seed=42, guidance=9.0,
+                            guidance_cutoff=0.4, scheduler="ddim")
+    ours = renderer.render(request)
+    theirs = _reference(ref, renderer, "ddim", 42, prompt="a castle on a hill", negative_prompt="fog",
+                        guidance_scale=9.0, num_inference_steps=STEPS, **_stop_guidance_after(2, "prompt_embeds"))
+    assert psnr(ours.pixels, theirs) >= PARITY_DB
+    full = renderer.render(RenderRequest("a castle on a hill", negative_prompt="fog", steps=STEPS, seed=42,
+                                         guidance=9.0, scheduler="ddim"))
+    assert psnr(ours.pixels, full.pixels) < psnr(ours.pixels, theirs) - 10  # the cutoff changed the picture
+    assert ours.recipe["guidance_cutoff"] == 0.4
+
+
+def test_guidance_cutoff_in_inpainting_matches_diffusers(inpaint, init_image, square_mask):
+    renderer, ref = inpaint
+    ours = renderer.render(RenderRequest("a door", steps=STEPS, seed=3, guidance=9.0, guidance_cutoff=0.5,
+                                         scheduler="ddim", init_image=init_image, mask=square_mask, strength=1.0))
+    theirs = _reference(ref, renderer, "ddim", 3, prompt="a door", image=init_image, mask_image=square_mask,
+                        strength=1.0, guidance_scale=9.0, num_inference_steps=STEPS,
+                        **_stop_guidance_after(3, "prompt_embeds", "mask", "masked_image_latents"))
+    assert psnr(ours.pixels, theirs) >= PARITY_DB

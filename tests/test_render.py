@@ -92,6 +92,8 @@ def test_long_prompt_is_truncated_with_a_warning(renderer):
         (["--size", "big"], "--size"),
         (["--scheduler", "nope"], "--scheduler"),
         (["--guidance", "-1"], "--guidance"),
+        (["--guidance-cutoff", "0"], "--guidance-cutoff"),
+        (["--guidance-cutoff", "1.5"], "--guidance-cutoff"),
         (["--strength", "0.5"], "--strength"),  # without an init image
         (["--init-image", "{img}", "--strength", "0"], "--strength"),
         (["--init-image", "{img}", "--strength", "1.5"], "--strength"),

@@ -107,10 +107,11 @@ def test_zoom_job_with_schedule_and_init_image(client):
 
 def test_every_bad_field_is_reported_once_and_nothing_is_queued(client):
     response = client.post("/api/jobs", json={"kind": "image", "prompt": "x", "model": "t2i", "steps": 0,
-                                              "guidance": -1, "scheduler": "nope", "width": 100, "eta": "a"})
+                                              "guidance": -1, "scheduler": "nope", "width": 100, "eta": "a",
+                                              "guidance_cutoff": 0})
     assert response.status_code == 400
     errors = fields_of(response)
-    assert set(errors) == {"steps", "guidance", "scheduler", "width", "eta"}
+    assert set(errors) == {"steps", "guidance", "scheduler", "width", "eta", "guidance_cutoff"}
     assert errors["steps"]["value"] == 0 and "at least 1" in errors["steps"]["rule"]
     assert "multiple of 8" in errors["width"]["rule"] and errors["width"]["value"] == 100
 

@@ -37,6 +37,7 @@ class RenderRequest:
     eta: float = 0.0
     init_image: Image.Image | None = field(default=None, repr=False)
     mask: Image.Image | None = field(default=None, repr=False)
+    guidance_cutoff: float = 1.0  # fraction of the steps that use guidance; later steps run batch 1
 
     @property
     def mode(self) -> str:
@@ -77,6 +78,14 @@ def check_guidance(value) -> float:
     if guidance < 0:
         raise InvalidParameter("guidance", guidance, "must be ≥ 0 (≤ 1 turns guidance off)")
     return guidance
+
+
+def check_guidance_cutoff(value) -> float:
+    cutoff = number("guidance_cutoff", value)
+    if not 0 < cutoff <= 1:
+        raise InvalidParameter("guidance_cutoff", cutoff,
+                               "must be in (0, 1]: the fraction of steps that use guidance (1 = all)")
+    return cutoff
 
 
 def check_seed(value) -> int | None:
@@ -138,6 +147,7 @@ def validate(request: RenderRequest, task: str, native_size: int) -> RenderReque
     checks(check_text, "negative_prompt", request.negative_prompt)
     steps = checks(check_steps, request.steps)
     guidance = checks(check_guidance, request.guidance)
+    cutoff = checks(check_guidance_cutoff, request.guidance_cutoff)
     eta = checks(check_eta, request.eta)
     checks(check_seed, request.seed)
     checks(schedulers.check_name, request.scheduler)
@@ -158,5 +168,5 @@ def validate(request: RenderRequest, task: str, native_size: int) -> RenderReque
             "strength", strength, f"leaves no denoising step of {steps}; raise --strength or --steps"
         )
     return replace(
-        request, steps=steps, guidance=guidance, eta=eta, strength=strength, width=width, height=height
+        request, steps=steps, guidance=guidance, guidance_cutoff=cutoff, eta=eta, strength=strength, width=width, height=height
     )

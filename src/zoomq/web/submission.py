@@ -24,12 +24,13 @@ MAX_PIXELS = 4096 * 4096
 
 # Parameter → type, for each kind (the producer's names; ``model`` and ``prompt`` come separately).
 IMAGE_FIELDS = {
-    "negative_prompt": str, "steps": int, "guidance": float, "seed": int, "scheduler": str,
-    "width": int, "height": int, "strength": float, "eta": float,
+    "negative_prompt": str, "steps": int, "guidance": float, "guidance_cutoff": float, "seed": int,
+    "scheduler": str, "width": int, "height": int, "strength": float, "eta": float,
 }
 ZOOM_FIELDS = {
     "negative_prompt": str, "keyframes": int, "size": int, "mask_width": int, "interpolation_frames": int,
-    "fps": int, "direction": str, "seed": int, "steps": int, "guidance": float, "scheduler": str,
+    "fps": int, "direction": str, "seed": int, "steps": int, "guidance": float, "guidance_cutoff": float,
+    "scheduler": str,
     "seam": int, "gif": bool,
 }
 UPLOADS = {"image": ("init_image", "mask"), "zoom": ("init_image",)}

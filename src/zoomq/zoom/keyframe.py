@@ -57,6 +57,7 @@ def render_keyframe(
             canvas, mask = geometry.outpaint_canvas(inner, settings.mask_width, settings.seam)
         request = RenderRequest(
             prompt=prompt, negative_prompt=negative, steps=settings.steps, guidance=settings.guidance,
+            guidance_cutoff=settings.guidance_cutoff,
             seed=settings.keyframe_seed(k), scheduler=settings.scheduler, width=side, height=side,
             init_image=canvas, mask=mask, strength=1.0,
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from zoomq.errors import Checks, InvalidParameter
 from zoomq.render import schedulers
-from zoomq.render.request import check_guidance, check_seed, check_size, check_steps, check_text, number
+from zoomq.render.request import check_guidance, check_guidance_cutoff, check_seed, check_size, check_steps, check_text, number
 
 DIRECTIONS = ("out", "in")
 
@@ -42,6 +42,7 @@ class ZoomSettings:
     seed: int | None = None
     steps: int = 20
     guidance: float = 7.5
+    guidance_cutoff: float = 1.0
     scheduler: str = "default"
     seam: int = 16
     schedule: tuple[PromptChange, ...] = ()
@@ -175,6 +176,7 @@ def validate(s: ZoomSettings) -> ZoomSettings:
     checks(_direction, s.direction)
     steps = checks(check_steps, s.steps)
     guidance = checks(check_guidance, s.guidance)
+    cutoff = checks(check_guidance_cutoff, s.guidance_cutoff)
     checks(schedulers.check_name, s.scheduler)
     seam = checks(_seam, s.seam, size, mask_width) if mask_width is not None else None
     checks(check_seed, s.seed)
@@ -183,5 +185,5 @@ def validate(s: ZoomSettings) -> ZoomSettings:
     checks.raise_errors()
     return replace(
         s, keyframes=keyframes, size=size, mask_width=mask_width, interpolation_frames=frames, fps=fps,
-        steps=steps, guidance=guidance, seam=seam,
+        steps=steps, guidance=guidance, guidance_cutoff=cutoff, seam=seam,
     ).with_seed()
