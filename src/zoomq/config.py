@@ -26,8 +26,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "ZOOMQ_INFERENCE_PRECISION",
         "auto",
-        "OpenVINO inference precision: `auto` (the device's fastest: bf16 on CPUs with AVX-512 BF16 "
-        "or AMX, else f32), `f32`, `bf16` or `f16`.",
+        "OpenVINO inference precision: `auto` (the faster of bf16 and f32 on this CPU, measured once in "
+        "about 2 s and remembered in the cache directory), `f32`, `bf16` or `f16`.",
     ),
     Variable("ZOOMQ_THREADS", "0", "OpenVINO threads per model; 0 uses every core."),
     Variable(

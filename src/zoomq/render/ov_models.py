@@ -28,6 +28,22 @@ def core() -> ov.Core:
         return _core
 
 
+def compile_config(s: Settings, cache: bool = True) -> dict:
+    """OpenVINO compile properties for the settings (latency, precision, threads, cache)."""
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if cache:
+        config["CACHE_DIR"] = str(s.ov_cache_dir)
+    if s.inference_precision != "auto":
+        config["INFERENCE_PRECISION_HINT"] = s.inference_precision
+    if s.threads:
+        config["INFERENCE_NUM_THREADS"] = s.threads
+        # With a thread count set, several worker processes share the node. OpenVINO would pin
+        # each process's threads to the first cores, all on the same ones: measured here, two
+        # 1-thread workers ran each job 2x slower, no faster in total than one. Let the OS spread them.
+        config["ENABLE_CPU_PINNING"] = False
+    return config
+
+
 class CompiledParts:
     """Compiled sub-models of one prepared model folder, one per (part, shape)."""
 
@@ -37,18 +53,6 @@ class CompiledParts:
         self._models: dict[str, ov.Model] = {}
         self._compiled: dict[tuple, ov.CompiledModel] = {}
         self._lock = threading.Lock()
-
-    def _config(self) -> dict:
-        config = {"PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(self.settings.ov_cache_dir)}
-        if self.settings.inference_precision != "auto":
-            config["INFERENCE_PRECISION_HINT"] = self.settings.inference_precision
-        if self.settings.threads:
-            config["INFERENCE_NUM_THREADS"] = self.settings.threads
-            # With a thread count set, several worker processes share the node. OpenVINO would pin
-            # each process's threads to the first cores, all on the same ones: measured here, two
-            # 1-thread workers ran each job 2x slower, no faster in total than one. Let the OS spread them.
-            config["ENABLE_CPU_PINNING"] = False
-        return config
 
     def compiled(self, part: str, shapes: dict[str, list[int]]) -> ov.CompiledModel:
         key = (part, tuple((k, tuple(v)) for k, v in sorted(shapes.items())))
@@ -60,7 +64,7 @@ class CompiledParts:
                 static = model.clone()
                 static.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()})
                 self.settings.ov_cache_dir.mkdir(parents=True, exist_ok=True)
-                self._compiled[key] = core().compile_model(static, self.settings.device, self._config())
+                self._compiled[key] = core().compile_model(static, self.settings.device, compile_config(self.settings))
             return self._compiled[key]
 
     def run(self, part: str, **inputs: np.ndarray) -> np.ndarray:

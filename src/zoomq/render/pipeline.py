@@ -11,7 +11,7 @@ import inspect
 import json
 import math
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,7 @@ from zoomq import __version__
 from zoomq import manifest as mf
 from zoomq.config import Settings, settings as current_settings
 from zoomq.errors import RenderCancelled
-from zoomq.render import schedulers
+from zoomq.render import precision, schedulers
 from zoomq.render.ov_models import CompiledParts
 from zoomq.render.request import RenderRequest, validate
 
@@ -55,7 +55,9 @@ class Renderer:
         self.manifest = mf.read(Path(model_dir))
         self.folder = self.manifest.folder
         self.kind = self.manifest.kind
-        self.settings = settings or current_settings()
+        settings = settings or current_settings()
+        # "auto" becomes the precision measured fastest here, so compiles and recipes name it.
+        self.settings = replace(settings, inference_precision=precision.resolve(settings))
         self.parts = CompiledParts(self.folder, self.settings)
         self.tokenizer = CLIPTokenizer.from_pretrained(self.folder / "tokenizer")
         self._embeddings: dict[str, tuple[np.ndarray, list[str]]] = {}
