@@ -170,3 +170,28 @@ def test_int8_weights_are_smaller_and_render(tmp_path, tiny_t2i):
     figure = psnr(Renderer(tmp_path / "int8").render(request).pixels, Renderer(tiny_t2i).render(request).pixels)
     print(f"int8 weights: unet.bin {size / fp16:.2f}x of fp16, PSNR {figure:.1f} dB against fp16 weights")
     assert figure > 20
+
+
+def test_int8_hybrid_quantizes_the_unet_calibrated_on_itself(tmp_path, tiny_inpaint):
+    import collections
+
+    import openvino as ov
+    from conftest import psnr
+    from PIL import Image
+
+    from zoomq.render.pipeline import Renderer
+    from zoomq.render.request import RenderRequest
+
+    hybrid = prepare_random(tmp_path / "hybrid", full=False, inpainting=True, weights="int8-hybrid")
+    assert hybrid.data["weights"] == "int8-hybrid"
+    hybrid.verify_files()  # raises unless the hashes were taken after quantization
+    ops = collections.Counter(op.get_type_name() for op in ov.Core().read_model(hybrid.folder / "unet.xml").get_ops())
+    assert ops["FakeQuantize"] >= ops["Convolution"] > 0  # activations and weights of convolutions
+    vae = collections.Counter(op.get_type_name() for op in ov.Core().read_model(hybrid.folder / "vae_decoder.xml").get_ops())
+    assert vae["FakeQuantize"] == 0  # only the UNet is quantized
+
+    canvas, mask = Image.new("RGB", (256, 256), "gray"), Image.new("L", (256, 256), 255)
+    request = RenderRequest("a door", steps=8, seed=3, init_image=canvas, mask=mask, strength=1.0)
+    figure = psnr(Renderer(hybrid.folder).render(request).pixels, Renderer(tiny_inpaint).render(request).pixels)
+    print(f"int8-hybrid UNet: PSNR {figure:.1f} dB against fp16 weights (miniature inpainting model, f32)")
+    assert figure > 30

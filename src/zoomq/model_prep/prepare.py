@@ -24,7 +24,7 @@ from zoomq.model_prep.detect import ModelKind, detect
 log = logging.getLogger(__name__)
 
 ROUTES = ("direct", "onnx")
-WEIGHTS = ("fp16", "int8")
+WEIGHTS = ("fp16", "int8", "int8-hybrid")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _HUB_FILES = [
     "model_index.json",
@@ -162,22 +162,27 @@ def _convert(
     report(f"{source}: {kind.family} {kind.task}, {kind.native_size} px, {kind.prediction_type}")
     for sub in ("tokenizer", "scheduler"):
         shutil.copytree(source_dir / sub, stage / sub)
+    # int8-hybrid converts at fp16, then quantizes the UNet calibrated on the converted model.
+    part_weights = "fp16" if weights == "int8-hybrid" else weights
     for part in parts(source_dir, kind.unet_in_channels, kind.text_hidden_size, kind.latent_channels):
-        report(f"converting {part.name} ({route}, {weights} weights)")
-        convert_part(source_dir, part, stage, route=route, weights=weights)
-    mf.write(
-        stage,
-        {
-            "source": source,
-            "source_kind": source_kind,
-            "kind": kind.to_dict(),
-            "route": route,
-            "weights": weights,
-            "text_max_length": 77,
-            "files": mf.hashed_files(stage),
-            "versions": _versions(),
-        },
-    )
+        report(f"converting {part.name} ({route}, {part_weights} weights)")
+        convert_part(source_dir, part, stage, route=route, weights=part_weights)
+    data = {
+        "source": source,
+        "source_kind": source_kind,
+        "kind": kind.to_dict(),
+        "route": route,
+        "weights": weights,
+        "text_max_length": 77,
+        "files": mf.hashed_files(stage),
+        "versions": _versions(),
+    }
+    mf.write(stage, data)
+    if weights == "int8-hybrid":
+        from zoomq.model_prep.hybrid import quantize_unet
+
+        quantize_unet(stage, report=report)
+        mf.write(stage, {**data, "files": mf.hashed_files(stage)})
 
 
 def _build(
