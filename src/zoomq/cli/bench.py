@@ -13,6 +13,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="fewer jobs")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="report (default docs/benchmarks.md)")
     p.set_defaults(run=run_queue)
+    p = what.add_parser("render", help="zoomq against diffusers and the machine's limit (full-size models)")
+    p.add_argument("--quick", action="store_true", help="one repetition, 5 steps, 512 px only")
+    p.add_argument("--repeats", type=int, help="repetitions (default 3; medians are reported)")
+    p.add_argument("--models-dir", type=Path, help="where the full-size models are cached "
+                   "(default $ZOOMQ_CACHE_DIR/bench-models)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the harness's own test
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="report (default docs/benchmarks.md)")
+    p.set_defaults(run=run_render)
 
 
 def run_queue(args: argparse.Namespace) -> int:
@@ -22,5 +30,19 @@ def run_queue(args: argparse.Namespace) -> int:
     width = max(map(len, figures))
     for name, value in figures.items():
         print(f"{name:<{width}}  {value:.2f}")
+    print(f"written to {args.out}")
+    return 0
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from zoomq.bench import render
+    from zoomq.errors import InvalidParameter
+
+    if args.repeats is not None and args.repeats < 1:
+        raise InvalidParameter("repeats", args.repeats, "must be at least 1")
+    result = render.run(args.out, quick=args.quick, repeats=args.repeats, models_dir=args.models_dir,
+                        say=lambda m: print(f"zoomq: {m}", flush=True), tiny=args.tiny)
+    for mode, figures in result["medians"].items():
+        print(mode + ": " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()))
     print(f"written to {args.out}")
     return 0

@@ -1,0 +1,244 @@
+"""``zoomq bench render``: zoomq against diffusers on PyTorch and against the machine's limit.
+
+Full-size SD2 models with random weights (speed does not depend on weight values) are prepared
+once and cached. Every engine and mode then runs each workload in a fresh process (its own peak
+RSS, nothing warm from a neighbour), repetition by repetition, so all modes see the same machine
+drift; figures are medians. Ratios are against diffusers bf16 autocast, what a user would run
+instead; the UNet's achieved GFLOP/s is set against a large bf16 matrix multiplication's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+from typing import Callable
+
+from zoomq.bench.report import machine, write_section
+
+UNET_GFLOP_512 = 804  # one batch-1 pass at 512 px; 2149 at 768 (DESIGN.md)
+UNET_GFLOP = {512: 804, 768: 2149}
+REFERENCE = "diffusers bf16"
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    engine: str  # diffusers | zoomq
+    precision: str  # diffusers: fp32 | bf16; zoomq: f32 | bf16 | auto
+    weights: str = "fp16"  # zoomq model: fp16 | int8-hybrid
+    guidance_cutoff: float = 1.0
+    works: tuple[str, ...] = ("unet", "t2i", "keyframe")
+    note: str = ""
+
+
+MODES = (
+    Mode("diffusers fp32", "diffusers", "fp32"),
+    Mode(REFERENCE, "diffusers", "bf16", note="the reference: torch.autocast(bfloat16)"),
+    Mode("zoomq f32", "zoomq", "f32", note="exact: parity with diffusers at f32"),
+    Mode("zoomq default", "zoomq", "auto", note="bf16 on CPUs with AVX-512 BF16 or AMX; the picture moves by bf16 rounding only"),
+    Mode("zoomq int8-hybrid", "zoomq", "auto", weights="int8-hybrid",
+         note="`zoomq prepare --weights int8-hybrid`"),
+    Mode("zoomq guidance 0.5", "zoomq", "auto", guidance_cutoff=0.5, works=("t2i", "keyframe"),
+         note="`--guidance-cutoff 0.5` (the UNet step is the default's)"),
+    Mode("zoomq fast", "zoomq", "auto", weights="int8-hybrid", guidance_cutoff=0.5, works=("t2i", "keyframe"),
+         note="int8-hybrid + `--guidance-cutoff 0.5`"),
+)
+
+
+def prepare_models(folder: Path, weights: tuple[str, ...], say: Callable[[str], None],
+                   full: bool = True) -> dict[tuple[str, str], Path]:
+    """(task, weights) → prepared random-weight model, built once into ``folder``."""
+    from zoomq.model_prep.prepare import prepare_random
+
+    models = {}
+    label = "full" if full else "tiny"
+    for task in ("t2i", "inpaint"):
+        for w in weights:
+            out = folder / (f"{label}-{task}" if w == "fp16" else f"{label}-{task}-{w}")
+            say(f"preparing the {label} {task} model ({w} weights) in {out}")
+            models[(task, w)] = prepare_random(out, full=full, inpainting=task == "inpaint", weights=w,
+                                               report=lambda m: say("  " + m)).folder
+    return models
+
+
+def _probe(spec: dict, say: Callable[[str], None]) -> dict:
+    """Run one measurement process; returns its figures."""
+    proc = subprocess.run([sys.executable, "-m", "zoomq.bench.probe", json.dumps(spec)],
+                          capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("ZOOMQ-PROBE "):
+            return json.loads(line[len("ZOOMQ-PROBE "):])
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    raise RuntimeError(f"probe {spec['engine']}/{spec.get('work')} failed (exit {proc.returncode}):\n{tail}")
+
+
+def run(out: Path, quick: bool = False, repeats: int | None = None, models_dir: Path | None = None,
+        say: Callable[[str], None] = print, tiny: bool = False) -> dict:
+    """Measure every mode, write the report section and plot; ``tiny`` runs the miniature models
+    (checks the harness in minutes; its figures mean nothing)."""
+    from zoomq.config import settings
+
+    repeats = repeats or (1 if quick else 3)
+    steps = 5 if quick else 20
+    sizes = [512] if quick else [512, 768]
+    models = prepare_models(models_dir or settings().cache_dir / "bench-models",
+                            tuple(dict.fromkeys(m.weights for m in MODES)), say, full=not tiny)
+    from zoomq.render import precision
+
+    auto = precision.resolve(replace(settings(), inference_precision="auto"))
+    say(f"auto precision on this machine: {auto}")
+    samples: dict[str, dict[str, list[float]]] = {m.name: {} for m in MODES}
+    samples["machine"] = {}
+    with tempfile.TemporaryDirectory(prefix="zoomq-bench-ov-cache-") as caches:
+        for rep in range(repeats):
+            say(f"repetition {rep + 1} of {repeats}")
+            figures = _probe({"engine": "matmul"}, say)
+            for k, v in figures.items():
+                samples["machine"].setdefault(k, []).append(v)
+            for mode in MODES:
+                for work in mode.works:
+                    task = "inpaint" if work == "keyframe" else "t2i"
+                    spec = {"engine": mode.engine, "precision": auto if mode.precision == "auto" else mode.precision,
+                            "work": work, "steps": steps,
+                            "sizes": sizes, "model": str(models[(task, mode.weights)]),
+                            "guidance_cutoff": mode.guidance_cutoff,
+                            # One compile cache per mode and model: the first repetition compiles cold.
+                            "cache_dir": str(Path(caches) / f"{mode.name}-{task}".replace(" ", "_"))}
+                    say(f"  {mode.name}: {work}")
+                    figures = _probe(spec, say)
+                    if work == "unet" and mode.engine == "zoomq":
+                        figures["compile_cold" if rep == 0 else "load_cached"] = figures.pop("unet_compile_512")
+                    figures[f"peak_rss_{work}"] = figures.pop("peak_rss")
+                    for k, v in figures.items():
+                        if not k.startswith("unet_compile"):
+                            samples[mode.name].setdefault(k, []).append(v)
+    medians = {name: {k: statistics.median(v) for k, v in figs.items()} for name, figs in samples.items()}
+    result = {"repeats": repeats, "steps": steps, "sizes": sizes, "medians": medians, "samples": samples,
+              "machine": machine(), "models": "miniature" if tiny else "full-size", "auto_precision": auto}
+    _report(out, result, quick)
+    return result
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+TARGETS = (
+    # (what, mode, figure, limit as a ratio to diffusers bf16, or to the matmul peak)
+    ("UNet step 512, default mode", "zoomq default", "unet_512", 0.60),
+    ("whole 512 text-to-image, default mode", "zoomq default", "t2i_512", 0.65),
+    ("whole 512 text-to-image, fastest mode", "zoomq fast", "t2i_512", 0.40),
+)
+
+
+def _ratio(medians: dict, mode: str, key: str) -> float | None:
+    ref = medians[REFERENCE].get(key)
+    value = medians.get(mode, {}).get(key)
+    return value / ref if ref and value else None
+
+
+def _gflops(medians: dict, mode: str, size: int) -> float | None:
+    seconds = medians[mode].get(f"unet_{size}")
+    return 2 * UNET_GFLOP[size] / seconds if seconds else None
+
+
+def _report(out: Path, result: dict, quick: bool) -> None:
+    medians, steps = result["medians"], result["steps"]
+    peak = medians["machine"]["matmul_peak"]
+    gib = 2**30
+
+    def cell(mode: str, key: str, fmt: str = "{:.2f}") -> str:
+        value = medians[mode].get(key)
+        if value is None:
+            return "–"
+        ratio = _ratio(medians, mode, key)
+        return fmt.format(value) + (f" ({ratio:.2f}×)" if ratio is not None else "")
+
+    rows = ["| mode | UNet step 512 s | UNet step 768 s | UNet GFLOP/s (% of peak) | "
+            f"text-to-image 512, {steps} steps, s | zoom keyframe 512 s | peak RSS GiB | compile cold / cached load s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for mode in MODES:
+        m = medians[mode.name]
+        g = _gflops(medians, mode.name, 512)
+        rss = max((v for k, v in m.items() if k.startswith("peak_rss")), default=None)
+        compile_ = (f"{m['compile_cold']:.1f} / {m['load_cached']:.2f}" if "compile_cold" in m and "load_cached" in m
+                    else f"{m['compile_cold']:.1f} / –" if "compile_cold" in m else "–")
+        rss_text = f"{rss / gib:.2f}" if rss else "–"
+        g_text = f"{g:.0f} ({100 * g / peak:.0f} %)" if g else "–"
+        rows.append(f"| {mode.name} | {cell(mode.name, 'unet_512')} | {cell(mode.name, 'unet_768')} | {g_text} | "
+                    f"{cell(mode.name, 't2i_512', '{:.1f}')} | {cell(mode.name, 'keyframe_512', '{:.1f}')} | "
+                    f"{rss_text} | {compile_} |")
+    checks = []
+    for what, mode, key, limit in TARGETS:
+        ratio = _ratio(medians, mode, key)
+        verdict = "met" if ratio is not None and ratio <= limit else "NOT met"
+        checks.append(f"| {what} | ≤ {limit:.2f}× | {ratio:.2f}× | {verdict} |" if ratio is not None else
+                      f"| {what} | ≤ {limit:.2f}× | – | not measured |")
+    g = _gflops(medians, "zoomq default", 512)
+    checks.append(f"| UNet at ≥ 80 % of the matmul peak, default mode | ≥ 80 % | {100 * g / peak:.0f} % | "
+                  f"{'met' if g >= 0.8 * peak else 'NOT met'} |" if g else "| UNet at ≥ 80 % of peak | – | – | – |")
+    plot = out.parent / "bench-render.png"
+    _plot(plot, medians)
+    body = "\n".join([
+        "## Rendering (`zoomq bench render`)",
+        "",
+        *(["**Miniature models: these figures check the benchmark itself and mean nothing.**", ""]
+          if result["models"] == "miniature" else []),
+        f"Measured {date.today().isoformat()} on {result['machine']} with `zoomq bench render"
+        f"{' --quick' if quick else ''}`: {result['models']} SD2 models with random weights, every mode in a fresh "
+        f"process, {result['repeats']} interleaved repetition(s), medians. Ratios in brackets are against "
+        f"{REFERENCE} (torch.autocast). UNet steps are batch 2 (guidance); GFLOP/s counts "
+        f"{UNET_GFLOP_512} GFLOP per batch-1 pass at 512 px.",
+        "",
+        *rows,
+        "",
+        "Machine limit: a 4096² matrix multiplication runs at "
+        f"{medians['machine']['matmul_openvino_bf16']:.0f} GFLOP/s (bf16) and "
+        f"{medians['machine']['matmul_openvino_f32']:.0f} (f32) in OpenVINO, "
+        f"{medians['machine']['matmul_torch_bf16']:.0f} (bf16) and {medians['machine']['matmul_torch_f32']:.0f} "
+        f"(f32) in PyTorch; the best, {peak:.0f} GFLOP/s, is the peak the UNet is measured against.",
+        "",
+        "| target | limit | measured | |",
+        "|---|---|---|---|",
+        *checks,
+        "",
+        "Modes: " + "; ".join(f"**{m.name}**: {m.note}" for m in MODES if m.note) + ". "
+        f"On this machine `auto` measured **{result['auto_precision']}** as the faster precision, so the "
+        "default and fast modes ran at it.",
+        "",
+        f"![render benchmark]({plot.name})",
+        "",
+        "Rerun: `zoomq bench render` (about 90 minutes on 2 cores; `--quick`: one repetition, 5 steps, "
+        "512 px only). Models are cached in `$ZOOMQ_CACHE_DIR/bench-models`.",
+    ])
+    write_section(out, "render", body)
+    (out.parent / "bench-render.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _plot(path: Path, medians: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [m.name for m in MODES]
+    series = [("UNet step 512", "unet_512"), ("text-to-image 512", "t2i_512"), ("zoom keyframe 512", "keyframe_512")]
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    width = 0.26
+    for i, (label, key) in enumerate(series):
+        values = [_ratio(medians, n, key) or 0 for n in names]
+        ax.barh([y + (i - 1) * width for y in range(len(names))], values, height=width, label=label)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"time relative to {REFERENCE} (lower is faster)")
+    ax.legend(loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
