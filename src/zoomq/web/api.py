@@ -9,7 +9,7 @@ from importlib import resources
 from flask import Blueprint, Response, abort, jsonify, request, send_file, url_for
 
 from zoomq import jobs as jobs_mod
-from zoomq.errors import Checks, InvalidParameter, InvalidParameters
+from zoomq.errors import InvalidParameter, InvalidParameters
 from zoomq.web import present, security, submission
 from zoomq.web.app import web
 from zoomq.zoom.keyframe import keyframe_name
@@ -46,20 +46,6 @@ def _guard():
     return None
 
 
-def submit(sub: submission.Submission, checks: Checks) -> str:
-    """Enqueue ``sub`` unless it, or what parsing found (``checks``), is wrong: then raise
-    ``InvalidParameter(s)`` with every field's error and enqueue nothing."""
-    producer = web().producer
-    served = producer.models()
-    if sub.model and sub.model not in served:
-        names = ", ".join(sorted(served)) or "none: start a worker"
-        checks.add(InvalidParameter("model", sub.model, f"no worker serves this model; the workers serve: {names}"))
-    if checks.errors:
-        checks(sub.check, producer)
-        checks.raise_errors()
-    return sub.submit(producer)
-
-
 @bp.post("/jobs")
 def create_job():
     refused = _guard()
@@ -70,7 +56,7 @@ def create_job():
     else:
         sub, checks = submission.from_form(request.form, request.files, web().settings.max_prompt)
     try:
-        job_id = submit(sub, checks)
+        job_id = submission.enqueue(web().producer, sub, checks)
     except InvalidParameters as e:
         return _errors(e.errors)
     except InvalidParameter as e:

@@ -17,7 +17,6 @@ from zoomq.producer.api import BrokerUnavailable
 from zoomq.render.request import RenderRequest
 from zoomq.render.schedulers import NAMES as SCHEDULERS
 from zoomq.web import present, security, submission
-from zoomq.web.api import submit
 from zoomq.web.app import web
 from zoomq.zoom.settings import DIRECTIONS, ZoomSettings
 
@@ -74,7 +73,7 @@ def submit_form():
         return _form_page(kind, values, {"form": f"too many submissions: at most {count} per {seconds} s; wait a moment"}, 429)
     sub, checks = submission.from_form(request.form, request.files, w.settings.max_prompt)
     try:
-        job_id = submit(sub, checks)
+        job_id = submission.enqueue(w.producer, sub, checks)
     except InvalidParameters as e:
         return _form_page(kind, values, _by_field(e.errors), 400)
     except InvalidParameter as e:

@@ -52,6 +52,20 @@ class Submission:
         check(self.prompt, model=self.model, **self.options)
 
 
+def enqueue(producer, sub: Submission, checks: Checks) -> str:
+    """Enqueue ``sub`` unless it, or what parsing found (``checks``), is wrong: then raise
+    ``InvalidParameter(s)`` with every field's error and enqueue nothing. The model must be one a
+    live worker serves (the producer alone would let a job wait for one)."""
+    served = producer.models()
+    if sub.model and sub.model not in served:
+        names = ", ".join(sorted(served)) or "none: start a worker"
+        checks.add(InvalidParameter("model", sub.model, f"no worker serves this model; the workers serve: {names}"))
+    if checks.errors:
+        checks(sub.check, producer)
+        checks.raise_errors()
+    return sub.submit(producer)
+
+
 def _from_text(param: str, raw: str, kind: type):
     if kind is str:
         return raw
