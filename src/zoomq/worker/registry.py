@@ -37,22 +37,35 @@ def describe_models(folders: list[Path]) -> dict[str, dict]:
     return models
 
 
+NAMES = "zoomq:workers"  # every name announced; a name whose key has expired is a lost worker
+
+
 def announce(client: redis.Redis, name: str, info: dict, heartbeat: int) -> None:
     payload = {**info, "name": name, "host": socket.gethostname(), "pid": os.getpid(), "seen": time.time()}
-    client.set(PREFIX + name, json.dumps(payload), ex=3 * heartbeat)
+    with client.pipeline() as p:
+        p.set(PREFIX + name, json.dumps(payload), ex=3 * heartbeat)
+        p.sadd(NAMES, name)
+        p.execute()
 
 
 def withdraw(client: redis.Redis, name: str) -> None:
-    client.delete(PREFIX + name)
+    with client.pipeline() as p:
+        p.delete(PREFIX + name)
+        p.srem(NAMES, name)
+        p.execute()
 
 
 def live_workers(client: redis.Redis) -> list[dict]:
-    workers = []
-    for key in client.scan_iter(match=PREFIX + "*", count=200):
-        raw = client.get(key)
-        if raw:
-            workers.append(json.loads(raw))
-    return sorted(workers, key=lambda w: w["name"])
+    """Workers whose heartbeat key is alive. Read through the set of names, not a SCAN: status
+    reads (every web page polls once a second) must not walk a keyspace full of artifacts."""
+    names = sorted(n.decode() for n in client.smembers(NAMES))
+    if not names:
+        return []
+    values = client.mget([PREFIX + n for n in names])
+    lost = [n for n, raw in zip(names, values) if raw is None]
+    if lost:
+        client.srem(NAMES, *lost)
+    return [json.loads(raw) for raw in values if raw is not None]
 
 
 def served_models(workers: list[dict]) -> dict[str, dict]:
