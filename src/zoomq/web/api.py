@@ -11,7 +11,7 @@ from flask import Blueprint, Response, abort, jsonify, request, send_file, url_f
 from zoomq import jobs as jobs_mod
 from zoomq.errors import InvalidParameter, InvalidParameters
 from zoomq.web import present, security, submission
-from zoomq.web.app import web
+from zoomq.web.app import job_or_404, web
 from zoomq.zoom.keyframe import keyframe_name
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -19,28 +19,26 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 ARTIFACT_TYPES = {"image/png": ".png", "video/mp4": ".mp4"}
 
 
-def _record(job_id: str) -> dict:
-    """The job's record, or 404 for an unknown, expired or malformed id."""
-    try:
-        return web().producer.status(job_id)
-    except InvalidParameter:
-        abort(404)
-
-
 def _errors(errors: list[InvalidParameter]):
     return jsonify(error="invalid parameters", errors=submission.errors_json(errors)), 400
 
 
+def _unauthorized():
+    """401 unless the request may submit and cancel (no token configured, or it carries it)."""
+    if security.authorized(request, web().settings.api_token):
+        return None
+    return jsonify(error="this server needs an API token: send Authorization: Bearer <token>"), 401
+
+
 def _guard():
     """Token and rate limit for submitting; returns an error response or None."""
-    w = web()
-    if not security.authorized(request, w.settings.api_token):
-        return jsonify(error="this server needs an API token: send Authorization: Bearer <token>"), 401
-    wait = w.rate_limit.hit(request.remote_addr or "unknown")
+    refused = _unauthorized()
+    if refused:
+        return refused
+    limit = web().rate_limit
+    wait = limit.hit(request.remote_addr or "unknown")
     if wait is not None:
-        count, seconds = w.settings.rate_limit
-        response = jsonify(error=f"too many submissions: at most {count} per {seconds} s (ZOOMQ_RATE_LIMIT); "
-                                 f"retry in {wait} s")
+        response = jsonify(error=limit.refusal(wait))
         response.headers["Retry-After"] = str(wait)
         return response, 429
     return None
@@ -77,19 +75,21 @@ def list_jobs():
 
 @bp.get("/jobs/<job_id>")
 def job(job_id: str):
-    return jsonify(present.job_json(_record(job_id)))
+    return jsonify(present.job_json(job_or_404(job_id)))
 
 
 @bp.delete("/jobs/<job_id>")
 def cancel(job_id: str):
-    if not security.authorized(request, web().settings.api_token):
-        return jsonify(error="this server needs an API token: send Authorization: Bearer <token>"), 401
-    _record(job_id)
-    cancelled = web().producer.cancel(job_id)
-    record = _record(job_id)
+    refused = _unauthorized()
+    if refused:
+        return refused
+    job_or_404(job_id)
+    producer = web().producer
+    cancelled = producer.cancel(job_id)
+    state = producer.jobs.state(job_id)
     if not cancelled:
-        return jsonify(error=f"job {job_id} has already ended ({record['state']})", state=record["state"]), 409
-    return jsonify(id=job_id, state=record["state"])
+        return jsonify(error=f"job {job_id} has already ended ({state})", state=state), 409
+    return jsonify(id=job_id, state=state)
 
 
 def _artifact(job_id: str, name: str, mimetype: str, download_name: str):
@@ -104,7 +104,7 @@ def _artifact(job_id: str, name: str, mimetype: str, download_name: str):
 
 @bp.get("/jobs/<job_id>/result")
 def result(job_id: str):
-    record = _record(job_id)
+    record = job_or_404(job_id)
     if record["state"] != jobs_mod.DONE:
         return jsonify(error=f"job {job_id} is {record['state']}, not done", state=record["state"]), 409
     mimetype = record.get("result_type", "application/octet-stream")
@@ -114,19 +114,19 @@ def result(job_id: str):
 
 @bp.get("/jobs/<job_id>/sidecar")
 def sidecar(job_id: str):
-    _record(job_id)
+    job_or_404(job_id)
     return _artifact(job_id, "sidecar.json", "application/json", f"zoomq-{job_id}.json")
 
 
 @bp.get("/jobs/<job_id>/gif")
 def gif(job_id: str):
-    _record(job_id)
+    job_or_404(job_id)
     return _artifact(job_id, "result.gif", "image/gif", f"zoomq-{job_id}.gif")
 
 
 @bp.get("/jobs/<job_id>/keyframes/<int:k>")
 def keyframe(job_id: str, k: int):
-    record = _record(job_id)
+    record = job_or_404(job_id)
     if record["kind"] != "zoom" or k >= int(record.get("keyframes_total") or 0):
         abort(404)
     return _artifact(job_id, keyframe_name(k), "image/png", f"zoomq-{job_id}-{keyframe_name(k)}")

@@ -7,11 +7,11 @@ import secrets
 from dataclasses import dataclass
 
 import redis
-from flask import Flask, current_app, jsonify, render_template, request
+from flask import Flask, abort, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from zoomq.config import Settings, settings as current_settings
-from zoomq.errors import ZoomqError
+from zoomq.errors import InvalidParameter, ZoomqError
 from zoomq.producer.api import BrokerUnavailable, Producer
 from zoomq.web import security
 
@@ -29,6 +29,14 @@ class Web:
 
 def web() -> Web:
     return current_app.extensions["zoomq"]
+
+
+def job_or_404(job_id: str) -> dict:
+    """The job's status record, or 404 for an unknown, expired or malformed id."""
+    try:
+        return web().producer.status(job_id)
+    except InvalidParameter:
+        abort(404)
 
 
 def create_app(s: Settings | None = None) -> Flask:

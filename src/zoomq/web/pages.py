@@ -17,7 +17,7 @@ from zoomq.producer.api import BrokerUnavailable
 from zoomq.render.request import RenderRequest
 from zoomq.render.schedulers import NAMES as SCHEDULERS
 from zoomq.web import present, security, submission
-from zoomq.web.app import web
+from zoomq.web.app import job_or_404, web
 from zoomq.zoom.settings import DIRECTIONS, ZoomSettings
 
 bp = Blueprint("pages", __name__)
@@ -68,9 +68,9 @@ def submit_form():
         return _form_page(kind, values, {"form": "the form has expired or was not sent by this site; submit it again"}, 400)
     if not security.accept_token(request.form.get("token"), w.settings.api_token):
         return _form_page(kind, values, {"token": "wrong or missing API token"}, 401)
-    if w.rate_limit.hit(request.remote_addr or "unknown") is not None:
-        count, seconds = w.settings.rate_limit
-        return _form_page(kind, values, {"form": f"too many submissions: at most {count} per {seconds} s; wait a moment"}, 429)
+    wait = w.rate_limit.hit(request.remote_addr or "unknown")
+    if wait is not None:
+        return _form_page(kind, values, {"form": w.rate_limit.refusal(wait)}, 429)
     sub, checks = submission.from_form(request.form, request.files, w.settings.max_prompt)
     try:
         job_id = submission.enqueue(w.producer, sub, checks)
@@ -90,24 +90,16 @@ def _by_field(errors: list[InvalidParameter]) -> dict:
     return out
 
 
-def _job_or_404(job_id: str) -> dict:
-    try:
-        return web().producer.status(job_id)
-    except InvalidParameter:
-        abort(404)
-
-
 @bp.get("/jobs/<job_id>")
 def job(job_id: str):
-    record = _job_or_404(job_id)
-    params = record["params"].get("zoom", record["params"])
+    record = job_or_404(job_id)
     return render_template("job.html", job=present.job_json(record), ended=record["state"] in ENDED,
-                           prompt=params.get("prompt", ""), recipe=json.dumps(record["params"], indent=2))
+                           prompt=present.prompt(record), recipe=json.dumps(record["params"], indent=2))
 
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel(job_id: str):
-    _job_or_404(job_id)
+    job_or_404(job_id)
     w = web()
     if not security.csrf_ok(request):
         abort(400, "the form has expired; reload the page")

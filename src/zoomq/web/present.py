@@ -30,13 +30,17 @@ def job_json(record: dict) -> dict:
     return out
 
 
+def prompt(record: dict) -> str:
+    """The job's prompt: image jobs keep their parameters flat, zoom jobs under ``zoom``."""
+    return record["params"].get("zoom", record["params"]).get("prompt", "")
+
+
 def job_summary(record: dict) -> dict:
     """One line of the recent-jobs list."""
-    params = record["params"].get("zoom", record["params"])
     return {
         "id": record["id"], "kind": record["kind"], "model": record["model"], "state": record["state"],
         "stage": record.get("stage"), "progress": record["progress"], "created": record["created"],
-        "prompt": params.get("prompt", ""), "page_url": url_for("pages.job", job_id=record["id"]),
+        "prompt": prompt(record), "page_url": url_for("pages.job", job_id=record["id"]),
         "status_url": url_for("api.job", job_id=record["id"]),
     }
 

@@ -33,7 +33,7 @@ def authorized(request: Request, token: str) -> bool:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer ") and _same(header[len("Bearer "):].strip(), token):
         return True
-    return bool(session.get("authorized"))
+    return authorized_session(token)
 
 
 def accept_token(given: str | None, token: str) -> bool:
@@ -80,3 +80,6 @@ class RateLimit:
         if used <= self.count:
             return None
         return max(1, math.ceil((window + 1) * self.seconds - now))
+
+    def refusal(self, wait: int) -> str:
+        return f"too many submissions: at most {self.count} per {self.seconds} s (ZOOMQ_RATE_LIMIT); retry in {wait} s"
