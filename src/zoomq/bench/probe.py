@@ -84,24 +84,18 @@ def _zoomq(spec: dict) -> dict:
             t0 = time.perf_counter()
             renderer.parts.run("unet", **inputs)
             out[f"unet_{size}"] = time.perf_counter() - t0
-    elif work == "t2i":
+    elif work in ("t2i", "keyframe"):
         request = RenderRequest(PROMPT, negative_prompt=NEGATIVE, steps=steps, guidance=GUIDANCE, seed=SEED,
                                 width=512, height=512, guidance_cutoff=cutoff)
+        if work == "keyframe":
+            canvas, mask = _keyframe_inputs(512, 128)
+            request = replace(request, init_image=canvas, mask=mask, strength=1.0)
         # Two warm-up steps: with a guidance cutoff the second runs the batch-1 UNet, which compiles too.
         renderer.render(replace(request, steps=2))
         out["first_render"] = time.perf_counter() - start  # load + compile + a two-step render
         t0 = time.perf_counter()
         renderer.render(request)
-        out["t2i_512"] = time.perf_counter() - t0
-    elif work == "keyframe":
-        canvas, mask = _keyframe_inputs(512, 128)
-        request = RenderRequest(PROMPT, negative_prompt=NEGATIVE, steps=steps, guidance=GUIDANCE, seed=SEED,
-                                width=512, height=512, init_image=canvas, mask=mask, strength=1.0,
-                                guidance_cutoff=cutoff)
-        renderer.render(replace(request, steps=2))
-        t0 = time.perf_counter()
-        renderer.render(request)
-        out["keyframe_512"] = time.perf_counter() - t0
+        out[f"{work}_512"] = time.perf_counter() - t0
     else:
         raise ValueError(f"unknown work {work!r}")
     return out

@@ -22,8 +22,7 @@ from typing import Callable
 
 from zoomq.bench.report import machine, write_section
 
-UNET_GFLOP_512 = 804  # one batch-1 pass at 512 px; 2149 at 768 (DESIGN.md)
-UNET_GFLOP = {512: 804, 768: 2149}
+UNET_GFLOP = {512: 804, 768: 2149}  # one batch-1 pass (DESIGN.md)
 REFERENCE = "diffusers bf16"
 
 
@@ -202,7 +201,7 @@ def _report(out: Path, result: dict, quick: bool) -> None:
         f"{' --quick' if quick else ''}`: {result['models']} SD2 models with random weights, every mode in a fresh "
         f"process, {result['repeats']} interleaved repetition(s), medians. Ratios in brackets are against "
         f"{REFERENCE} (torch.autocast). UNet steps are batch 2 (guidance); GFLOP/s counts "
-        f"{UNET_GFLOP_512} GFLOP per batch-1 pass at 512 px.",
+        f"{UNET_GFLOP[512]} GFLOP per batch-1 pass at 512 px.",
         "",
         *rows,
         "",

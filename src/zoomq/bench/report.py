@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 from pathlib import Path
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from zoomq.render.precision import cpu_name
+
+    cpu = cpu_name()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{os.cpu_count()} vCPU {cpu}, {memory:.0f} GiB"
 

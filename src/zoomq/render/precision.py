@@ -27,7 +27,7 @@ MARGIN = 0.05  # bf16 rounds the picture a little: take it only when it is clear
 _resolved: dict[tuple, str] = {}
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -40,7 +40,7 @@ def _cpu() -> str:
 def _key(s: Settings) -> str:
     import openvino as ov
 
-    return f"{s.device}|{_cpu()}|{os.cpu_count()} cpus|{s.threads} threads|openvino {ov.get_version()}"
+    return f"{s.device}|{cpu_name()}|{os.cpu_count()} cpus|{s.threads} threads|openvino {ov.get_version()}"
 
 
 def _probe_model():
