@@ -332,3 +332,37 @@ def test_redis_restart_during_a_keyframe_is_survived(tmp_path, monkeypatch, tiny
     finally:
         worker.stop()
         server.stop()
+
+
+def test_a_zoom_encodes_each_prompt_once_across_workers(server, tiny_inpaint):
+    """Keyframes of one job rendered by two workers: the prompt and the negative prompt go through
+    the text encoder once for the whole job; the second worker loads the first one's embeddings."""
+    from zoomq.config import settings
+    from zoomq.jobs import Jobs
+    from zoomq.store import open_store
+    from zoomq.worker import pieces, registry
+
+    import redis
+
+    producer = Producer()
+    job = producer.submit_zoom("a spiral", model="inpaint", keyframes=3, negative_prompt="fog", **SMALL_ZOOM)
+    calls = []
+
+    def context(name):
+        s = settings()
+        client = redis.Redis.from_url(s.redis_url)
+        ctx = pieces.Context(settings=s, redis=client, jobs=Jobs(client, s.job_ttl), store=open_store(s, client),
+                             worker=name, models=registry.describe_models([tiny_inpaint]),
+                             send=lambda *task: None)
+        renderer = ctx.renderer("inpaint")
+        run = renderer.parts.run
+        renderer.parts.run = lambda part, **inputs: (calls.append((name, part)), run(part, **inputs))[1]
+        return ctx
+
+    first, second = context("w1"), context("w2")
+    for ctx, k in ((first, 0), (second, 1), (first, 2)):
+        pieces.run_keyframe(ctx, job, k)
+    encodes = [call for call in calls if call[1] == "text_encoder"]
+    assert encodes == [("w1", "text_encoder")] * 2, encodes
+    assert {name for name, part in calls if part == "unet"} == {"w1", "w2"}  # both really rendered
+    assert all(producer.store.exists(pieces.keyframe_key(job, k)) for k in range(3))

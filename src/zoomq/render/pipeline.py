@@ -13,7 +13,7 @@ import math
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -38,6 +38,14 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], "bool | None"]
 
 _EMBEDDINGS_KEPT = 16
+
+
+class TextCache(Protocol):
+    """Text embeddings kept beyond one process (see ``worker.pieces.JobTexts``)."""
+
+    def get(self, text: str) -> np.ndarray | None: ...
+
+    def put(self, text: str, embeds: np.ndarray) -> None: ...
 
 
 @dataclass
@@ -85,15 +93,21 @@ class Renderer:
             warnings.append(message)
         return np.array([ids], dtype=np.int64)
 
-    def encode_text(self, text: str, warnings: list[str] | None = None) -> np.ndarray:
-        """Text embedding of one prompt, shape (1, 77, hidden); recent prompts are kept, so the
-        keyframes of a zoom encode their prompt once."""
+    def encode_text(self, text: str, warnings: list[str] | None = None, shared: TextCache | None = None) -> np.ndarray:
+        """Text embedding of one prompt, shape (1, 77, hidden). Recent prompts are kept in this
+        process; ``shared`` also lends and takes embeddings across processes (a zoom job's workers)."""
         if text not in self._embeddings:
             notes: list[str] = []
-            self._embeddings[text] = (self.parts.run("text_encoder", input_ids=self._tokens(text, notes)), notes)
+            ids = self._tokens(text, notes)
+            embeds = shared.get(text) if shared is not None else None
+            if embeds is None:
+                embeds = self.parts.run("text_encoder", input_ids=ids)
+            self._embeddings[text] = (embeds, notes)
             while len(self._embeddings) > _EMBEDDINGS_KEPT:
                 self._embeddings.pop(next(iter(self._embeddings)))
         embeds, notes = self._embeddings[text]
+        if shared is not None:
+            shared.put(text, embeds)
         if warnings is not None:
             warnings.extend(notes)
         return embeds
@@ -119,17 +133,19 @@ class Renderer:
 
     # -- the pipeline ----------------------------------------------------------------------
 
-    def render(self, request: RenderRequest, progress: Progress | None = None) -> RenderResult:
-        """Render one image; raises ``InvalidParameter`` for bad input, ``RenderCancelled`` on cancel."""
+    def render(self, request: RenderRequest, progress: Progress | None = None,
+               texts: TextCache | None = None) -> RenderResult:
+        """Render one image; raises ``InvalidParameter`` for bad input, ``RenderCancelled`` on cancel.
+        ``texts`` shares prompt embeddings with other processes (see ``encode_text``)."""
         req = validate(request.with_seed(), self.task, self.kind["native_size"])
         warnings: list[str] = []
         generator = torch.Generator("cpu").manual_seed(req.seed)
         cfg = req.guidance > 1.0
 
         # 1. text
-        embeds = self.encode_text(req.prompt, warnings)
+        embeds = self.encode_text(req.prompt, warnings, texts)
         if cfg:
-            embeds = np.concatenate([self.encode_text(req.negative_prompt, warnings), embeds])
+            embeds = np.concatenate([self.encode_text(req.negative_prompt, warnings, texts), embeds])
 
         # 2. timesteps
         scheduler = schedulers.make(req.scheduler, self.scheduler_config)

@@ -9,6 +9,7 @@ completes or is found complete: duplicates find their result stored, or the leas
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import redis
 from PIL import Image
 
@@ -164,6 +166,29 @@ def run_image(ctx: Context, job_id: str) -> None:
 
 # -- zoom -----------------------------------------------------------------------------------
 
+@dataclass
+class JobTexts:
+    """A job's prompt embeddings in the artifact store: whichever worker needs a prompt first
+    encodes it, the job's other workers load it."""
+
+    store: ArtifactStore
+    job_id: str
+
+    def _key(self, text: str) -> str:
+        return f"{self.job_id}/text-{hashlib.sha256(text.encode()).hexdigest()[:32]}.npy"
+
+    def get(self, text: str) -> np.ndarray | None:
+        data = self.store.get(self._key(text))
+        return None if data is None else np.load(io.BytesIO(data), allow_pickle=False)
+
+    def put(self, text: str, embeds: np.ndarray) -> None:
+        key = self._key(text)
+        if not self.store.exists(key):
+            buffer = io.BytesIO()
+            np.save(buffer, embeds, allow_pickle=False)
+            self.store.put(key, buffer.getvalue())
+
+
 def _zoom(job: dict) -> ZoomSettings:
     return ZoomSettings.from_dict(job["params"]["zoom"])
 
@@ -203,7 +228,7 @@ def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
             out = tmp / keyframe_name(k)
             stage = f"keyframe {k + 1}/{settings.keyframes}"
             render_keyframe(ctx.renderer(job["model"]), settings, k, previous, out,
-                            _progress(ctx, job_id, f"keyframe:{k}", stage))
+                            _progress(ctx, job_id, f"keyframe:{k}", stage), JobTexts(ctx.store, job_id))
             ctx.store.put_file(key, out)
     ctx.jobs.progress(job_id, f"keyframe:{k}", settings.steps)
     ctx.redis.sadd(f"zoomq:job:{job_id}:keyframes", k)

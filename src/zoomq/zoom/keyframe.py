@@ -15,7 +15,7 @@ from zoomq.zoom import geometry
 from zoomq.zoom.settings import ZoomSettings
 
 if TYPE_CHECKING:  # the web front end names keyframes without loading torch
-    from zoomq.render.pipeline import Progress, Renderer
+    from zoomq.render.pipeline import Progress, Renderer, TextCache
 
 
 def keyframe_name(k: int) -> str:
@@ -37,9 +37,10 @@ def render_keyframe(
     previous: Path | None,
     out: Path,
     progress: Progress | None = None,
+    texts: TextCache | None = None,
 ) -> dict:
     """Render keyframe ``k`` into the PNG ``out`` (``previous`` is keyframe k-1's file) and return
-    its recipe."""
+    its recipe; ``texts`` shares the job's prompt embeddings between workers."""
     check_model(renderer)
     prompt, negative = settings.prompts(k)
     zoom = {"keyframe": k, "job_seed": settings.seed, "mask_width": settings.mask_width, "seam": settings.seam}
@@ -61,7 +62,7 @@ def render_keyframe(
             seed=settings.keyframe_seed(k), scheduler=settings.scheduler, width=side, height=side,
             init_image=canvas, mask=mask, strength=1.0,
         )
-        result = renderer.render(request, progress)
+        result = renderer.render(request, progress, texts)
         image = result.image
         if inner is not None:
             image = geometry.finish_keyframe(image, inner, settings.mask_width, settings.seam)
