@@ -27,10 +27,15 @@ def test_bench_render_writes_the_report(tmp_path, capsys):
     for mode in MODES:
         row = next(line for line in report.splitlines() if line.startswith(f"| {mode.name} |"))
         assert "(1.00×)" in row if mode.name == REFERENCE else re.search(r"\(\d+\.\d\d×\)", row), row
-    assert report.count("| ≤ ") == 3 and "of the matmul peak" in report
+    assert report.count("| ≤ ") == 5 and "of the matmul peak" in report
     assert Image.open(out.parent / "bench-render.png").size[0] > 500
     raw = json.loads((out.parent / "bench-render.json").read_text())
     assert raw["repeats"] == 1 and raw["medians"]["machine"]["matmul_peak"] > 0
     assert all(raw["medians"][m.name].get("peak_rss_t2i", 0) > 100 * 2**20 for m in MODES)
     rss = {m.name: raw["medians"][m.name]["peak_rss_t2i"] for m in MODES}
     assert len(set(rss.values())) > 1, rss  # each process's own peak, not one inherited figure
+    worker = raw["worker"]  # real worker processes: start-up, memory, and the concurrency figures
+    assert 0 < worker["seconds_per_step"] < worker["first_step_warm"] < 120
+    assert 100 * 2**20 < worker["worker_peak_private"] <= worker["worker_peak_rss"]
+    assert worker["jobs_per_min_1"] > 0 and worker["jobs_per_min_2"] > 0
+    assert "2 processes" in report and "first step" in report

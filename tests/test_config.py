@@ -29,10 +29,15 @@ def test_defaults_and_overrides(monkeypatch, tmp_path):
     s = settings()
     assert s.threads == 2 and s.inference_precision == "bf16"
     assert s.ov_cache_dir == tmp_path / "ov-cache" / "cpu-bf16"
+    assert s.compile_cache is False  # auto: off on CPU
+    monkeypatch.setenv("ZOOMQ_DEVICE", "GPU")
+    assert settings().compile_cache is True
+    monkeypatch.setenv("ZOOMQ_COMPILE_CACHE", "off")
+    assert settings().compile_cache is False
 
 
 @pytest.mark.parametrize("name, value", [("ZOOMQ_THREADS", "-1"), ("ZOOMQ_THREADS", "lots"),
-                                         ("ZOOMQ_INFERENCE_PRECISION", "int4")])
+                                         ("ZOOMQ_INFERENCE_PRECISION", "int4"), ("ZOOMQ_COMPILE_CACHE", "yes")])
 def test_bad_values_name_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(InvalidParameter) as e:

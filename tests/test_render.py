@@ -213,8 +213,15 @@ def test_foreign_miniature_model_with_v_prediction(tmp_path, capsys):
         assert psnr(ours.pixels, theirs) >= 40
 
 
+def test_compile_cache_is_off_on_cpu_unless_asked_for(tiny_t2i, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOOMQ_CACHE_DIR", str(tmp_path))
+    Renderer(tiny_t2i).render(RenderRequest("a hill", steps=1, seed=1))
+    assert not list(tmp_path.glob("ov-cache/*/*.blob"))
+
+
 def test_compiled_models_are_cached_on_disk_per_precision(tiny_t2i, tmp_path, monkeypatch):
     monkeypatch.setenv("ZOOMQ_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ZOOMQ_COMPILE_CACHE", "on")
     Renderer(tiny_t2i).render(RenderRequest("a hill", steps=1, seed=1))
     blobs = sorted(p.name for p in (tmp_path / "ov-cache" / "cpu-f32").glob("*.blob"))
     assert len(blobs) == 3  # text encoder, UNet, VAE decoder at this size

@@ -33,7 +33,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "ZOOMQ_CACHE_DIR",
         "~/.cache/zoomq",
-        "Where compiled models are cached (`ov-cache/<device>-<precision>/`), so later loads skip compilation.",
+        "zoomq's own files: the precision measurement, benchmark models and, when on, compiled models "
+        "(`ov-cache/<device>-<precision>/`).",
+    ),
+    Variable(
+        "ZOOMQ_COMPILE_CACHE",
+        "auto",
+        "Keep compiled models on disk for the next process: `on`, `off`, or `auto` (off on CPU, on other "
+        "devices). On CPU a cache hit measured no faster than compiling the prepared model (UNet 1.6–2.6 s "
+        "against 2.9 s) and kept the blob mapped beside the model: 2.2 GB more peak RSS per worker.",
     ),
     Variable("ZOOMQ_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis for the queue, job records and artifacts."),
     Variable(
@@ -98,6 +106,7 @@ class Settings:
     rate_limit: tuple[int, int] = (30, 60)  # (submissions, per seconds); (0, 0) is off
     max_upload: int = 16 * 2**20
     max_prompt: int = 1000
+    compile_cache: bool = False
 
     @property
     def ov_cache_dir(self) -> Path:
@@ -143,8 +152,13 @@ def settings() -> Settings:
     artifacts = _get("ZOOMQ_ARTIFACTS")
     if artifacts != "redis" and not os.path.isabs(os.path.expanduser(artifacts)):
         raise InvalidParameter("ZOOMQ_ARTIFACTS", artifacts, "must be `redis` or an absolute directory path")
+    device = _get("ZOOMQ_DEVICE")
+    cache = _get("ZOOMQ_COMPILE_CACHE").lower()
+    if cache not in ("auto", "on", "off"):
+        raise InvalidParameter("ZOOMQ_COMPILE_CACHE", cache, "must be auto, on or off")
     return Settings(
-        device=_get("ZOOMQ_DEVICE"),
+        compile_cache=cache == "on" or (cache == "auto" and device.upper() != "CPU"),
+        device=device,
         inference_precision=precision,
         threads=_int("ZOOMQ_THREADS", 0),
         cache_dir=Path(os.path.expanduser(_get("ZOOMQ_CACHE_DIR"))),

@@ -56,6 +56,7 @@ def _zoomq(spec: dict) -> dict:
     from dataclasses import replace
 
     from zoomq.config import settings
+    from zoomq.render.ov_models import CompiledParts
     from zoomq.render.pipeline import Renderer
     from zoomq.render.request import RenderRequest
 
@@ -76,6 +77,11 @@ def _zoomq(spec: dict) -> dict:
             t0 = time.perf_counter()
             renderer.parts.compiled("unet", shapes)
             out[f"unet_compile_{size}"] = time.perf_counter() - t0
+            if size == 512:  # the compile cache's figures: store (or find) a blob, then load it
+                for label in ("unet_cache_store", "unet_cache_load"):
+                    t0 = time.perf_counter()
+                    CompiledParts(renderer.folder, replace(renderer.settings, compile_cache=True)).compiled("unet", shapes)
+                    out[label] = time.perf_counter() - t0
             rng = np.random.default_rng(SEED)
             inputs = {"sample": rng.standard_normal(shapes["sample"], dtype=np.float32),
                       "timestep": np.array(500.0, dtype=np.float32),

@@ -1,8 +1,8 @@
 """The OpenVINO side of a prepared model: read the IR once, compile it per static shape, keep it.
 
 Static shapes run about twice as fast as dynamic ones on CPU, so each sub-model is reshaped to the
-exact batch and size of the render before compiling; a compiled model is kept per shape and the
-on-disk compile cache makes the next process's compile a quick load.
+exact batch and size of the render before compiling; a compiled model is kept per shape. The
+on-disk compile cache is used where it pays (``ZOOMQ_COMPILE_CACHE``): on CPU it does not.
 """
 
 from __future__ import annotations
@@ -63,8 +63,11 @@ class CompiledParts:
                     model = self._models[part] = core().read_model(self.folder / f"{part}.xml")
                 static = model.clone()
                 static.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()})
-                self.settings.ov_cache_dir.mkdir(parents=True, exist_ok=True)
-                self._compiled[key] = core().compile_model(static, self.settings.device, compile_config(self.settings))
+                cache = self.settings.compile_cache
+                if cache:
+                    self.settings.ov_cache_dir.mkdir(parents=True, exist_ok=True)
+                self._compiled[key] = core().compile_model(static, self.settings.device,
+                                                           compile_config(self.settings, cache=cache))
             return self._compiled[key]
 
     def run(self, part: str, **inputs: np.ndarray) -> np.ndarray:

@@ -1,0 +1,154 @@
+"""The worker's side of ``zoomq bench render``: real ``zoomq worker`` processes on a private Redis.
+
+Measured with the full-size text-to-image model and default settings:
+- start-up: seconds from launching a worker (a 512 px job already queued) to the end of the job's
+  first denoising step, with a cold compile cache and again with the warm one;
+- peak RSS of the process that renders (the prefork child) over a whole 512 px job, and its peak
+  private memory (RSS without the model files' shared page cache);
+- throughput of 1 process × all threads against 2 processes × half the threads each, on a batch
+  of jobs after every process has loaded the model: the figure the worker's default is chosen by.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from zoomq.localstack import RedisServer, WorkerProcess, wait_for
+
+PROMPT = "a lighthouse on a cliff at sunset, oil painting"
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            todo.extend(int(c) for c in task.read_text().split())
+    return pids
+
+
+def _status(pid: int, field: str) -> int:
+    """The largest ``field`` (VmHWM, RssAnon...) of /proc/PID/status over ``pid``'s process tree, in bytes."""
+    largest = 0
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    largest = max(largest, int(line.split()[1]) * 1024)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return largest
+
+
+class _PrivatePeak(threading.Thread):
+    """Samples the private (anonymous) memory of a process tree every 0.1 s. The kernel keeps a
+    peak of RSS only, and RSS also counts the model files' page cache that OpenVINO maps: clean,
+    shared by every process on the node and reclaimable."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.done = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self.peak = max(self.peak, _status(self.pid, "RssAnon"))
+
+    def stop(self) -> int:
+        self.done.set()
+        self.join()
+        return self.peak
+
+
+def _first_step(producer, folder: Path, cache: Path, server: RedisServer, logs: Path, steps: int) -> dict:
+    """Launch a worker with one job waiting; when does its first step end, and its peak RSS."""
+    model = folder.name
+    job = producer.submit_image(PROMPT, model=model, steps=steps, seed=1)
+    start = time.time()
+    worker = WorkerProcess(f"start-{cache.name}", server.url, [folder], logs,
+                           env={"ZOOMQ_CACHE_DIR": str(cache)}, start_timeout=600)
+    private = _PrivatePeak(worker.proc.pid)
+    private.start()
+    try:
+        wait_for(lambda: producer.jobs.get(job)["work_done"] >= 1, 900, "the first step")
+        first = time.time() - start
+        record = producer.wait(job, poll=0.2, timeout=1800)
+        if record["state"] != "done":
+            raise RuntimeError(f"bench job failed: {record.get('error')}")
+        return {"first_step": first, "step": record["seconds_per_step"],
+                "peak_rss": _status(worker.proc.pid, "VmHWM"), "peak_private": private.stop()}
+    finally:
+        private.stop()
+        worker.stop()
+
+
+def _throughput(producer, folder: Path, cache: Path, server: RedisServer, logs: Path, processes: int,
+                jobs: int, steps: int) -> float:
+    """Jobs per minute of one worker node with ``processes`` processes sharing the cores."""
+    model = folder.name
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    worker = WorkerProcess(f"x{processes}", server.url, [folder], logs, concurrency=processes,
+                           threads=threads if processes > 1 else None,
+                           env={"ZOOMQ_CACHE_DIR": str(cache)}, start_timeout=600)
+    try:
+        # Every process loads the model before the clock starts: one short job each, at once.
+        warm = [producer.submit_image(PROMPT, model=model, steps=1, seed=i) for i in range(processes)]
+        for job in warm:
+            producer.wait(job, poll=0.2, timeout=1800)
+        start = time.time()
+        ids = [producer.submit_image(PROMPT, model=model, steps=steps, seed=i) for i in range(jobs)]
+        records = [producer.wait(job, poll=0.2, timeout=3600) for job in ids]
+        if any(r["state"] != "done" for r in records):
+            raise RuntimeError("a throughput job failed")
+        return 60 * jobs / (max(r["finished"] for r in records) - start)
+    finally:
+        worker.stop()
+
+
+def measure(t2i_model: Path, settings_cache: Path, say: Callable[[str], None], quick: bool = False) -> dict:
+    """Worker figures for the prepared full-size ``t2i_model`` (see the module docstring)."""
+    from zoomq.producer import Producer
+
+    folder = Path(t2i_model)
+    steps = 2 if quick else 4
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="zoomq-bench-worker-") as tmp:
+        tmp = Path(tmp)
+        cache = tmp / "cache"
+        cache.mkdir()
+        # The precision measurement is a node's one-time cost, not the model's: carry it over.
+        if (settings_cache / "precision.json").exists():
+            shutil.copy(settings_cache / "precision.json", cache / "precision.json")
+        server = RedisServer(tmp / "redis")
+        saved = os.environ.get("ZOOMQ_REDIS_URL")
+        os.environ["ZOOMQ_REDIS_URL"] = server.url
+        try:
+            producer = Producer()
+            say("  worker start, cold compile cache")
+            cold = _first_step(producer, folder, cache, server, tmp, steps)
+            say("  worker start, warm compile cache")
+            warm = _first_step(producer, folder, cache, server, tmp, steps)
+            figures.update(first_step_cold=cold["first_step"], first_step_warm=warm["first_step"],
+                           seconds_per_step=warm["step"],
+                           worker_peak_rss=max(cold["peak_rss"], warm["peak_rss"]),
+                           worker_peak_private=max(cold["peak_private"], warm["peak_private"]))
+            jobs = 2 if quick else 4
+            say(f"  throughput: 1 process x {os.cpu_count()} threads, {jobs} jobs")
+            figures["jobs_per_min_1"] = _throughput(producer, folder, cache, server, tmp, 1, jobs, steps)
+            say(f"  throughput: 2 processes x {max(1, (os.cpu_count() or 1) // 2)} threads, {jobs} jobs")
+            figures["jobs_per_min_2"] = _throughput(producer, folder, cache, server, tmp, 2, jobs, steps)
+        finally:
+            if saved is None:
+                os.environ.pop("ZOOMQ_REDIS_URL", None)
+            else:
+                os.environ["ZOOMQ_REDIS_URL"] = saved
+            server.stop()
+    figures["steps"] = steps
+    return figures
