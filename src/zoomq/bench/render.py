@@ -198,8 +198,9 @@ def _report(out: Path, result: dict, quick: bool) -> None:
     checks.append(f"| UNet at ≥ 80 % of the matmul peak, default mode | ≥ 80 % | {100 * g / peak:.0f} % | "
                   f"{'met' if g >= 0.8 * peak else 'NOT met'} |" if g else "| UNet at ≥ 80 % of peak | – | – | – |")
     w = result["worker"]
-    checks.append(f"| worker: first step ≤ 5 s after start, warm compile cache | ≤ 5 s | {w['first_step_warm']:.1f} s | "
-                  f"{'met' if w['first_step_warm'] <= 5 else 'NOT met'} |")
+    best_start = min(w["first_step"], w["first_step_cache_warm"])
+    checks.append(f"| worker: first step ≤ 5 s after start (best of compile cache off / warm) | ≤ 5 s | "
+                  f"{best_start:.1f} s | {'met' if best_start <= 5 else 'NOT met'} |")
     checks.append(f"| worker: peak RSS holding the 512 text-to-image model | ≤ 4 GiB | {w['worker_peak_rss'] / gib:.2f} GiB | "
                   f"{'met' if w['worker_peak_rss'] <= 4 * gib else 'NOT met'} |")
     gain = w["jobs_per_min_2"] / w["jobs_per_min_1"]
@@ -207,11 +208,14 @@ def _report(out: Path, result: dict, quick: bool) -> None:
     worker_rows = [
         "| worker figure | measured |",
         "|---|---|",
-        f"| start to the end of the first step, cold compile cache | {w['first_step_cold']:.1f} s |",
-        f"| start to the end of the first step, warm compile cache | {w['first_step_warm']:.1f} s |",
-        f"| of which the step itself (the job's mean step) | {w['seconds_per_step']:.1f} s |",
-        f"| peak RSS of the render process, whole 512 px job | {w['worker_peak_rss'] / gib:.2f} GiB |",
-        f"| peak private memory (RSS less the model files' shared page cache) | {w['worker_peak_private'] / gib:.2f} GiB |",
+        f"| launch to the end of the first step, default settings | {w['first_step']:.1f} s |",
+        f"| the same, compile cache on: launch that stores the blobs / next launch | "
+        f"{w['first_step_cache_store']:.1f} s / {w['first_step_cache_warm']:.1f} s |",
+        f"| the job's mean step (the first includes compiling the UNet) | {w['seconds_per_step']:.1f} s |",
+        f"| peak RSS of the render process, whole 512 px job: default / compile cache on | "
+        f"{w['worker_peak_rss'] / gib:.2f} GiB / {w['worker_peak_rss_cached'] / gib:.2f} GiB |",
+        f"| peak private memory, default (RSS less the model files' shared page cache) | "
+        f"{w['worker_peak_private'] / gib:.2f} GiB |",
         f"| throughput, 1 process × {cpus} threads | {w['jobs_per_min_1']:.2f} jobs/min |",
         f"| throughput, 2 processes × {max(1, cpus // 2)} thread(s) | {w['jobs_per_min_2']:.2f} jobs/min ({gain:.2f}×) |",
     ]
@@ -256,7 +260,7 @@ def _report(out: Path, result: dict, quick: bool) -> None:
         "",
         *worker_rows,
         "",
-        "Rerun: `zoomq bench render` (about 90 minutes on 2 cores; `--quick`: one repetition, 5 steps, "
+        "Rerun: `zoomq bench render` (about 2¼ hours on 2 cores; `--quick`: one repetition, 5 steps, "
         "512 px only). Models are cached in `$ZOOMQ_CACHE_DIR/bench-models`.",
     ])
     write_section(out, "render", body)

@@ -2,7 +2,7 @@
 
 Measured with the full-size text-to-image model and default settings:
 - start-up: seconds from launching a worker (a 512 px job already queued) to the end of the job's
-  first denoising step, with a cold compile cache and again with the warm one;
+  first denoising step, with the default settings and with OpenVINO's compile cache on and warm;
 - peak RSS of the process that renders (the prefork child) over a whole 512 px job, and its peak
   private memory (RSS without the model files' shared page cache);
 - throughput of 1 process × all threads against 2 processes × half the threads each, on a batch
@@ -67,13 +67,14 @@ class _PrivatePeak(threading.Thread):
         return self.peak
 
 
-def _first_step(producer, folder: Path, cache: Path, server: RedisServer, logs: Path, steps: int) -> dict:
+def _first_step(producer, folder: Path, cache: Path, server: RedisServer, logs: Path, steps: int,
+                compile_cache: bool = False) -> dict:
     """Launch a worker with one job waiting; when does its first step end, and its peak RSS."""
     model = folder.name
     job = producer.submit_image(PROMPT, model=model, steps=steps, seed=1)
     start = time.time()
-    worker = WorkerProcess(f"start-{cache.name}", server.url, [folder], logs,
-                           env={"ZOOMQ_CACHE_DIR": str(cache)}, start_timeout=600)
+    env = {"ZOOMQ_CACHE_DIR": str(cache), **({"ZOOMQ_COMPILE_CACHE": "on"} if compile_cache else {})}
+    worker = WorkerProcess(f"start-{job[:8]}", server.url, [folder], logs, env=env, start_timeout=600)
     private = _PrivatePeak(worker.proc.pid)
     private.start()
     try:
@@ -131,14 +132,16 @@ def measure(t2i_model: Path, settings_cache: Path, say: Callable[[str], None], q
         os.environ["ZOOMQ_REDIS_URL"] = server.url
         try:
             producer = Producer()
-            say("  worker start, cold compile cache")
-            cold = _first_step(producer, folder, cache, server, tmp, steps)
-            say("  worker start, warm compile cache")
-            warm = _first_step(producer, folder, cache, server, tmp, steps)
-            figures.update(first_step_cold=cold["first_step"], first_step_warm=warm["first_step"],
-                           seconds_per_step=warm["step"],
-                           worker_peak_rss=max(cold["peak_rss"], warm["peak_rss"]),
-                           worker_peak_private=max(cold["peak_private"], warm["peak_private"]))
+            say("  worker launch, default settings")
+            default = _first_step(producer, folder, cache, server, tmp, steps)
+            say("  worker launch, compile cache on (storing the blobs)")
+            stored = _first_step(producer, folder, cache, server, tmp, steps, compile_cache=True)
+            say("  worker launch, compile cache on (warm)")
+            cached = _first_step(producer, folder, cache, server, tmp, steps, compile_cache=True)
+            figures.update(first_step=default["first_step"], first_step_cache_store=stored["first_step"],
+                           first_step_cache_warm=cached["first_step"], seconds_per_step=default["step"],
+                           worker_peak_rss=default["peak_rss"], worker_peak_private=default["peak_private"],
+                           worker_peak_rss_cached=cached["peak_rss"])
             jobs = 2 if quick else 4
             say(f"  throughput: 1 process x {os.cpu_count()} threads, {jobs} jobs")
             figures["jobs_per_min_1"] = _throughput(producer, folder, cache, server, tmp, 1, jobs, steps)
