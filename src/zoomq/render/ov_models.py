@@ -2,7 +2,8 @@
 
 Static shapes run about twice as fast as dynamic ones on CPU, so each sub-model is reshaped to the
 exact batch and size of the render before compiling; a compiled model is kept per shape. The
-on-disk compile cache is used where it pays (``ZOOMQ_COMPILE_CACHE``): on CPU it does not.
+on-disk compile cache is used where it pays (``ZOOMQ_COMPILE_CACHE``): on CPU it does not. The
+mapped weight files are kept out of resident memory while and after compiling (``file_pages``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import openvino as ov
 
 from zoomq.config import Settings
+from zoomq.render import file_pages
 
 _core_lock = threading.Lock()
 _core: ov.Core | None = None
@@ -64,11 +66,20 @@ class CompiledParts:
                 static = model.clone()
                 static.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()})
                 cache = self.settings.compile_cache
+                mapped = [self.folder / f"{part}.bin"]
                 if cache:
                     self.settings.ov_cache_dir.mkdir(parents=True, exist_ok=True)
-                self._compiled[key] = core().compile_model(static, self.settings.device,
-                                                           compile_config(self.settings, cache=cache))
+                    mapped.append(self.settings.ov_cache_dir)
+                with file_pages.kept_out(mapped):
+                    self._compiled[key] = core().compile_model(static, self.settings.device,
+                                                               compile_config(self.settings, cache=cache))
             return self._compiled[key]
+
+    @property
+    def compiled_shapes(self) -> set[tuple]:
+        """(part, ((input, shape), ...)) of every compiled model held."""
+        with self._lock:
+            return set(self._compiled)
 
     def run(self, part: str, **inputs: np.ndarray) -> np.ndarray:
         """Run ``part`` on ``inputs`` (compiling it for their shapes if needed); returns output 0."""
