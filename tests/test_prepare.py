@@ -195,3 +195,24 @@ def test_int8_hybrid_quantizes_the_unet_calibrated_on_itself(tmp_path, tiny_inpa
     figure = psnr(Renderer(hybrid.folder).render(request).pixels, Renderer(tiny_inpaint).render(request).pixels)
     print(f"int8-hybrid UNet: PSNR {figure:.1f} dB against fp16 weights (miniature inpainting model, f32)")
     assert figure > 30
+
+
+def test_unet_feed_forward_projects_value_and_gate_apart_with_the_same_numbers(tiny_t2i):
+    import copy
+
+    import openvino as ov
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from zoomq.model_prep.convert import _UNet
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_t2i / "diffusers", subfolder="unet").eval()
+    split = _UNet(copy.deepcopy(unet))
+    g = torch.Generator().manual_seed(3)
+    sample, text = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 32, generator=g)
+    with torch.no_grad():
+        ours = split(sample, torch.tensor(500.0), text)
+        theirs = unet(sample, torch.tensor(500.0), text, return_dict=False)[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    ops = {op.get_type_name() for op in ov.Core().read_model(tiny_t2i / "unet.xml").get_ops()}
+    assert "MatMul" in ops and "VariadicSplit" not in ops and "Split" not in ops

@@ -28,9 +28,39 @@ class _TextEncoder(torch.nn.Module):
         return self.model(input_ids, return_dict=False)[0]
 
 
+class _SplitGEGLU(torch.nn.Module):
+    """diffusers' GEGLU (one projection, then split in value and gate halves) as two projections.
+
+    The same products and sums, so the same numbers; but OpenVINO's CPU plugin ran the split as a
+    reference kernel, and without it the full UNet step at 512 px took 1.01 s instead of 1.06 (bf16, AMX).
+    """
+
+    def __init__(self, geglu):
+        super().__init__()
+        weight, bias = geglu.proj.weight, geglu.proj.bias
+        half = weight.shape[0] // 2
+        self.value = torch.nn.Linear(weight.shape[1], half, bias=bias is not None)
+        self.gate = torch.nn.Linear(weight.shape[1], half, bias=bias is not None)
+        with torch.no_grad():
+            self.value.weight.copy_(weight[:half])
+            self.gate.weight.copy_(weight[half:])
+            if bias is not None:
+                self.value.bias.copy_(bias[:half])
+                self.gate.bias.copy_(bias[half:])
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.value(hidden_states) * torch.nn.functional.gelu(self.gate(hidden_states))  # as GEGLU.gelu on CPU
+
+
 class _UNet(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
+        from diffusers.models.activations import GEGLU
+
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if type(child) is GEGLU:
+                    setattr(module, name, _SplitGEGLU(child))
         self.model = model
 
     def forward(self, sample, timestep, encoder_hidden_states):
