@@ -34,10 +34,14 @@ def test_defaults_and_overrides(monkeypatch, tmp_path):
     assert settings().compile_cache is True
     monkeypatch.setenv("ZOOMQ_COMPILE_CACHE", "off")
     assert settings().compile_cache is False
+    assert settings().warmup is True
+    monkeypatch.setenv("ZOOMQ_WARMUP", "OFF")
+    assert settings().warmup is False
 
 
 @pytest.mark.parametrize("name, value", [("ZOOMQ_THREADS", "-1"), ("ZOOMQ_THREADS", "lots"),
-                                         ("ZOOMQ_INFERENCE_PRECISION", "int4"), ("ZOOMQ_COMPILE_CACHE", "yes")])
+                                         ("ZOOMQ_INFERENCE_PRECISION", "int4"), ("ZOOMQ_COMPILE_CACHE", "yes"),
+                                         ("ZOOMQ_WARMUP", "later")])
 def test_bad_values_name_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(InvalidParameter) as e:

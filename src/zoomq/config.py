@@ -43,6 +43,12 @@ VARIABLES: tuple[Variable, ...] = (
         "devices). On CPU, measured: a warm cache brought a worker's first step 2 s sooner (16 s against 18) "
         "but kept the blobs mapped beside the model, raising its peak RSS from 5.7 to 8.0 GiB.",
     ),
+    Variable(
+        "ZOOMQ_WARMUP",
+        "on",
+        "`on`: a worker process compiles its models for their default render (native size, with guidance) "
+        "as soon as it starts, in the background, so the first job does not wait for it; `off`: on the first job.",
+    ),
     Variable("ZOOMQ_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis for the queue, job records and artifacts."),
     Variable(
         "ZOOMQ_ARTIFACTS",
@@ -107,6 +113,7 @@ class Settings:
     max_upload: int = 16 * 2**20
     max_prompt: int = 1000
     compile_cache: bool = False
+    warmup: bool = True
 
     @property
     def ov_cache_dir(self) -> Path:
@@ -156,7 +163,11 @@ def settings() -> Settings:
     cache = _get("ZOOMQ_COMPILE_CACHE").lower()
     if cache not in ("auto", "on", "off"):
         raise InvalidParameter("ZOOMQ_COMPILE_CACHE", cache, "must be auto, on or off")
+    warmup = _get("ZOOMQ_WARMUP").lower()
+    if warmup not in ("on", "off"):
+        raise InvalidParameter("ZOOMQ_WARMUP", warmup, "must be on or off")
     return Settings(
+        warmup=warmup == "on",
         compile_cache=cache == "on" or (cache == "auto" and device.upper() != "CPU"),
         device=device,
         inference_precision=precision,

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="OpenVINO threads per process (default: all cores)")
     p.add_argument("--name", help="worker name (default zoomq-<random>)")
     p.add_argument("--loglevel", default="INFO")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, light=True)
 
 
 def run(args: argparse.Namespace) -> int:

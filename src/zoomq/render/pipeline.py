@@ -11,14 +11,13 @@ import inspect
 import json
 import math
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTokenizer
@@ -40,6 +39,14 @@ Progress = Callable[[int, int], "bool | None"]
 _EMBEDDINGS_KEPT = 16
 
 
+def import_image_encoding() -> type:
+    """diffusers' latent distribution, imported on the first render that encodes an image: its
+    module pulls in all of diffusers' autoencoders, 1.3 s that text-to-image never needs."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    return DiagonalGaussianDistribution
+
+
 class TextCache(Protocol):
     """Text embeddings kept beyond one process (see ``worker.pieces.JobTexts``)."""
 
@@ -59,14 +66,18 @@ class RenderResult:
 class Renderer:
     """A prepared model ready to render; compiles each sub-model once per shape and keeps it."""
 
-    def __init__(self, model_dir: Path | str, settings: Settings | None = None):
+    def __init__(self, model_dir: Path | str, settings: Settings | None = None,
+                 parts: CompiledParts | None = None):
+        """``parts``: this model's sub-models, perhaps already compiled (a worker's warm-up)."""
         self.manifest = mf.read(Path(model_dir))
         self.folder = self.manifest.folder
         self.kind = self.manifest.kind
-        settings = settings or current_settings()
-        # "auto" becomes the precision measured fastest here, so compiles and recipes name it.
-        self.settings = replace(settings, inference_precision=precision.resolve(settings))
-        self.parts = CompiledParts(self.folder, self.settings)
+        self.settings = precision.applied(settings or current_settings())
+        if parts is None:
+            parts = CompiledParts(self.folder, self.settings)
+        elif (parts.folder, parts.settings) != (self.folder, self.settings):
+            raise ValueError(f"compiled parts of {parts.folder} do not match the model {self.folder} and its settings")
+        self.parts = parts
         self.tokenizer = CLIPTokenizer.from_pretrained(self.folder / "tokenizer")
         self._embeddings: dict[str, tuple[np.ndarray, list[str]]] = {}
         self.scheduler_config = json.loads((self.folder / "scheduler" / "scheduler_config.json").read_text())
@@ -114,7 +125,7 @@ class Renderer:
 
     def _encode_image(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         moments = torch.from_numpy(self.parts.run("vae_encoder", image=image.numpy()))
-        latents = DiagonalGaussianDistribution(moments).sample(generator)
+        latents = import_image_encoding()(moments).sample(generator)
         return latents * self.kind["vae_scaling_factor"]
 
     def _unet(self, latents: torch.Tensor, t: torch.Tensor, embeds: np.ndarray) -> torch.Tensor:

@@ -112,3 +112,8 @@ def resolve(s: Settings) -> str:
         os.replace(f.name, path)  # atomic: concurrent workers never read half a file
     _resolved[key] = known[key]["choice"]
     return _resolved[key]
+
+
+def applied(s: Settings) -> Settings:
+    """``s`` with ``auto`` replaced by the precision it means here, so compiles and recipes name it."""
+    return replace(s, inference_precision=resolve(s))

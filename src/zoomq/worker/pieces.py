@@ -20,17 +20,18 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import redis
 from PIL import Image
 
+from zoomq import manifest as mf
 from zoomq.config import Settings
 from zoomq.errors import ZoomqError
 from zoomq.jobs import CANCELLED, ENDED, Jobs
-from zoomq.render import png
-from zoomq.render.pipeline import Renderer
+from zoomq.render import png, precision
+from zoomq.render.ov_models import CompiledParts
 from zoomq.render.request import RenderRequest
 from zoomq.store import ArtifactStore
 from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, render_queue
@@ -38,6 +39,9 @@ from zoomq.zoom.keyframe import keyframe_name, render_keyframe
 from zoomq.zoom.segment import render_segment, segment_name
 from zoomq.zoom.settings import ZoomSettings
 from zoomq.zoom.stitch import keyframe_entry, stitch
+
+if TYPE_CHECKING:
+    from zoomq.render.pipeline import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +72,27 @@ class Context:
     models: dict[str, dict]
     send: Callable[[str, list, str], None]  # (task name, args, queue)
     renderers: dict[str, Renderer] = field(default_factory=dict)
+    parts: dict[str, CompiledParts] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _served(self, model: str) -> Path:
+        if model not in self.models:
+            raise ZoomqError(f"model {model!r}: this worker does not serve it ({', '.join(self.models)})")
+        return Path(self.models[model]["path"])
+
+    def compiled_parts(self, model: str) -> CompiledParts:
+        """The model's OpenVINO sub-models, shared by the warm-up and the renderer."""
+        folder = self._served(model)
+        with self._lock:
+            if model not in self.parts:
+                self.parts[model] = CompiledParts(mf.read(folder).folder, precision.applied(self.settings))
+            return self.parts[model]
 
     def renderer(self, model: str) -> Renderer:
         if model not in self.renderers:
-            if model not in self.models:
-                raise ZoomqError(f"model {model!r}: this worker does not serve it ({', '.join(self.models)})")
-            self.renderers[model] = Renderer(self.models[model]["path"], self.settings)
+            from zoomq.render.pipeline import Renderer  # torch and diffusers: not before they are needed
+
+            self.renderers[model] = Renderer(self._served(model), self.settings, self.compiled_parts(model))
         return self.renderers[model]
 
 

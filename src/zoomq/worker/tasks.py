@@ -21,7 +21,7 @@ from zoomq import jobs as jobs_mod
 from zoomq.config import settings as current_settings
 from zoomq.errors import RenderCancelled, ZoomqError
 from zoomq.store import open_store
-from zoomq.worker import pieces, registry, watchdog
+from zoomq.worker import pieces, registry, warmup, watchdog
 from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, make_app
 
 log = logging.getLogger("zoomq.worker")
@@ -55,6 +55,13 @@ def context() -> pieces.Context:
             send=send,
         )
     return _context
+
+
+@signals.worker_process_init.connect
+def _warm_up(**_) -> None:
+    """Each pool process compiles its models in the background as it starts (``ZOOMQ_WARMUP``)."""
+    if current_settings().warmup:
+        warmup.start(context())
 
 
 def _run(task, piece: str, job_id: str, *args) -> None:
