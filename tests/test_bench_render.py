@@ -39,3 +39,5 @@ def test_bench_render_writes_the_report(tmp_path, capsys):
     assert 100 * 2**20 < worker["worker_peak_private"] <= worker["worker_peak_rss"]
     assert worker["jobs_per_min_1"] > 0 and worker["jobs_per_min_2"] > 0
     assert "2 processes" in report and "first step" in report
+    assert 0 < worker["warmup_import"] < worker["first_step"] and 0 < worker["warmup_compile"] < worker["first_step"]
+    assert "importing the render core" in report and raw["seconds"] > worker["first_step"]

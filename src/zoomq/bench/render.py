@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -87,6 +88,7 @@ def run(out: Path, quick: bool = False, repeats: int | None = None, models_dir: 
     (checks the harness in minutes; its figures mean nothing)."""
     from zoomq.config import settings
 
+    started = time.monotonic()
     repeats = repeats or (1 if quick else 3)
     steps = 5 if quick else 20
     sizes = [512] if quick else [512, 768]
@@ -136,7 +138,7 @@ def run(out: Path, quick: bool = False, repeats: int | None = None, models_dir: 
     medians = {name: {k: statistics.median(v) for k, v in figs.items()} for name, figs in samples.items()}
     result = {"repeats": repeats, "steps": steps, "sizes": sizes, "medians": medians, "samples": samples,
               "machine": machine(), "models": "miniature" if tiny else "full-size", "auto_precision": auto,
-              "aliases": aliases, "worker": workers}
+              "aliases": aliases, "worker": workers, "seconds": time.monotonic() - started}
     (out.parent / "bench-render.json").write_text(json.dumps(result, indent=1) + "\n")  # kept if the report fails
     _report(out, result, quick)
     return result
@@ -211,7 +213,11 @@ def _report(out: Path, result: dict, quick: bool) -> None:
         f"| launch to the end of the first step, default settings | {w['first_step']:.1f} s |",
         f"| the same, compile cache on: launch that stores the blobs / next launch | "
         f"{w['first_step_cache_store']:.1f} s / {w['first_step_cache_warm']:.1f} s |",
-        f"| the job's mean step (the first includes compiling the UNet) | {w['seconds_per_step']:.1f} s |",
+        *([f"| of which, at once in two threads: importing the render core / compiling the model, default | "
+           f"{w['warmup_import']:.1f} s / {w['warmup_compile']:.1f} s |"] if "warmup_compile" in w else []),
+        *([f"| the same, compile cache warm | {w['warmup_import_cached']:.1f} s / {w['warmup_compile_cached']:.1f} s |"]
+          if "warmup_compile_cached" in w else []),
+        f"| the job's mean step (from a job queued before the worker started) | {w['seconds_per_step']:.1f} s |",
         f"| peak RSS of the render process, whole 512 px job: default / compile cache on | "
         f"{w['worker_peak_rss'] / gib:.2f} GiB / {w['worker_peak_rss_cached'] / gib:.2f} GiB |",
         f"| peak private memory, default (RSS less the model files' shared page cache) | "
@@ -260,8 +266,8 @@ def _report(out: Path, result: dict, quick: bool) -> None:
         "",
         *worker_rows,
         "",
-        "Rerun: `zoomq bench render` (about 2¼ hours on 2 cores; `--quick`: one repetition, 5 steps, "
-        "512 px only). Models are cached in `$ZOOMQ_CACHE_DIR/bench-models`.",
+        f"Rerun: `zoomq bench render` (this run took {result['seconds'] / 60:.0f} min; `--quick`: one repetition, "
+        "5 steps, 512 px only). Models are cached in `$ZOOMQ_CACHE_DIR/bench-models`.",
     ])
     write_section(out, "render", body)
     (out.parent / "bench-render.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -12,6 +12,7 @@ Measured with the full-size text-to-image model and default settings:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -84,10 +85,24 @@ def _first_step(producer, folder: Path, cache: Path, server: RedisServer, logs: 
         if record["state"] != "done":
             raise RuntimeError(f"bench job failed: {record.get('error')}")
         return {"first_step": first, "step": record["seconds_per_step"],
-                "peak_rss": _status(worker.proc.pid, "VmHWM"), "peak_private": private.stop()}
+                "peak_rss": _status(worker.proc.pid, "VmHWM"), "peak_private": private.stop(),
+                **_warmup_figures(Path(worker.log.name))}
     finally:
         private.stop()
         worker.stop()
+
+
+def _warmup_figures(log: Path) -> dict:
+    """The warm-up's two parts as the worker logged them: seconds to import the render core and to
+    compile the model (they run at once, in two threads)."""
+    text = log.read_text(errors="replace")
+    figures = {}
+    for key, pattern in (("import", r"render core imported in ([0-9.]+) s"),
+                         ("compile", r"compiled for its default render in ([0-9.]+) s")):
+        found = re.search(pattern, text)
+        if found:
+            figures[key] = float(found.group(1))
+    return figures
 
 
 def _throughput(producer, folder: Path, cache: Path, server: RedisServer, logs: Path, processes: int,
@@ -141,7 +156,9 @@ def measure(t2i_model: Path, settings_cache: Path, say: Callable[[str], None], q
             figures.update(first_step=default["first_step"], first_step_cache_store=stored["first_step"],
                            first_step_cache_warm=cached["first_step"], seconds_per_step=default["step"],
                            worker_peak_rss=default["peak_rss"], worker_peak_private=default["peak_private"],
-                           worker_peak_rss_cached=cached["peak_rss"])
+                           worker_peak_rss_cached=cached["peak_rss"],
+                           **{f"warmup_{k}": v for k, v in default.items() if k in ("import", "compile")},
+                           **{f"warmup_{k}_cached": v for k, v in cached.items() if k in ("import", "compile")})
             jobs = 2 if quick else 4
             say(f"  throughput: 1 process x {os.cpu_count()} threads, {jobs} jobs")
             figures["jobs_per_min_1"] = _throughput(producer, folder, cache, server, tmp, 1, jobs, steps)
