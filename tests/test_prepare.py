@@ -216,3 +216,18 @@ def test_unet_feed_forward_projects_value_and_gate_apart_with_the_same_numbers(t
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     ops = {op.get_type_name() for op in ov.Core().read_model(tiny_t2i / "unet.xml").get_ops()}
     assert "MatMul" in ops and "VariadicSplit" not in ops and "Split" not in ops
+
+
+def test_a_model_from_an_older_conversion_is_prepared_again(tmp_path):
+    out = tmp_path / "model"
+    first = prepare_random(out, full=False)
+    assert first.data["conversion"] >= 2
+    mf.write(out, {**{k: v for k, v in first.data.items() if k != "format"}, "conversion": 1})
+    said = []
+    again = prepare_random(out, full=False, report=said.append)
+    assert any("older zoomq conversion" in line for line in said)
+    assert again.data["conversion"] == first.data["conversion"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing left beside it
+    said.clear()
+    prepare_random(out, full=False, report=said.append)
+    assert any("nothing to do" in line for line in said)

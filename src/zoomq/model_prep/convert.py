@@ -18,6 +18,10 @@ from typing import Callable
 import openvino as ov
 import torch
 
+#: Version of the IR zoomq writes, kept in the manifest; ``prepare`` redoes a model made by an older
+#: one. 2: the UNet's GEGLU as two projections.
+CONVERSION = 2
+
 
 class _TextEncoder(torch.nn.Module):
     def __init__(self, model):

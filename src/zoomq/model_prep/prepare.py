@@ -93,7 +93,8 @@ def _check_space(where: Path, needed: int) -> None:
 
 
 def _existing(out: Path, source: str, route: str, weights: str) -> mf.Manifest | None:
-    """The manifest of an identical model already in ``out``; raises if ``out`` holds something else."""
+    """The manifest of an identical model already in ``out``, or None to make it (again, if an
+    older conversion made it); raises if ``out`` holds something else."""
     if not out.exists():
         return None
     if not out.is_dir():
@@ -102,7 +103,7 @@ def _existing(out: Path, source: str, route: str, weights: str) -> mf.Manifest |
         current = mf.read(out)
         same = (current.data.get("source"), current.data.get("route"), current.data.get("weights"))
         if same == (source, route, weights):
-            return current
+            return current if current.data.get("conversion", 1) == _conversion() else None
         raise PrepareError(
             f"--out {out}: already holds another model ({current.data.get('source')}, "
             f"{current.data.get('route')}, {current.data.get('weights')}); choose another --out or remove it"
@@ -110,6 +111,12 @@ def _existing(out: Path, source: str, route: str, weights: str) -> mf.Manifest |
     if any(out.iterdir()):
         raise PrepareError(f"--out {out}: exists, is not empty and holds no zoomq model; choose another --out")
     return None
+
+
+def _conversion() -> int:
+    from zoomq.model_prep.convert import CONVERSION  # torch: imported only when a model is at hand
+
+    return CONVERSION
 
 
 def _disk_full(error: BaseException, where: Path) -> bool:
@@ -134,9 +141,13 @@ def _staging(out: Path) -> Iterator[Path]:
     stage.mkdir()
     try:
         yield stage
-        if out.exists():
-            out.rmdir()  # _existing() made sure it is empty
-        os.rename(stage, out)
+        if out.exists():  # empty, or the same model from an older conversion (see _existing)
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(stage, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(stage, out)
     except BaseException as e:
         full = not isinstance(e, ZoomqError) and _disk_full(e, stage)
         shutil.rmtree(stage, ignore_errors=True)
@@ -157,7 +168,7 @@ def _convert(
     report: Callable[[str], None],
 ) -> None:
     """Convert the diffusers folder ``source_dir`` into ``stage``; the manifest comes last."""
-    from zoomq.model_prep.convert import convert_part, parts
+    from zoomq.model_prep.convert import CONVERSION, convert_part, parts
 
     report(f"{source}: {kind.family} {kind.task}, {kind.native_size} px, {kind.prediction_type}")
     for sub in ("tokenizer", "scheduler"):
@@ -174,6 +185,7 @@ def _convert(
         "route": route,
         "weights": weights,
         "text_max_length": 77,
+        "conversion": CONVERSION,
         "files": mf.hashed_files(stage),
         "versions": _versions(),
     }
@@ -199,6 +211,8 @@ def _build(
     if done:
         report(f"{out} already holds this model; nothing to do")
         return done
+    if (out / mf.MANIFEST).is_file():
+        report(f"{out} holds this model from an older zoomq conversion; preparing it again")
     try:
         with _staging(out) as stage:
             fill(stage)
