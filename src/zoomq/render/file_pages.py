@@ -13,10 +13,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from zoomq.repeating import repeating
 
 _MADV_DONTNEED = 4
 _PERIOD = 0.05  # seconds between drops while a compile reads the file
@@ -64,17 +65,8 @@ def kept_out(targets: Iterable[Path]) -> Iterator[None]:
     if not sys.platform.startswith("linux"):
         yield
         return
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(_PERIOD):
-            release(targets)
-
-    thread = threading.Thread(target=loop, name="zoomq-file-pages", daemon=True)
-    thread.start()
     try:
-        yield
+        with repeating(_PERIOD, lambda: release(targets), "zoomq-file-pages"):
+            yield
     finally:
-        stop.set()
-        thread.join()
         release(targets)

@@ -33,6 +33,7 @@ from zoomq.jobs import CANCELLED, ENDED, Jobs
 from zoomq.render import png, precision
 from zoomq.render.ov_models import CompiledParts
 from zoomq.render.request import RenderRequest
+from zoomq.repeating import repeating
 from zoomq.store import ArtifactStore
 from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, render_queue
 from zoomq.zoom.keyframe import keyframe_name, render_keyframe
@@ -112,24 +113,19 @@ def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
     encoding = piece.startswith("segment")
     worker_field = "encode_worker" if encoding else "worker"
     ctx.jobs.start_piece(job_id, piece, ctx.worker, os.getpid(), encoding)
-    stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(ctx.settings.heartbeat):
-            try:
-                if ctx.redis.get(key) == me.encode():
-                    ctx.redis.expire(key, ctx.settings.stale_after)
-                ctx.jobs.update(job_id, heartbeat=time.time(), **{worker_field: ctx.worker})
-            except redis.RedisError as e:  # the task itself will meet the error; just keep beating
-                log.warning("heartbeat of %s failed: %s", piece, e)
+        try:
+            if ctx.redis.get(key) == me.encode():
+                ctx.redis.expire(key, ctx.settings.stale_after)
+            ctx.jobs.update(job_id, heartbeat=time.time(), **{worker_field: ctx.worker})
+        except redis.RedisError as e:  # the task itself will meet the error; just keep beating
+            log.warning("heartbeat of %s failed: %s", piece, e)
 
-    thread = threading.Thread(target=beat, name=f"heartbeat {piece}", daemon=True)
-    thread.start()
     try:
-        yield
+        with repeating(ctx.settings.heartbeat, beat, f"heartbeat {piece}"):
+            yield
     finally:
-        stop.set()
-        thread.join()
         ctx.redis.hdel(RUNNING, running_field(job_id, piece))
         if ctx.redis.get(key) == me.encode():
             ctx.redis.delete(key)

@@ -1,0 +1,26 @@
+"""A function called every few seconds in a background thread for as long as a block runs."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+
+@contextmanager
+def repeating(seconds: float, fn: Callable[[], None], name: str) -> Iterator[None]:
+    """Call ``fn`` every ``seconds`` (first after one period) until the block ends; the thread is
+    joined before the block's exit continues, so nothing runs after it."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(seconds):
+            fn()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
