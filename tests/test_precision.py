@@ -56,3 +56,19 @@ def test_renders_record_the_precision_they_ran_at(auto, tiny_t2i):
     result = renderer.render(RenderRequest("a tree", steps=2, seed=1))
     assert result.recipe["inference_precision"] == renderer.settings.inference_precision
     assert renderer.settings.ov_cache_dir.name == f"cpu-{renderer.settings.inference_precision}"
+
+
+def _cpuinfo(tmp_path, family, flags):
+    path = tmp_path / f"cpuinfo-{family}"
+    processor = f"processor\t: {{}}\nmodel name\t: AMD EPYC\ncpu family\t: {family}\nmodel\t\t: 2\nflags\t\t: {flags}\n"
+    path.write_text(processor.format(0) + "\n" + processor.format(1))
+    return path
+
+
+def test_cpus_of_one_model_name_are_told_apart_by_generation_and_matrix_instructions(tmp_path):
+    zen4 = precision.cpu_label(_cpuinfo(tmp_path, 25, "fpu avx2 avx512f avx512_bf16"))
+    zen5 = precision.cpu_label(_cpuinfo(tmp_path, 26, "fpu avx2 avx512f avx512_bf16"))
+    xeon = precision.cpu_label(_cpuinfo(tmp_path, 6, "fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile"))
+    assert zen4 == "AMD EPYC (family 25 model 2, AVX-512 BF16)"
+    assert zen5 != zen4 and xeon.endswith(", AMX)")
+    assert precision.cpu_label(tmp_path / "missing") == precision.cpu_name()  # no cpuinfo: the name alone

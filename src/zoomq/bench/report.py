@@ -8,9 +8,9 @@ from pathlib import Path
 
 
 def machine() -> str:
-    from zoomq.render.precision import cpu_name
+    from zoomq.render.precision import cpu_label
 
-    cpu = cpu_name()
+    cpu = cpu_label()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{os.cpu_count()} vCPU {cpu}, {memory:.0f} GiB"
 

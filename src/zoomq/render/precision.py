@@ -27,20 +27,42 @@ MARGIN = 0.05  # bf16 rounds the picture a little: take it only when it is clear
 _resolved: dict[tuple, str] = {}
 
 
-def cpu_name() -> str:
+def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        block = path.read_text().split("\n\n", 1)[0]
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
+
+
+def cpu_name() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+#: The matrix instructions that set a CPU's speed at each precision, best first.
+_MATRIX_ISA = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+
+
+def cpu_label(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """Name, generation and matrix instructions, e.g. ``AMD EPYC (family 26 model 2, AVX-512 BF16)``.
+
+    A virtual machine's model name alone may not tell CPUs apart: here "AMD EPYC" has named both a
+    Zen 4 and a Zen 5, whose bf16 peaks differ twofold.
+    """
+    info = _cpuinfo(cpuinfo)
+    flags = set(info.get("flags", "").split())
+    isa = next((label for flag, label in _MATRIX_ISA if flag in flags), None)
+    detail = [f"family {info['cpu family']} model {info['model']}"] if "cpu family" in info and "model" in info else []
+    detail += [isa] if isa else []
+    name = info.get("model name") or cpu_name()
+    return f"{name} ({', '.join(detail)})" if detail else name
 
 
 def _key(s: Settings) -> str:
     import openvino as ov
 
-    return f"{s.device}|{cpu_name()}|{os.cpu_count()} cpus|{s.threads} threads|openvino {ov.get_version()}"
+    return f"{s.device}|{cpu_label()}|{os.cpu_count()} cpus|{s.threads} threads|openvino {ov.get_version()}"
 
 
 def _probe_model():
