@@ -1,7 +1,7 @@
 """Which inference precision ``auto`` means on this machine: the faster of f32 and bf16, measured.
 
-CPUs differ: with AMX, or on AMD Zen 4, bf16 runs the UNet about 1.8x faster than f32; on an
-Intel Xeon whose AVX-512 BF16 comes without AMX, measured here, bf16 convolutions ran 1.4x
+CPUs differ: with AMX, or on the AMD EPYCs measured here, bf16 runs the UNet 1.8x to 4.3x faster
+than f32; on an Intel Xeon whose AVX-512 BF16 comes without AMX, bf16 convolutions ran 1.4x
 slower than f32 and the whole UNet 1.6x slower. OpenVINO's own default picks bf16 whenever the
 CPU has it. So zoomq times a small convolution and matrix multiplication in both precisions once
 (about two seconds), remembers the answer in the cache directory per CPU, OpenVINO version and
