@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import uuid
 from pathlib import Path
 
+from zoomq import sizing
 from zoomq.errors import InvalidParameter
+
+log = logging.getLogger("zoomq.worker")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--models", nargs="+", type=Path, help="prepared model folders (default $ZOOMQ_MODELS)")
     p.add_argument("--queues", default="render,encode", help="render, encode or both (default both)")
-    p.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--threads", type=int, help="OpenVINO threads per process (default: all cores)")
+    p.add_argument("--concurrency", default="auto",
+                   help="worker processes, or auto (default): chosen from the cores and memory, and printed")
+    p.add_argument("--threads", type=int, help="OpenVINO threads per process (default: the cores shared out)")
+    p.add_argument("--events", action="store_true", help="send task events, for Flower (celery flower)")
     p.add_argument("--name", help="worker name (default zoomq-<random>)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(run=run, light=True)
@@ -35,12 +41,9 @@ def run(args: argparse.Namespace) -> int:
     kinds = [q.strip() for q in args.queues.split(",") if q.strip()]
     if not kinds or set(kinds) - {RENDER_QUEUE, ENCODE_QUEUE}:
         raise InvalidParameter("queues", args.queues, "must be render, encode or render,encode")
-    if args.concurrency < 1:
-        raise InvalidParameter("concurrency", args.concurrency, "must be at least 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidParameter("threads", args.threads, "must be at least 1")
-        os.environ["ZOOMQ_THREADS"] = str(args.threads)
+    processes = sizing.parse_concurrency(args.concurrency)
+    if args.threads is not None and args.threads < 1:
+        raise InvalidParameter("threads", args.threads, "must be at least 1")
     if args.models:
         os.environ["ZOOMQ_MODELS"] = os.pathsep.join(str(m.resolve()) for m in args.models)
     models = registry.describe_models(list(settings().models))  # fails here, clearly, on a bad folder
@@ -48,14 +51,22 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidParameter("models", None, "a render worker needs --models (prepared model folders)")
     queues = ([render_queue(name) for name in models] if RENDER_QUEUE in kinds else []) + (
         [ENCODE_QUEUE] if ENCODE_QUEUE in kinds else [])
+    threads = args.threads or settings().threads or None  # the option, else ZOOMQ_THREADS
+    plan = sizing.for_worker([Path(m["path"]) for m in models.values()] if RENDER_QUEUE in kinds else [],
+                             settings().inference_precision, processes, threads)
+    log.info("worker: %s%s", plan.describe(), " (--concurrency auto)" if processes is None else "")
+    if threads is not None or plan.processes > 1:
+        # One process alone keeps OpenVINO's default (every core, pinned); several share the cores.
+        os.environ["ZOOMQ_THREADS"] = str(plan.threads)
     name = f"{args.name or 'zoomq-' + uuid.uuid4().hex[:8]}@{socket.gethostname()}"
     os.environ.update(ZOOMQ_WORKER_NAME=name, ZOOMQ_WORKER_QUEUES=",".join(queues),
-                      ZOOMQ_WORKER_CONCURRENCY=str(args.concurrency))
+                      ZOOMQ_WORKER_CONCURRENCY=str(plan.processes))
 
     from zoomq.worker.tasks import app  # after the environment is set: the app reads it
 
     app.worker_main([
-        "worker", f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}", "--pool=prefork",
+        "worker", f"--loglevel={args.loglevel}", f"--concurrency={plan.processes}", "--pool=prefork",
         "-Q", ",".join(queues), "-n", name, "--without-mingle", "--without-gossip",
+        *(["--task-events"] if args.events else []),
     ])
     return 0

@@ -36,6 +36,12 @@ def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
 
 
+def cpu_flags() -> tuple[set[str], str]:
+    """The CPU's feature flags and vendor (``GenuineIntel``, ``AuthenticAMD``), from /proc/cpuinfo."""
+    info = _cpuinfo()
+    return set(info.get("flags", "").split()), info.get("vendor_id", "")
+
+
 def cpu_name() -> str:
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 

@@ -1,0 +1,169 @@
+"""How many worker processes, and how many OpenVINO threads each, a node should run.
+
+The UNet is compute-bound, and several processes on a big node beat one process with every core:
+on 16-core Intel Xeons with the full-size 512 px UNet (bf16), UNet steps/s in total were 1.71 and
+1.85 for 1 process x 16 threads, 1.82 for 2 x 8, 2.08 and 2.36 for 4 x 4, 2.41 for 8 x 2. Four
+threads per process takes nearly all of that gain with half the processes of 8 x 2, so half the
+memory and each job finishing twice as soon. On 2 cores 1 x 2 and 2 x 1 are level (1.03x to 1.06x
+for 2 x 1), so small nodes keep one process with every core. Memory bounds the count: a process
+holding the 512 px model peaks near 3.4 GiB, and no more processes start than the memory holds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from zoomq.errors import InvalidParameter
+
+GiB = 2**30
+THREADS_PER_PROCESS = 4   # on nodes of at least MIN_CORES_TO_SPLIT cores
+MIN_CORES_TO_SPLIT = 8
+BASE_BYTES = 1 * GiB      # Python, torch, diffusers, OpenVINO and a render's activations
+RESERVE_BYTES = 1 * GiB   # left to Redis, the web server and the system
+ENCODE_BYTES = GiB // 2   # a process that only encodes segments
+
+
+@dataclass(frozen=True)
+class Node:
+    cores: int
+    memory: int  # bytes available to new processes
+    limits: tuple[str, ...] = ()  # the container limits that set the figures, said with the choice
+
+
+@dataclass(frozen=True)
+class Plan:
+    processes: int
+    threads: int
+    per_process: int  # estimated peak bytes of one process
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.processes} process{'es' if self.processes > 1 else ''} x {self.threads} threads ({self.reason})"
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _cgroup_cpus(root: Path) -> float | None:
+    """The CPU quota of this container, in cores (cgroup v2, then v1); None when unlimited."""
+    v2 = _read(root / "sys/fs/cgroup/cpu.max")
+    if v2:
+        quota, _, period = v2.partition(" ")
+        return None if quota == "max" else int(quota) / int(period or 100000)
+    quota = _read(root / "sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+    period = _read(root / "sys/fs/cgroup/cpu/cpu.cfs_period_us")
+    if quota and period and int(quota) > 0:
+        return int(quota) / int(period)
+    return None
+
+
+def _cgroup_memory_free(root: Path) -> int | None:
+    """Bytes this container may still use (cgroup v2, then v1); None when unlimited."""
+    for limit_file, usage_file in (("sys/fs/cgroup/memory.max", "sys/fs/cgroup/memory.current"),
+                                   ("sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, usage = _read(root / limit_file), _read(root / usage_file)
+        if limit and limit != "max" and int(limit) < 2**60:  # v1 says "unlimited" with a huge number
+            return max(0, int(limit) - int(usage or 0))
+    return None
+
+
+def _mem_available(root: Path) -> int:
+    for line in (_read(root / "proc/meminfo") or "").splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def this_node(root: Path = Path("/"), cores: int | None = None) -> Node:
+    """Cores this process may run on and memory free for new processes, container limits
+    included (read below ``root``: ``/proc`` and ``/sys/fs/cgroup``)."""
+    cores = cores or len(os.sched_getaffinity(0))
+    limits = []
+    quota = _cgroup_cpus(root)
+    if quota is not None and quota < cores:
+        cores = max(1, math.floor(quota))
+        limits.append("cgroup cpu quota")
+    memory = _mem_available(root)
+    free = _cgroup_memory_free(root)
+    if free is not None and free < memory:
+        memory = free
+        limits.append("cgroup memory limit")
+    return Node(cores, memory, tuple(limits))
+
+
+def weights_factor(precision: str, cpu_flags: set[str], vendor: str) -> float:
+    """Compiled weights per byte of the fp16 IR: f32 doubles them. ``auto`` is estimated from the
+    CPU without timing it, by what it measured on the CPUs seen so far: bf16 with AMX, and on AMD
+    CPUs with AVX-512 BF16; f32 elsewhere (an Intel AVX-512 BF16 without AMX ran f32 faster)."""
+    if precision == "auto":
+        bf16 = "amx_bf16" in cpu_flags or ("avx512_bf16" in cpu_flags and vendor == "AuthenticAMD")
+        precision = "bf16" if bf16 else "f32"
+    return 2.0 if precision == "f32" else 1.0
+
+
+def model_bytes(folder: Path) -> int:
+    """Bytes of the model's OpenVINO weights on disk (fp16 or int8)."""
+    return sum(p.stat().st_size for p in Path(folder).glob("*/*.bin")) + sum(
+        p.stat().st_size for p in Path(folder).glob("*.bin"))
+
+
+def process_bytes(models: list[Path], factor: float) -> int:
+    """Estimated peak memory of one worker process holding ``models``. Calibrated on the measured
+    3.4 GiB of a process holding the full-size 512 px text-to-image model at bf16 (2.4 GiB of IR)."""
+    if not models:
+        return ENCODE_BYTES
+    return BASE_BYTES + int(factor * sum(model_bytes(m) for m in models))
+
+
+def choose(node: Node, per_process: int, processes: int | None = None, threads: int | None = None) -> Plan:
+    """Processes x threads for a node. Unless given: 4 threads a process on nodes of 8 cores or
+    more (one process with every core below that), as many processes as the memory holds, at
+    least one; threads share the cores out between the processes."""
+    notes = []
+    if processes is None:
+        if threads is not None:
+            wanted = max(1, node.cores // threads)
+        else:
+            wanted = node.cores // THREADS_PER_PROCESS if node.cores >= MIN_CORES_TO_SPLIT else 1
+        fits = max(0, node.memory - RESERVE_BYTES) // per_process
+        processes = max(1, min(wanted, fits))
+        if fits < 1:
+            notes.append("WARNING: even one process may not fit in memory")
+        elif fits < wanted:
+            notes.append(f"memory holds {fits} of the {wanted} processes the cores would take")
+    else:
+        notes.append("processes as given")
+    if threads is None:
+        threads = max(1, node.cores // processes)
+    else:
+        notes.append("threads as given")
+    reason = f"{node.cores} cores, {node.memory / GiB:.1f} GiB free, ~{per_process / GiB:.1f} GiB a process"
+    if node.limits:
+        reason += f" (by the {' and '.join(node.limits)})"
+    return Plan(processes, threads, per_process, "; ".join([reason, *notes]))
+
+
+def for_worker(models: list[Path], precision: str, processes: int | None = None,
+               threads: int | None = None, node: Node | None = None) -> Plan:
+    """The plan for a worker serving ``models`` on this node (or ``node``)."""
+    from zoomq.render.precision import cpu_flags  # reads /proc/cpuinfo; imports no OpenVINO
+
+    per_process = process_bytes(models, weights_factor(precision, *cpu_flags()))
+    return choose(node or this_node(), per_process, processes, threads)
+
+
+def parse_concurrency(value: str) -> int | None:
+    """``auto`` (None: choose from the node) or a whole number of processes ≥ 1."""
+    if str(value).strip().lower() == "auto":
+        return None
+    if not str(value).strip().isdigit() or int(value) < 1:
+        raise InvalidParameter("concurrency", value, "must be auto or a whole number ≥ 1")
+    return int(value)
