@@ -345,12 +345,12 @@ def test_pages_show_models_job_and_overview(client):
         assert client.get(f"/static/{asset}").status_code == 200
 
 
-def test_openapi_describes_exactly_the_api_routes(client):
+def test_openapi_describes_exactly_the_api_routes_and_metrics(client):
     spec = client.get("/api/openapi.json").get_json()
     documented = {(path, method) for path, ops in spec["paths"].items() for method in ops if method != "parameters"}
     served = set()
     for rule in client.application.url_map.iter_rules():
-        if rule.rule.startswith("/api/"):
+        if rule.rule.startswith("/api/") or rule.rule == "/metrics":
             path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
             served |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert documented == served

@@ -89,9 +89,16 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("ZOOMQ_MAX_UPLOAD", "16777216", "Largest web request in bytes (init images, masks): 16 MiB."),
     Variable("ZOOMQ_MAX_PROMPT", "1000", "Longest prompt, in characters, the web front end accepts."),
+    Variable(
+        "ZOOMQ_LOG_FORMAT",
+        "text",
+        "How zoomq processes log: `text`, readable lines, or `json`, one JSON object per line (`time`, "
+        "`level`, `event`, and for pieces `job`, `piece`, `worker`, `seconds`, `outcome`).",
+    ),
 )
 
 _PRECISIONS = ("auto", "f32", "bf16", "f16")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,7 @@ class Settings:
     max_prompt: int = 1000
     compile_cache: bool = False
     warmup: bool = True
+    log_format: str = "text"
 
     @property
     def ov_cache_dir(self) -> Path:
@@ -150,6 +158,14 @@ def _rate(name: str) -> tuple[int, int]:
     return (int(count), int(seconds))
 
 
+def log_format() -> str:
+    """``ZOOMQ_LOG_FORMAT``, validated: logging is set up before (and without) the other settings."""
+    value = _get("ZOOMQ_LOG_FORMAT").lower()
+    if value not in LOG_FORMATS:
+        raise InvalidParameter("ZOOMQ_LOG_FORMAT", value, f"must be {' or '.join(LOG_FORMATS)}")
+    return value
+
+
 def settings() -> Settings:
     """The current settings, validated; a bad value raises ``InvalidParameter`` naming the variable."""
     precision = _get("ZOOMQ_INFERENCE_PRECISION").lower()
@@ -168,6 +184,7 @@ def settings() -> Settings:
     if warmup not in ("on", "off"):
         raise InvalidParameter("ZOOMQ_WARMUP", warmup, "must be on or off")
     return Settings(
+        log_format=log_format(),
         warmup=warmup == "on",
         compile_cache=cache == "on" or (cache == "auto" and device.upper() != "CPU"),
         device=device,

@@ -15,6 +15,7 @@ import uuid
 
 import redis
 
+from zoomq import stats
 from zoomq.errors import InvalidParameter
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
@@ -41,6 +42,7 @@ class Jobs:
     """Reads and writes job records; every write is a single Redis command or transaction."""
 
     QUEUED_SET = "zoomq:queued"  # job ids by submit time: the queue position
+    RUNNING_SET = "zoomq:running-jobs"  # job ids under way, by start time
     ALL_SET = "zoomq:jobs"  # every job id by submit time
 
     def __init__(self, client: redis.Redis, ttl: int):
@@ -59,6 +61,7 @@ class Jobs:
             p.hset(_key(job_id), mapping={k: _enc(v) for k, v in record.items()})
             p.zadd(self.QUEUED_SET, {job_id: now})
             p.zadd(self.ALL_SET, {job_id: now})
+            stats.count_submitted(p, kind)
             p.execute()
 
     def update(self, job_id: str, **fields) -> None:
@@ -114,20 +117,25 @@ class Jobs:
         return self._transition(job_id, (QUEUED, RUNNING), CANCELLED, finished=time.time(), stage="cancelled")
 
     def _transition(self, job_id: str, from_states: tuple[str, ...], to: str, **fields) -> bool:
-        """Move the job to ``to`` only if it is in one of ``from_states`` (atomic, by WATCH)."""
+        """Move the job to ``to`` only if it is in one of ``from_states`` (atomic, by WATCH); the
+        set of running jobs and the ended-jobs counters change in the same transaction."""
         key = _key(job_id)
         with self.r.pipeline() as p:
             while True:
                 try:
                     p.watch(key)
-                    state = p.hget(key, "state")
+                    state, kind = p.hmget(key, "state", "kind")
                     if state is None or state.decode() not in from_states:
                         p.unwatch()
                         return False
                     p.multi()
                     p.hset(key, mapping={k: _enc(v) for k, v in {"state": to, "updated": time.time(), **fields}.items()})
+                    if to == RUNNING:
+                        p.zadd(self.RUNNING_SET, {job_id: time.time()})
                     if to in ENDED:
                         p.zrem(self.QUEUED_SET, job_id)
+                        p.zrem(self.RUNNING_SET, job_id)
+                        stats.count_ended(p, (kind or b"unknown").decode(), to)
                         p.expire(key, self.ttl)
                         for side in ("work", "pieces", "starts", "keyframes"):
                             p.expire(f"{key}:{side}", self.ttl)

@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="zoomq: %(message)s", stream=sys.stderr)
+    from zoomq import logs  # text or JSON lines (ZOOMQ_LOG_FORMAT); worker pool processes inherit it
+
+    logs.configure(level=logging.INFO)
     # A worker imports diffusers only where it renders, and only then: it starts in a fraction of the time.
     _quiet_libraries(now=not getattr(args, "light", False))
     try:

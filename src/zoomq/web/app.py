@@ -40,7 +40,7 @@ def job_or_404(job_id: str) -> dict:
 
 
 def create_app(s: Settings | None = None) -> Flask:
-    from zoomq.web import api, pages
+    from zoomq.web import api, metrics, pages
 
     s = s or current_settings()
     app = Flask(__name__)
@@ -55,6 +55,7 @@ def create_app(s: Settings | None = None) -> Flask:
     )
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    metrics.register(app, producer)
     _register_errors(app)
     return app
 

@@ -52,11 +52,7 @@ def health(producer: Producer) -> dict:
     except redis.RedisError as e:
         return {"ok": False, "broker": {"reachable": False, "error": str(e)}, "workers": [], "queues": {}}
     workers = producer.workers()
-    queues = {ENCODE_QUEUE} | {q for w in workers for q in w.get("queues", [])}
-    queues |= {render_queue(m) for w in workers for m in w.get("models", {})}
-    # Render queues of models nobody serves right now still hold waiting jobs: show them too.
-    queues |= {k.decode() for k in producer.redis.scan_iter(match=render_queue("*"), count=500, _type="list")}
-    lengths = {q: producer.redis.llen(q) for q in sorted(queues)}
+    lengths = queue_lengths(producer.redis, workers)
     return {
         "ok": bool(workers),
         "broker": {"reachable": True, "url": _redacted(producer.settings.redis_url)},
@@ -67,6 +63,19 @@ def health(producer: Producer) -> dict:
         "models": sorted({m for w in workers for m in w.get("models", {})}),
         "queues": lengths,
     }
+
+
+def queue_lengths(client: redis.Redis, workers: list[dict]) -> dict[str, int]:
+    """Queue → tasks waiting in it: the encode queue, every queue a live worker consumes, and
+    the render queues of models nobody serves right now (they still hold waiting jobs)."""
+    queues = {ENCODE_QUEUE} | {q for w in workers for q in w.get("queues", [])}
+    queues |= {render_queue(m) for w in workers for m in w.get("models", {})}
+    queues |= {k.decode() for k in client.scan_iter(match=render_queue("*"), count=500, _type="list")}
+    names = sorted(queues)
+    with client.pipeline(transaction=False) as p:
+        for q in names:
+            p.llen(q)
+        return dict(zip(names, p.execute()))
 
 
 def _redacted(url: str) -> str:

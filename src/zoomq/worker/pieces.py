@@ -26,9 +26,10 @@ import numpy as np
 import redis
 from PIL import Image
 
+from zoomq import logs, stats
 from zoomq import manifest as mf
 from zoomq.config import Settings
-from zoomq.errors import ZoomqError
+from zoomq.errors import RenderCancelled, ZoomqError
 from zoomq.jobs import CANCELLED, ENDED, Jobs
 from zoomq.render import png, precision
 from zoomq.render.ov_models import CompiledParts
@@ -99,9 +100,46 @@ class Context:
 
 # -- leases and heartbeats ------------------------------------------------------------------
 
+def _outcome(error: BaseException) -> str:
+    """How a piece that raised ``error`` ended, for its log line."""
+    if isinstance(error, PieceBusy):
+        return "busy-elsewhere"
+    if isinstance(error, RenderCancelled):
+        return "cancelled"
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+        return "retrying"  # the task is retried with backoff
+    if not isinstance(error, Exception):
+        return "interrupted"  # the process is being shut down
+    return "failed"
+
+
 @contextmanager
 def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue: str) -> Iterator[None]:
-    """Run a piece under its lease, refreshing lease and heartbeat from a thread."""
+    """Run a piece under its lease, refreshing lease and heartbeat from a thread. Logs the piece's
+    start and end (with its outcome), and times it into the piece histogram when it completes."""
+    about = {"job": job_id, "piece": piece, "worker": ctx.worker}
+    logs.event(log, "piece started", **about)
+    started = time.monotonic()
+    outcome = "failed"
+    try:
+        with _leased(ctx, job_id, piece, task, args, queue):
+            yield
+        outcome = "done"
+    except BaseException as e:
+        outcome = _outcome(e)
+        raise
+    finally:
+        seconds = time.monotonic() - started
+        if outcome == "done":
+            try:
+                stats.observe_piece(ctx.redis, piece, seconds)
+            except redis.RedisError as e:  # the piece is done all the same
+                log.warning("could not record the time of %s: %s", piece, e)
+        logs.event(log, "piece ended", **about, seconds=round(seconds, 3), outcome=outcome)
+
+
+@contextmanager
+def _leased(ctx: Context, job_id: str, piece: str, task: str, args: list, queue: str) -> Iterator[None]:
     me = f"{ctx.worker}:{threading.get_native_id()}:{time.time()}"
     key = lease_key(job_id, piece)
     if not ctx.redis.set(key, me, nx=True, ex=ctx.settings.stale_after):

@@ -18,6 +18,7 @@ from celery import signals
 from kombu.exceptions import OperationalError
 
 from zoomq import jobs as jobs_mod
+from zoomq import logs, stats
 from zoomq.config import settings as current_settings
 from zoomq.errors import RenderCancelled, ZoomqError
 from zoomq.store import open_store
@@ -57,6 +58,24 @@ def context() -> pieces.Context:
     return _context
 
 
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _json_logs(logger=None, **_) -> None:
+    """Under ``celery worker``, Celery's own handlers log JSON too when ``ZOOMQ_LOG_FORMAT=json``
+    (``zoomq worker`` has set logging up before Celery starts, and Celery keeps it). Pool processes
+    are forked from this one and inherit it."""
+    if logger is not None and logs.current_format() == "json":
+        for handler in logger.handlers:
+            handler.setFormatter(logs.JsonFormatter())
+
+
+@signals.celeryd_init.connect
+def _banner(instance=None, **_) -> None:
+    """No start-up banner when logging JSON: every line of the output is then one JSON object."""
+    if instance is not None and logs.current_format() == "json":
+        instance.quiet = True
+
+
 @signals.worker_process_init.connect
 def _warm_up(**_) -> None:
     """Each pool process compiles its models in the background as it starts (``ZOOMQ_WARMUP``)."""
@@ -75,9 +94,11 @@ def _run(task, piece: str, job_id: str, *args) -> None:
     except TRANSIENT:
         raise  # autoretry_for: backoff and try again
     except ZoomqError as e:
+        stats.count_piece_failed(ctx.redis, piece)  # counted first: the job's end is what watchers wait for
         ctx.jobs.fail(job_id, str(e))
     except Exception as e:  # a bug or a broken model: the job says so, the worker lives on
         log.exception("job %s: %s failed", job_id, piece)
+        stats.count_piece_failed(ctx.redis, piece)
         ctx.jobs.fail(job_id, f"{type(e).__name__}: {e}")
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 
 import redis
 
+from zoomq import stats
 from zoomq.jobs import ENDED, Jobs
 from zoomq.worker.pieces import RUNNING, lease_key
 
@@ -44,5 +45,6 @@ def scan(client: redis.Redis, jobs: Jobs, send: Callable[[str, list, str], None]
         client.hset(RUNNING, field, json.dumps(entry))
         log.warning("%s of job %s lost its worker %s; sending it again", piece, job_id, entry.get("worker"))
         send(entry["task"], entry["args"], entry["queue"])
+        stats.count_piece_resent(client, piece)
         resent.append(field)
     return resent
