@@ -17,16 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job on the embedded default: build the miniature models, render an image and an
-# infinite-zoom video in-process (the queue comes with the workers).
+# The main job on the embedded default: build the miniature models, start the one-machine stack
+# (embedded Redis, workers, web), render an image and an infinite-zoom video through the queue, stop.
 demo: $(STAMP)
 	$(BIN)/zoomq prepare --tiny --out $(MODELS)/tiny-sd2
 	$(BIN)/zoomq prepare --tiny --inpainting --out $(MODELS)/tiny-sd2-inpainting
-	$(BIN)/zoomq render image "a lighthouse on a cliff at sunset, oil painting" \
-		--model $(MODELS)/tiny-sd2 --steps 20 --seed 9999 --out $(OUT)/demo.png
-	$(BIN)/zoomq render zoom "an endless spiral library, fantasy art" \
-		--model $(MODELS)/tiny-sd2-inpainting --keyframes 4 --size 256 --mask-width 64 \
-		--steps 10 --seed 9999 --gif --out $(OUT)/demo-zoom.mp4
+	$(BIN)/zoomq demo --models $(MODELS)/tiny-sd2 $(MODELS)/tiny-sd2-inpainting --out $(OUT)
 
 # Browser tests drive Debian's chromium (playwright cannot download browsers offline).
 browser:

@@ -60,6 +60,19 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ZOOMQ_JOB_TTL", "604800", "Seconds a job record is kept after the job ends (7 days)."),
     Variable("ZOOMQ_MODELS", "", "Model folders a worker serves, separated by `:` (`zoomq worker --models` overrides)."),
     Variable(
+        "ZOOMQ_MODELS_DIR",
+        "models",
+        "Where `zoomq up` looks for prepared models (each subfolder holding a `zoomq.json`) when neither "
+        "`--models` nor `ZOOMQ_MODELS` names any.",
+    ),
+    Variable(
+        "ZOOMQ_DATA_DIR",
+        "~/.local/share/zoomq",
+        "`zoomq up`'s own folder: the embedded Redis's data with AOF on (`redis/`), so queued and running jobs "
+        "survive a restart; the logs of every part (`logs/`); a lock (one stack per folder) and `stack.json` "
+        "(what runs where, while it runs).",
+    ),
+    Variable(
         "ZOOMQ_VISIBILITY_TIMEOUT",
         "21600",
         "Seconds before Redis hands an unacknowledged task to another worker; longer than any task.",
@@ -123,6 +136,8 @@ class Settings:
     compile_cache: bool = False
     warmup: bool = True
     log_format: str = "text"
+    models_dir: Path = Path("models")
+    data_dir: Path = Path("~/.local/share/zoomq").expanduser()
 
     @property
     def ov_cache_dir(self) -> Path:
@@ -156,6 +171,11 @@ def _rate(name: str) -> tuple[int, int]:
     if not (count.isdigit() and seconds.isdigit() and int(count) > 0 and int(seconds) > 0):
         raise InvalidParameter(name, raw, "must be N/SECONDS (for example 30/60), or 0 for no limit")
     return (int(count), int(seconds))
+
+
+def is_set(name: str) -> bool:
+    """Whether the variable is set (to something other than blanks), rather than defaulted."""
+    return bool(os.environ.get(name, "").strip())
 
 
 def log_format() -> str:
@@ -196,6 +216,8 @@ def settings() -> Settings:
         artifact_ttl=_int("ZOOMQ_ARTIFACT_TTL", 1),
         job_ttl=_int("ZOOMQ_JOB_TTL", 1),
         models=tuple(Path(p).expanduser() for p in _get("ZOOMQ_MODELS").split(os.pathsep) if p),
+        models_dir=Path(_get("ZOOMQ_MODELS_DIR")).expanduser(),
+        data_dir=Path(_get("ZOOMQ_DATA_DIR")).expanduser(),
         visibility_timeout=_int("ZOOMQ_VISIBILITY_TIMEOUT", 60),
         heartbeat=_int("ZOOMQ_HEARTBEAT", 1),
         stale_after=_int("ZOOMQ_STALE_AFTER", 2),

@@ -56,10 +56,11 @@ def run_submit(args: argparse.Namespace) -> int:
     print(job_id, flush=True)
     if not args.wait:
         return 0
-    return _follow(producer, job_id, args.out)
+    return follow(producer, job_id, args.out)
 
 
-def _follow(producer, job_id: str, out: Path | None) -> int:
+def follow(producer, job_id: str, out: Path | None) -> int:
+    """Show a job's progress as a bar until it ends, then write its result to ``out``; the exit code."""
     from zoomq.cli.render import Bar
 
     bar = Bar("unit")
@@ -83,12 +84,13 @@ def _follow(producer, job_id: str, out: Path | None) -> int:
               file=sys.stderr)
         return 1
     if out is not None:
-        _write(out, producer.result(job_id))
+        write_file(out, producer.result(job_id))
         print(out)
     return 0
 
 
-def _write(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` whole or not at all (through a temporary name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     tmp.write_bytes(data)
@@ -137,6 +139,6 @@ def run_cancel(args: argparse.Namespace) -> int:
 def run_fetch(args: argparse.Namespace) -> int:
     from zoomq.producer import Producer
 
-    _write(args.out, Producer().result(args.job_id))
+    write_file(args.out, Producer().result(args.job_id))
     print(args.out)
     return 0

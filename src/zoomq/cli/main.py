@@ -37,7 +37,7 @@ def _quiet_libraries(now: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from zoomq.cli import bench, jobs, prepare, render, web, worker
+    from zoomq.cli import bench, jobs, prepare, render, up, web, worker
 
     parser = argparse.ArgumentParser(prog="zoomq", description="Stable Diffusion 2 on CPUs with OpenVINO.")
     parser.add_argument("--version", action="version", version=f"zoomq {__version__}")
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_parser(sub)
     jobs.add_parsers(sub)
     web.add_parser(sub)
+    up.add_parser(sub)
     bench.add_parser(sub)
     return parser
 
