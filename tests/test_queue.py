@@ -366,3 +366,62 @@ def test_a_zoom_encodes_each_prompt_once_across_workers(server, tiny_inpaint):
     assert encodes == [("w1", "text_encoder")] * 2, encodes
     assert {name for name, part in calls if part == "unet"} == {"w1", "w2"}  # both really rendered
     assert all(producer.store.exists(pieces.keyframe_key(job, k)) for k in range(3))
+
+
+def test_a_worker_that_lost_its_lease_writes_nothing(server, tiny_inpaint):
+    """Cut off long enough for the watchdog to hand its keyframe to another worker, a worker that
+    finishes anyway must not write its result, nor send the pieces after it, nor free the new
+    holder's lease or running entry."""
+    from zoomq.config import settings
+    from zoomq.jobs import Jobs
+    from zoomq.store import open_store
+    from zoomq.worker import pieces, registry
+
+    import redis
+
+    producer = Producer()
+    job = producer.submit_zoom("a spiral", model="inpaint", keyframes=2, **SMALL_ZOOM)
+    s = settings()
+    client = redis.Redis.from_url(s.redis_url)
+    sent = []
+    ctx = pieces.Context(settings=s, redis=client, jobs=Jobs(client, s.job_ttl), store=open_store(s, client),
+                         worker="late@node", models=registry.describe_models([tiny_inpaint]),
+                         send=lambda *task: sent.append(task))
+    renderer = ctx.renderer("inpaint")
+    run, calls = renderer.parts.run, []
+    lease, field = pieces.lease_key(job, "keyframe:0"), pieces.running_field(job, "keyframe:0")
+
+    def taken_over_midway(part, **inputs):
+        calls.append(part)
+        if calls.count("unet") == 2:  # the watchdog gave the piece to another worker meanwhile
+            client.set(lease, "other@node:1:1")
+            client.hset(pieces.RUNNING, field, '{"worker": "other@node"}')
+        return run(part, **inputs)
+
+    renderer.parts.run = taken_over_midway
+    with pytest.raises(pieces.LeaseLost):
+        pieces.run_keyframe(ctx, job, 0)
+    assert calls[-1] == "vae_decoder"  # it rendered to the end, then checked its lease
+    assert not producer.store.exists(pieces.keyframe_key(job, 0))
+    assert sent == []
+    assert client.get(lease) == b"other@node:1:1" and client.hexists(pieces.RUNNING, field)
+
+
+def test_an_ended_job_record_is_final(server):
+    """Progress, heartbeats and timings that arrive after a job ended (a late worker) change
+    nothing, and never bring back an expired record."""
+    producer = Producer()
+    jobs = producer.jobs
+    job = producer.submit_image("x", model="t2i", steps=2, seed=1)
+    jobs.start_piece(job, "image", "w@node", 1)
+    jobs.progress(job, "image", 1, stage="denoising (1/2)")
+    assert jobs.get(job)["stage"] == "denoising (1/2)" and jobs.get(job)["work_done"] == 1
+    jobs.finish(job, result=f"{job}/result.png")
+    before = producer.redis.hgetall(f"zoomq:job:{job}")
+    assert not jobs.update(job, stage="denoising (2/2)", worker="late@node")
+    jobs.progress(job, "image", 2, stage="denoising (2/2)")
+    jobs.measure(job, "step", 9.0)
+    assert producer.redis.hgetall(f"zoomq:job:{job}") == before
+    producer.redis.delete(f"zoomq:job:{job}")
+    jobs.progress(job, "image", 2, stage="late")
+    assert not producer.redis.exists(f"zoomq:job:{job}")

@@ -64,9 +64,26 @@ class Jobs:
             stats.count_submitted(p, kind)
             p.execute()
 
-    def update(self, job_id: str, **fields) -> None:
-        fields["updated"] = time.time()
-        self.r.hset(_key(job_id), mapping={k: _enc(v) for k, v in fields.items()})
+    # HSET only while the job has not ended: a worker cut off from Redis that comes back late must
+    # not change a finished record (nor recreate an expired one). KEYS: record[, work hash];
+    # ARGV: the work hash's field and value (or two empty strings), then the record's fields.
+    _WHILE_LIVE = """
+    local state = redis.call('HGET', KEYS[1], 'state')
+    if not state or state == 'done' or state == 'failed' or state == 'cancelled' then return 0 end
+    if ARGV[1] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
+    redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+    return 1
+    """
+
+    def _set_while_live(self, job_id: str, fields: dict, work: tuple[str, int] | None = None) -> bool:
+        fields = {**fields, "updated": time.time()}
+        flat = [x for k, v in fields.items() for x in (k, _enc(v))]
+        piece, units = work or ("", "")
+        return bool(self.r.eval(self._WHILE_LIVE, 2, _key(job_id), f"{_key(job_id)}:work", piece, units, *flat))
+
+    def update(self, job_id: str, **fields) -> bool:
+        """Set fields of a job that has not ended; False (and nothing written) once it has."""
+        return self._set_while_live(job_id, fields)
 
     def start_piece(self, job_id: str, piece: str, worker: str, pid: int, encoding: bool = False) -> None:
         """A piece begins: the job is running (if it was queued) and leaves the queue. Encoding
@@ -88,21 +105,15 @@ class Jobs:
                  stage_field: str = "stage") -> None:
         """Units of work ``piece`` has done so far (absolute, so repeats are harmless). Encoding
         reports into ``encode_stage``, so it does not overwrite the keyframe rendered beside it."""
-        now = time.time()
-        with self.r.pipeline() as p:
-            p.hset(f"{_key(job_id)}:work", piece, units)
-            fields = {"heartbeat": now, "updated": now}
-            if stage is not None:
-                fields[stage_field] = stage
-            p.hset(_key(job_id), mapping={k: _enc(v) for k, v in fields.items()})
-            p.execute()
+        fields = {"heartbeat": time.time(), **({stage_field: stage} if stage is not None else {})}
+        self._set_while_live(job_id, fields, (piece, units))
 
     def measure(self, job_id: str, what: str, seconds_per_unit: float) -> None:
         """Fold a measured time per step (``what`` = "step") or per frame into the job's average."""
         field = f"seconds_per_{what}"
         old = self.r.hget(_key(job_id), field)
         value = seconds_per_unit if old is None else (1 - _EMA) * float(old) + _EMA * seconds_per_unit
-        self.r.hset(_key(job_id), field, value)
+        self._set_while_live(job_id, {field: value})
 
     def finish(self, job_id: str, **fields) -> None:
         total = self.r.hget(_key(job_id), "work_total") or 0

@@ -54,6 +54,41 @@ class PieceBusy(ZoomqError):
     """Another live worker holds this piece's lease; try again later."""
 
 
+class LeaseLost(PieceBusy):
+    """This worker lost the piece's lease (cut off from Redis long enough for the watchdog to hand
+    the piece to another worker): its result is dropped, never written over the other's."""
+
+
+class Lease:
+    """A worker's claim on a piece. ``check()`` before writing results: only the holder writes."""
+
+    # Release only a lease that is still ours, and only then the piece's running entry (the next
+    # holder's entry has the same field).
+    _RELEASE = """
+    if redis.call('GET', KEYS[1]) == ARGV[1] then
+        redis.call('DEL', KEYS[1])
+        redis.call('HDEL', KEYS[2], ARGV[2])
+        return 1
+    end
+    return 0
+    """
+
+    def __init__(self, client: redis.Redis, job_id: str, piece: str, holder: str):
+        self.client, self.job_id, self.piece, self.holder = client, job_id, piece, holder
+        self.key = lease_key(job_id, piece)
+
+    def held(self) -> bool:
+        return self.client.get(self.key) == self.holder.encode()
+
+    def check(self) -> None:
+        if not self.held():
+            raise LeaseLost(f"{self.piece} of job {self.job_id} was handed to another worker; this result is dropped")
+
+    def release(self) -> bool:
+        return bool(self.client.eval(self._RELEASE, 2, self.key, RUNNING, self.holder,
+                                     running_field(self.job_id, self.piece)))
+
+
 def lease_key(job_id: str, piece: str) -> str:
     return f"zoomq:lease:{job_id}:{piece}"
 
@@ -102,6 +137,8 @@ class Context:
 
 def _outcome(error: BaseException) -> str:
     """How a piece that raised ``error`` ended, for its log line."""
+    if isinstance(error, LeaseLost):
+        return "taken-over"
     if isinstance(error, PieceBusy):
         return "busy-elsewhere"
     if isinstance(error, RenderCancelled):
@@ -114,7 +151,7 @@ def _outcome(error: BaseException) -> str:
 
 
 @contextmanager
-def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue: str) -> Iterator[None]:
+def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue: str) -> Iterator[Lease]:
     """Run a piece under its lease, refreshing lease and heartbeat from a thread. Logs the piece's
     start and end (with its outcome), and times it into the piece histogram when it completes."""
     about = {"job": job_id, "piece": piece, "worker": ctx.worker}
@@ -122,8 +159,8 @@ def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
     started = time.monotonic()
     outcome = "failed"
     try:
-        with _leased(ctx, job_id, piece, task, args, queue):
-            yield
+        with _leased(ctx, job_id, piece, task, args, queue) as lease:
+            yield lease
         outcome = "done"
     except BaseException as e:
         outcome = _outcome(e)
@@ -139,10 +176,9 @@ def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
 
 
 @contextmanager
-def _leased(ctx: Context, job_id: str, piece: str, task: str, args: list, queue: str) -> Iterator[None]:
-    me = f"{ctx.worker}:{threading.get_native_id()}:{time.time()}"
-    key = lease_key(job_id, piece)
-    if not ctx.redis.set(key, me, nx=True, ex=ctx.settings.stale_after):
+def _leased(ctx: Context, job_id: str, piece: str, task: str, args: list, queue: str) -> Iterator[Lease]:
+    lease = Lease(ctx.redis, job_id, piece, f"{ctx.worker}:{threading.get_native_id()}:{time.time()}")
+    if not ctx.redis.set(lease.key, lease.holder, nx=True, ex=ctx.settings.stale_after):
         raise PieceBusy(f"{piece} of job {job_id} is being rendered elsewhere")
     entry = {"task": task, "args": args, "queue": queue, "worker": ctx.worker, "since": time.time()}
     ctx.redis.hset(RUNNING, running_field(job_id, piece), json.dumps(entry))
@@ -154,19 +190,17 @@ def _leased(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
 
     def beat() -> None:
         try:
-            if ctx.redis.get(key) == me.encode():
-                ctx.redis.expire(key, ctx.settings.stale_after)
-            ctx.jobs.update(job_id, heartbeat=time.time(), **{worker_field: ctx.worker})
+            if lease.held():
+                ctx.redis.expire(lease.key, ctx.settings.stale_after)
+                ctx.jobs.update(job_id, heartbeat=time.time(), **{worker_field: ctx.worker})
         except redis.RedisError as e:  # the task itself will meet the error; just keep beating
             log.warning("heartbeat of %s failed: %s", piece, e)
 
     try:
         with repeating(ctx.settings.heartbeat, beat, f"heartbeat {piece}"):
-            yield
+            yield lease
     finally:
-        ctx.redis.hdel(RUNNING, running_field(job_id, piece))
-        if ctx.redis.get(key) == me.encode():
-            ctx.redis.delete(key)
+        lease.release()
 
 
 def _progress(ctx: Context, job_id: str, piece: str, stage: str, what: str = "step"):
@@ -201,7 +235,7 @@ def run_image(ctx: Context, job_id: str) -> None:
         return
     key = f"{job_id}/result.png"
     if not ctx.store.exists(key):
-        with holding(ctx, job_id, "image", TASK_IMAGE, [job_id], render_queue(job["model"])):
+        with holding(ctx, job_id, "image", TASK_IMAGE, [job_id], render_queue(job["model"])) as lease:
             params = dict(job["params"])
             for name in ("init_image", "mask"):
                 if params.get(name):
@@ -212,6 +246,7 @@ def run_image(ctx: Context, job_id: str) -> None:
             request = RenderRequest(**params)
             renderer = ctx.renderer(job["model"])
             result = renderer.render(request, _progress(ctx, job_id, "image", "denoising"))
+            lease.check()
             ctx.store.put(key, png.encode(result.image, result.recipe))
             ctx.jobs.update(job_id, recipe=json.dumps(result.recipe), warnings=json.dumps(result.warnings))
     ctx.jobs.finish(job_id, result=key, result_type="image/png")
@@ -271,7 +306,7 @@ def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
     if k and not ctx.store.exists(keyframe_key(job_id, k - 1)):
         return  # delivered early: keyframe k-1 sends this piece again when it is done
     if not ctx.store.exists(key):
-        with holding(ctx, job_id, f"keyframe:{k}", TASK_KEYFRAME, [job_id, k], queue), \
+        with holding(ctx, job_id, f"keyframe:{k}", TASK_KEYFRAME, [job_id, k], queue) as lease, \
                 tempfile.TemporaryDirectory(prefix="zoomq-kf-") as tmp:
             tmp = Path(tmp)
             previous = _fetch(ctx, keyframe_key(job_id, k - 1), tmp) if k else None
@@ -282,6 +317,7 @@ def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
             stage = f"keyframe {k + 1}/{settings.keyframes}"
             render_keyframe(ctx.renderer(job["model"]), settings, k, previous, out,
                             _progress(ctx, job_id, f"keyframe:{k}", stage), JobTexts(ctx.store, job_id))
+            lease.check()
             ctx.store.put_file(key, out)
     ctx.jobs.progress(job_id, f"keyframe:{k}", settings.steps)
     ctx.redis.sadd(f"zoomq:job:{job_id}:keyframes", k)
@@ -301,7 +337,7 @@ def run_segment(ctx: Context, job_id: str, k: int) -> None:
     if not ctx.store.exists(keyframe_key(job_id, k + 1)):
         return  # delivered early: keyframe k+1 sends this piece again when it is done
     if not ctx.store.exists(key):
-        with holding(ctx, job_id, f"segment:{k}", TASK_SEGMENT, [job_id, k], "encode"), \
+        with holding(ctx, job_id, f"segment:{k}", TASK_SEGMENT, [job_id, k], "encode") as lease, \
                 tempfile.TemporaryDirectory(prefix="zoomq-seg-") as tmp:
             tmp = Path(tmp)
             inner, outer = (_fetch(ctx, keyframe_key(job_id, i), tmp) for i in (k, k + 1))
@@ -309,6 +345,7 @@ def run_segment(ctx: Context, job_id: str, k: int) -> None:
             stage = f"encoding segment {k + 1}/{settings.keyframes - 1}"
             frames = render_segment(inner, outer, settings, k, out,
                                     _progress(ctx, job_id, f"segment:{k}", stage, what="frame"))
+            lease.check()
             ctx.store.put_file(key, out)
             ctx.jobs.progress(job_id, f"segment:{k}", frames, stage="", stage_field="encode_stage")
     ctx.send(TASK_STITCH, [job_id], "encode")  # it ends at once unless every segment is there
@@ -323,7 +360,7 @@ def run_stitch(ctx: Context, job_id: str) -> None:
     if not all(ctx.store.exists(segment_key(job_id, k)) for k in range(settings.keyframes - 1)):
         return  # delivered early: the last segment sends this piece again when it is done
     if not ctx.store.exists(key):
-        with holding(ctx, job_id, "stitch", TASK_STITCH, [job_id], "encode"), \
+        with holding(ctx, job_id, "stitch", TASK_STITCH, [job_id], "encode") as lease, \
                 tempfile.TemporaryDirectory(prefix="zoomq-stitch-") as tmp:
             tmp = Path(tmp)
             ctx.jobs.update(job_id, stage="stitching")
@@ -335,6 +372,7 @@ def run_stitch(ctx: Context, job_id: str) -> None:
             model = {"name": job["model"], "sha256": ctx.models.get(job["model"], {}).get("sha256")}
             out = tmp / "result.mp4"
             sidecar = stitch(segments, settings, out, keyframes, model)
+            lease.check()
             if settings.gif:
                 ctx.store.put_file(f"{job_id}/result.gif", out.with_suffix(".gif"))
             ctx.store.put(f"{job_id}/sidecar.json", json.dumps(sidecar, indent=2).encode())
