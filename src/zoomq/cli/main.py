@@ -17,6 +17,8 @@ _OPTIONS = {"width": "--size", "height": "--size", "prompt": "PROMPT", "job_id":
 
 
 def option_name(param: str) -> str:
+    if param.startswith("ZOOMQ_"):
+        return param  # a setting (environment variable), not an option
     return _OPTIONS.get(param, "--" + param.replace("_", "-"))
 
 

@@ -105,13 +105,15 @@ def _stopping(stack, stops: StopRequests) -> None:
     stack.stop(hurry=lambda: stops.count > 1)
 
 
+    from zoomq.connection import redacted
+
 def run_up(args: argparse.Namespace) -> int:
     stack = _stack(args, port_fallback=False)
     with StopRequests() as stops:
         try:
             stack.start()
             _say(f"up: open {stack.web.url}/ ; Ctrl-C stops. From another shell: "
-                 f"export ZOOMQ_REDIS_URL={stack.redis_url} ; zoomq submit ...")
+                 f"export ZOOMQ_REDIS_URL={redacted(stack.redis_url)} ; zoomq submit ...")
             stack.watch(lambda: stops.count > 0)
         finally:
             _stopping(stack, stops)

@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     name = f"{args.name or 'zoomq-' + uuid.uuid4().hex[:8]}@{socket.gethostname()}"
     os.environ.update(ZOOMQ_WORKER_NAME=name, ZOOMQ_WORKER_QUEUES=",".join(queues),
                       ZOOMQ_WORKER_CONCURRENCY=str(plan.processes))
+    from zoomq.connection import check
+
+    check(settings())  # a wrong password or TLS stops here, in one line; an unreachable Redis is waited for
 
     from zoomq.worker.tasks import app  # after the environment is set: the app reads it
 

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Callable, Union
 
 import redis
+from kombu.exceptions import OperationalError
 from PIL import Image
 
+from zoomq import connection
 from zoomq import jobs as jobs_mod
 from zoomq.config import Settings, settings as current_settings
+from zoomq.connection import BrokerUnavailable  # noqa: F401  (re-exported: the web answers it with 503)
 from zoomq.errors import Checks, InvalidParameter, ZoomqError
 from zoomq.render.png import load_image
 from zoomq.render.request import RenderRequest, validate
@@ -31,14 +34,10 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 ImageInput = Union[Image.Image, bytes, str, Path, None]
 
 
-class BrokerUnavailable(ZoomqError):
-    """Redis cannot be reached."""
-
-
 class Producer:
     def __init__(self, s: Settings | None = None):
         self.settings = s or current_settings()
-        self.redis = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+        self.redis = connection.client(self.settings, socket_connect_timeout=5, socket_timeout=30)
         self.jobs = jobs_mod.Jobs(self.redis, self.settings.job_ttl)
         self.store = open_store(self.settings, self.redis)
         self._app = None
@@ -48,10 +47,8 @@ class Producer:
     def _call(self, fn: Callable, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except redis.ConnectionError as e:
-            raise BrokerUnavailable(
-                f"cannot reach Redis at {self.settings.redis_url} ({e}); start Redis or set ZOOMQ_REDIS_URL"
-            ) from None
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoPermissionError, OperationalError) as e:
+            raise connection.unavailable(e, self.settings) from None
 
     def _send(self, task: str, args: list, queue: str) -> None:
         if self._app is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 from flask import url_for
 
+from zoomq.connection import redacted, unavailable
 from zoomq.jobs import DONE
 from zoomq.producer.api import Producer
 from zoomq.worker.app import ENCODE_QUEUE, render_queue
@@ -50,12 +51,13 @@ def health(producer: Producer) -> dict:
     try:
         producer.redis.ping()
     except redis.RedisError as e:
-        return {"ok": False, "broker": {"reachable": False, "error": str(e)}, "workers": [], "queues": {}}
+        error = str(unavailable(e, producer.settings))  # what to fix, without the password
+        return {"ok": False, "broker": {"reachable": False, "error": error}, "workers": [], "queues": {}}
     workers = producer.workers()
     lengths = queue_lengths(producer.redis, workers)
     return {
         "ok": bool(workers),
-        "broker": {"reachable": True, "url": _redacted(producer.settings.redis_url)},
+        "broker": {"reachable": True, "url": redacted(producer.settings.redis_url)},
         "workers": [{"name": w["name"], "host": w.get("host"), "queues": w.get("queues", []),
                      "concurrency": w.get("concurrency"), "seen": w.get("seen"),
                      "models": {name: {"task": m["task"], "native_size": m["native_size"]}
@@ -76,11 +78,3 @@ def queue_lengths(client: redis.Redis, workers: list[dict]) -> dict[str, int]:
         for q in names:
             p.llen(q)
         return dict(zip(names, p.execute()))
-
-
-def _redacted(url: str) -> str:
-    """The Redis URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest

@@ -11,6 +11,7 @@ from __future__ import annotations
 from celery import Celery
 
 from zoomq.config import Settings, settings as current_settings
+from zoomq.connection import celery_options
 
 RENDER_QUEUE, ENCODE_QUEUE = "render", "encode"
 
@@ -40,7 +41,6 @@ def make_app(s: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": s.visibility_timeout},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},
@@ -48,5 +48,6 @@ def make_app(s: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         enable_utc=True,
+        **celery_options(s),  # visibility timeout, the clients' timeouts and, for rediss://, TLS
     )
     return app

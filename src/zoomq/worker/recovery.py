@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
-
+from zoomq import connection
 from zoomq.config import Settings
 from zoomq.jobs import Jobs
 from zoomq.worker import registry
@@ -30,14 +29,14 @@ def recover(s: Settings) -> Recovered:
     from zoomq.worker.app import make_app
     from zoomq.worker.pieces import RUNNING, lease_key
 
-    client = redis.Redis.from_url(s.redis_url)
+    client = connection.client(s)
     for name in client.smembers(registry.NAMES):  # announced by workers now dead: not alive, not ready
         registry.withdraw(client, name.decode())
     fields = [f.decode() for f in client.hkeys(RUNNING)]
     leases = client.delete(*(lease_key(*f.split("|", 1)) for f in fields)) if fields else 0
     tasks = 0
-    with make_app(s).connection_for_write() as connection:
-        channel = connection.default_channel
+    with make_app(s).connection_for_write() as broker:
+        channel = broker.default_channel
         for tag in client.hkeys(channel.unacked_key):
             channel.qos.restore_by_tag(tag)  # to the end of its queue that is consumed next
             tasks += 1

@@ -18,6 +18,7 @@ from celery import signals
 from kombu.exceptions import OperationalError
 
 from zoomq import jobs as jobs_mod
+from zoomq import connection
 from zoomq import logs, stats
 from zoomq.config import settings as current_settings
 from zoomq.errors import RenderCancelled, ZoomqError
@@ -45,7 +46,7 @@ def context() -> pieces.Context:
     global _context
     if _context is None:
         s = current_settings()
-        client = redis.Redis.from_url(s.redis_url)
+        client = connection.client(s)
         _context = pieces.Context(
             settings=s,
             redis=client,
@@ -134,7 +135,7 @@ _stop = threading.Event()
 @signals.worker_ready.connect
 def _start_background(sender=None, **_):
     s = current_settings()
-    client = redis.Redis.from_url(s.redis_url)
+    client = connection.client(s)
     name = worker_name()
     models = registry.describe_models(list(s.models))
     queues = os.environ.get("ZOOMQ_WORKER_QUEUES", "").split(",") if os.environ.get("ZOOMQ_WORKER_QUEUES") else []
@@ -162,6 +163,6 @@ def _start_background(sender=None, **_):
 def _stop_background(**_):
     _stop.set()
     try:
-        registry.withdraw(redis.Redis.from_url(current_settings().redis_url), worker_name())
+        registry.withdraw(connection.client(current_settings()), worker_name())
     except redis.RedisError:
         pass

@@ -1,0 +1,149 @@
+"""Every connection to Redis, made in one place from the settings, and its failures in one line.
+
+``ZOOMQ_REDIS_URL`` may carry a password (``redis://:PASSWORD@host``, or ``redis://USER:PASSWORD@host``
+for an ACL user), and ``rediss://`` turns TLS on, with the server's certificate checked against
+``ZOOMQ_REDIS_CA`` (else the system's CAs). The redis-py clients (job records, registry, artifacts)
+and the Celery broker take their options from here, so no caller can forget them; a refused or
+failed connection becomes a ``BrokerUnavailable`` naming the setting to fix, never the password.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from urllib.parse import urlsplit
+
+import redis
+
+from zoomq.config import Settings
+from zoomq.errors import ZoomqError
+
+URL_FORMS = ("redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS (with ZOOMQ_REDIS_CA), "
+             "or unix://[[USER]:PASSWORD@]PATH")
+
+
+class BrokerUnavailable(ZoomqError):
+    """Redis cannot be reached, or refuses zoomq (see ``BrokerRefused``)."""
+
+
+class BrokerRefused(BrokerUnavailable):
+    """Redis answers but refuses zoomq's password or TLS: waiting will not help, a setting must change."""
+
+
+def uses_tls(url: str) -> bool:
+    return url.lower().startswith("rediss://")
+
+
+def redacted(url: str) -> str:
+    """The URL with its password (in the address, or a ``password=`` query) shown as ``***``."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return url.partition("://")[0] + "://***"
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        # Without a colon the one word may well be a password written in the user's place.
+        url = url.replace(netloc, f"{user}:***@{host}" if colon else f"***@{host}", 1)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+
+
+def _has_password(url: str) -> bool:
+    return redacted(url) != url
+
+
+def tls_options(url: str, ca: str = "") -> dict:
+    """redis-py's (and kombu's) TLS options for a ``rediss://`` URL: the certificate is always
+    verified, against the CA file ``ca`` when given; none for a plain URL."""
+    if not uses_tls(url):
+        return {}
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": os.path.expanduser(ca) if ca else None}
+
+
+# A Redis that vanishes without a word (a partitioned node) must not hang a call for the kernel's
+# TCP timeout (many minutes): calls give up after these, and idle connections are checked first.
+TIMEOUTS = {"socket_connect_timeout": 10, "socket_timeout": 60, "socket_keepalive": True,
+            "health_check_interval": 30}
+
+
+def client_for(url: str, ca: str = "", **kwargs) -> redis.Redis:
+    """A redis-py client of ``url`` with its TLS options and ``TIMEOUTS``; ``kwargs`` override them."""
+    return redis.Redis.from_url(url, **tls_options(url, ca), **{**TIMEOUTS, **kwargs})
+
+
+def client(s: Settings, **kwargs) -> redis.Redis:
+    """A redis-py client of ``ZOOMQ_REDIS_URL``, with ``ZOOMQ_REDIS_CA`` for TLS."""
+    return client_for(s.redis_url, s.redis_ca, **kwargs)
+
+
+def celery_options(s: Settings) -> dict:
+    """Celery settings that give the broker connection the clients' TLS options and timeouts."""
+    options = tls_options(s.redis_url, s.redis_ca)
+    transport = {"visibility_timeout": s.visibility_timeout, **TIMEOUTS}
+    return {"broker_transport_options": transport, **({"broker_use_ssl": options} if options else {})}
+
+
+def check(s: Settings, timeout: float = 10) -> None:
+    """Raise ``BrokerRefused`` when Redis answers but refuses zoomq (password, TLS, CA file). An
+    unreachable Redis passes: a worker started before its Redis waits for it."""
+    try:
+        with client(s, socket_connect_timeout=timeout, socket_timeout=timeout) as probe:
+            probe.ping()
+    except redis.RedisError as e:
+        error = unavailable(e, s)
+        if isinstance(error, BrokerRefused):
+            raise error from None
+
+
+def unavailable(error: BaseException, s: Settings, unreachable_hint: str = "start Redis or set ZOOMQ_REDIS_URL"
+                ) -> BrokerUnavailable:
+    """What a failed connection to ``ZOOMQ_REDIS_URL`` means and what to do about it, in one line
+    without the password: ``BrokerRefused`` for credentials and TLS, ``BrokerUnavailable`` else."""
+    url, ca = redacted(s.redis_url), s.redis_ca
+    where = f"Redis at ZOOMQ_REDIS_URL={url}"
+    chain = _chain(error)
+    said = _one_line(error)
+    if any(isinstance(e, redis.AuthenticationError) for e in chain):
+        if _has_password(s.redis_url):
+            return BrokerRefused(f"{where} refused the user name or password in it ({said}); "
+                                 "put the right ones in ZOOMQ_REDIS_URL")
+        return BrokerRefused(f"{where} wants a password, and the URL has none; put it in ZOOMQ_REDIS_URL: "
+                             "redis://:PASSWORD@HOST:PORT/DB, or redis://USER:PASSWORD@HOST:PORT/DB for an ACL user")
+    if any(isinstance(e, redis.exceptions.NoPermissionError) for e in chain):
+        return BrokerRefused(f"{where}: its user may not run what zoomq needs ({said}); "
+                             "give that ACL user all keys, channels and commands (~* &* +@all)")
+    if uses_tls(s.redis_url) and ca and not os.path.isfile(os.path.expanduser(ca)):
+        return BrokerRefused(f"ZOOMQ_REDIS_CA={ca}: no such file; point it at the PEM file of the CA that "
+                             f"signed the TLS certificate of Redis at {url}")
+    tls_error = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+    if isinstance(tls_error, ssl.SSLCertVerificationError):
+        reason = tls_error.verify_message or _one_line(tls_error)
+        if "mismatch" in reason:
+            return BrokerRefused(f"the TLS certificate of {where} is not for that host ({reason}); put a name or "
+                                 "address the certificate holds in ZOOMQ_REDIS_URL")
+        if ca:
+            return BrokerRefused(f"the TLS certificate of {where} is not trusted by ZOOMQ_REDIS_CA={ca} ({reason}); "
+                                 "point ZOOMQ_REDIS_CA at the PEM file of the CA that signed it")
+        return BrokerRefused(f"the TLS certificate of {where} is not trusted by this system's CAs ({reason}); set "
+                             "ZOOMQ_REDIS_CA to the PEM file of the CA that signed it")
+    if tls_error is not None:
+        return BrokerRefused(f"TLS with {where} failed ({_one_line(tls_error)}); check that the port serves TLS, "
+                             "or use redis:// for a Redis without TLS")
+    hint = unreachable_hint
+    if not uses_tls(s.redis_url) and re.search(r"reset by peer|closed by server", said, re.I):
+        hint += "; if that port serves TLS, use rediss:// (and ZOOMQ_REDIS_CA)"
+    return BrokerUnavailable(f"cannot reach Redis at {url} ({said}); {hint}")
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling (redis-py and kombu wrap theirs)."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain and len(chain) < 10:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
