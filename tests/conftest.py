@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest_plugins = ["s3server"]  # fixtures moto_server and s3_bucket: a real S3-compatible server
+
 
 def pytest_configure(config):
     # Parity is defined at f32 inference precision; tests that need another set it themselves.

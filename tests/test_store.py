@@ -1,18 +1,23 @@
-"""The artifact store contract, for both stores: Redis (real, private) and a directory."""
+"""The artifact store contract, for every store: Redis (real, private), a directory, and S3 (moto's
+real server on loopback; the S3-only tests are in test_s3.py)."""
 
 from __future__ import annotations
 
 import pytest
 from cluster import RedisServer
+from s3server import s3_store
 
 from zoomq.errors import InvalidParameter
 from zoomq.store import DirectoryStore, RedisStore
 
 
-@pytest.fixture(params=["redis", "directory"])
+@pytest.fixture(params=["redis", "directory", "s3"])
 def store(request, tmp_path):
     if request.param == "directory":
         yield DirectoryStore(tmp_path / "artifacts")
+        return
+    if request.param == "s3":
+        yield s3_store(request.getfixturevalue("s3_bucket"), "contract")
         return
     server = RedisServer(tmp_path / "redis")
     yield RedisStore(server.client(), ttl=60)

@@ -1,8 +1,8 @@
 """The artifact store: images, keyframes, segments and videos that every node can reach.
 
-Tasks carry ids, never images; what they make goes here under a key ``<job id>/<name>``. Two
-stores stand behind one small interface — Redis (the default, with an expiry) and a directory
-every node mounts — so an S3-style store is one more class.
+Tasks carry ids, never images; what they make goes here under a key ``<job id>/<name>``. Three
+stores stand behind one small interface: Redis (the default, with an expiry), a directory every
+node mounts, and an S3-compatible bucket (``zoomq.s3store``, imported only when configured).
 """
 
 from __future__ import annotations
@@ -16,10 +16,19 @@ from typing import Protocol
 
 import redis
 
-from zoomq.config import Settings
-from zoomq.errors import InvalidParameter
+from zoomq.config import Settings, s3_location
+from zoomq.errors import InvalidParameter, ZoomqError
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+
+
+class ArtifactStoreError(ZoomqError):
+    """The store cannot be used as configured: no bucket, no access, no endpoint."""
+
+
+class ArtifactStoreUnreachable(ArtifactStoreError):
+    """The store did not answer (after its client's own retries): perhaps only for a while, so
+    tasks retry with backoff and the web answers 503."""
 
 
 def check_key(key: str) -> str:
@@ -116,6 +125,12 @@ class DirectoryStore(ArtifactStore):
 
 
 def open_store(settings: Settings, client: redis.Redis) -> ArtifactStore:
+    """The store ``ZOOMQ_ARTIFACTS`` names (already validated by ``config.settings()``)."""
     if settings.artifacts == "redis":
         return RedisStore(client, settings.artifact_ttl)
+    if settings.artifacts.startswith("s3://"):
+        from zoomq.s3store import S3Store  # boto3 loads only where S3 is configured
+
+        bucket, prefix = s3_location(settings.artifacts)
+        return S3Store(bucket, prefix, label=settings.artifacts)
     return DirectoryStore(Path(settings.artifacts))

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from zoomq.config import Settings, settings as current_settings
 from zoomq.errors import InvalidParameter, ZoomqError
 from zoomq.producer.api import BrokerUnavailable, Producer
+from zoomq.store import ArtifactStoreUnreachable
 from zoomq.web import security
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def _register_errors(app: Flask) -> None:
         return reply(e.code or 500, e.description if e.code != 404 else "not found (unknown or expired job?)")
 
     @app.errorhandler(BrokerUnavailable)
+    @app.errorhandler(ArtifactStoreUnreachable)
     def broker_down(e):
         return reply(503, str(e))
 

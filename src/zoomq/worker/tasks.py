@@ -22,13 +22,13 @@ from zoomq import connection
 from zoomq import logs, stats
 from zoomq.config import settings as current_settings
 from zoomq.errors import RenderCancelled, ZoomqError
-from zoomq.store import open_store
+from zoomq.store import ArtifactStoreUnreachable, open_store
 from zoomq.worker import pieces, registry, warmup, watchdog
 from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, make_app
 
 log = logging.getLogger("zoomq.worker")
 app = make_app()
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError, ArtifactStoreUnreachable)
 
 _context: pieces.Context | None = None
 
