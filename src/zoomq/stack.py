@@ -20,35 +20,13 @@ from typing import Callable
 
 import redis
 
-from zoomq import manifest as mf
-from zoomq import sizing
+from zoomq import connection, sizing
 from zoomq.config import Settings
-from zoomq.errors import InvalidParameter, ModelError, ZoomqError
+from zoomq.errors import InvalidParameter, ZoomqError
 from zoomq.localstack import RedisServer, WebProcess, WorkerProcess, free_port, port_is_free
 
 RESTARTS = 3          # a part that exits this often ...
 RESTART_WINDOW = 120  # ... within this many seconds stops the stack instead of being started again
-
-
-def find_models(s: Settings, given: list[Path] | None) -> list[Path]:
-    """The model folders to serve: ``given``, else ``ZOOMQ_MODELS``, else every prepared model in
-    ``ZOOMQ_MODELS_DIR``. None at all is an error that says how to make some."""
-    if given:
-        return list(given)
-    if s.models:
-        return list(s.models)
-    folder = s.models_dir
-    found = sorted(p.parent for p in folder.glob(f"*/{mf.MANIFEST}")) if folder.is_dir() else []
-    if not found:
-        raise ModelError(
-            f"no models to serve: none given with --models or ZOOMQ_MODELS, and {folder} holds no prepared model.\n"
-            f"  Miniature random-weight models (for a first try, seconds):\n"
-            f"    zoomq prepare --tiny --out {folder}/tiny-sd2\n"
-            f"    zoomq prepare --tiny --inpainting --out {folder}/tiny-sd2-inpainting\n"
-            f"  Real Stable Diffusion 2 models (downloaded from the Hugging Face hub, then converted):\n"
-            f"    zoomq prepare --model stabilityai/stable-diffusion-2-1-base --out {folder}/sd21-base\n"
-            f"    zoomq prepare --model stabilityai/stable-diffusion-2-inpainting --out {folder}/sd2-inpainting")
-    return found
 
 
 @dataclass
@@ -118,12 +96,13 @@ class Stack:
 
     def _start_redis(self) -> None:
         if self.options.redis_url:
+            s = replace(self.settings, redis_url=self.redis_url)
             try:
-                redis.Redis.from_url(self.redis_url, socket_connect_timeout=5).ping()
+                connection.client(s, socket_connect_timeout=5, socket_timeout=30).ping()
             except redis.RedisError as e:
-                raise ZoomqError(f"cannot reach Redis at ZOOMQ_REDIS_URL={self.redis_url} ({e}); start it, or "
-                                 f"unset ZOOMQ_REDIS_URL to use the embedded one") from None
-            self.say(f"redis    ready  {self.redis_url} (ZOOMQ_REDIS_URL)")
+                raise connection.unavailable(
+                    e, s, "start it, or unset ZOOMQ_REDIS_URL to use the embedded one") from None
+            self.say(f"redis    ready  {connection.redacted(self.redis_url)} (ZOOMQ_REDIS_URL)")
             return
         folder = self.data / "redis"
         port_file = folder / "port"
@@ -170,7 +149,7 @@ class Stack:
         self.say(f"web      ready  {self.web.url}/ (gunicorn, {o.web_workers} processes)")
 
     def _write_state(self) -> None:
-        state = {"pid": os.getpid(), "redis_url": self.redis_url, "web_url": self.web.url,
+        state = {"pid": os.getpid(), "redis_url": connection.redacted(self.redis_url), "web_url": self.web.url,
                  "worker": self.worker.name, "models": [str(m) for m in self.models], "started": time.time()}
         (self.data / "stack.json").write_text(json.dumps(state, indent=1))
 

@@ -75,7 +75,8 @@ class StopRequests:
 def _stack(args: argparse.Namespace, port_fallback: bool):
     from zoomq import sizing
     from zoomq.config import is_set, settings
-    from zoomq.stack import Stack, StackOptions, find_models
+    from zoomq.stack import Stack, StackOptions
+    from zoomq.worker.registry import describe_models, find_models
 
     s = settings()
     processes = sizing.parse_concurrency(args.concurrency)
@@ -88,8 +89,6 @@ def _stack(args: argparse.Namespace, port_fallback: bool):
     if not 0 < args.port < 65536:
         raise InvalidParameter("port", args.port, "must be between 1 and 65535")
     models = find_models(s, args.models)
-    from zoomq.worker.registry import describe_models
-
     describe_models(models)  # a bad folder fails here, before anything starts
     options = StackOptions(models=models, data_dir=s.data_dir,
                            redis_url=s.redis_url if is_set("ZOOMQ_REDIS_URL") else None,
@@ -105,9 +104,9 @@ def _stopping(stack, stops: StopRequests) -> None:
     stack.stop(hurry=lambda: stops.count > 1)
 
 
+def run_up(args: argparse.Namespace) -> int:
     from zoomq.connection import redacted
 
-def run_up(args: argparse.Namespace) -> int:
     stack = _stack(args, port_fallback=False)
     with StopRequests() as stops:
         try:

@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run a Celery worker. It renders images and keyframes of the models it serves "
         "(queue render.<model>) and encodes segments and videos (queue encode).",
     )
-    p.add_argument("--models", nargs="+", type=Path, help="prepared model folders (default $ZOOMQ_MODELS)")
+    p.add_argument("--models", nargs="+", type=Path,
+                   help="prepared model folders (default $ZOOMQ_MODELS, else every model in $ZOOMQ_MODELS_DIR)")
     p.add_argument("--queues", default="render,encode", help="render, encode or both (default both)")
     p.add_argument("--concurrency", default="auto",
                    help="worker processes, or auto (default): chosen from the cores and memory, and printed")
@@ -44,16 +45,14 @@ def run(args: argparse.Namespace) -> int:
     processes = sizing.parse_concurrency(args.concurrency)
     if args.threads is not None and args.threads < 1:
         raise InvalidParameter("threads", args.threads, "must be at least 1")
-    if args.models:
-        os.environ["ZOOMQ_MODELS"] = os.pathsep.join(str(m.resolve()) for m in args.models)
-    models = registry.describe_models(list(settings().models))  # fails here, clearly, on a bad folder
-    if RENDER_QUEUE in kinds and not models:
-        raise InvalidParameter("models", None, "a render worker needs --models (prepared model folders)")
-    queues = ([render_queue(name) for name in models] if RENDER_QUEUE in kinds else []) + (
+    render = RENDER_QUEUE in kinds
+    folders = registry.find_models(settings(), args.models) if render else list(args.models or settings().models)
+    os.environ["ZOOMQ_MODELS"] = os.pathsep.join(str(m.resolve()) for m in folders)  # for the pool processes
+    models = registry.describe_models(folders)  # fails here, clearly, on a bad folder
+    queues = ([render_queue(name) for name in models] if render else []) + (
         [ENCODE_QUEUE] if ENCODE_QUEUE in kinds else [])
     threads = args.threads or settings().threads or None  # the option, else ZOOMQ_THREADS
-    plan = sizing.for_worker([Path(m["path"]) for m in models.values()] if RENDER_QUEUE in kinds else [],
-                             settings().inference_precision, processes, threads)
+    plan = sizing.for_worker(folders if render else [], settings().inference_precision, processes, threads)
     log.info("worker: %s%s", plan.describe(), " (--concurrency auto)" if processes is None else "")
     if threads is not None or plan.processes > 1:
         # One process alone keeps OpenVINO's default (every core, pinned); several share the cores.
@@ -61,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
     name = f"{args.name or 'zoomq-' + uuid.uuid4().hex[:8]}@{socket.gethostname()}"
     os.environ.update(ZOOMQ_WORKER_NAME=name, ZOOMQ_WORKER_QUEUES=",".join(queues),
                       ZOOMQ_WORKER_CONCURRENCY=str(plan.processes))
+
     from zoomq.connection import check
 
     check(settings())  # a wrong password or TLS stops here, in one line; an unreachable Redis is waited for
-
     from zoomq.worker.tasks import app  # after the environment is set: the app reads it
 
     app.worker_main([

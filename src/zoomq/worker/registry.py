@@ -15,9 +15,31 @@ from pathlib import Path
 import redis
 
 from zoomq import manifest as mf
+from zoomq.config import Settings
 from zoomq.errors import ModelError
 
 PREFIX = "zoomq:worker:"
+
+
+def find_models(s: Settings, given: list[Path] | None) -> list[Path]:
+    """The model folders to serve: ``given``, else ``ZOOMQ_MODELS``, else every prepared model in
+    ``ZOOMQ_MODELS_DIR``. None at all is an error that says how to make some."""
+    if given:
+        return list(given)
+    if s.models:
+        return list(s.models)
+    folder = s.models_dir
+    found = sorted(p.parent for p in folder.glob(f"*/{mf.MANIFEST}")) if folder.is_dir() else []
+    if not found:
+        raise ModelError(
+            f"no models to serve: none given with --models or ZOOMQ_MODELS, and {folder} holds no prepared model.\n"
+            f"  Miniature random-weight models (for a first try, seconds):\n"
+            f"    zoomq prepare --tiny --out {folder}/tiny-sd2\n"
+            f"    zoomq prepare --tiny --inpainting --out {folder}/tiny-sd2-inpainting\n"
+            f"  Real Stable Diffusion 2 models (downloaded from the Hugging Face hub, then converted):\n"
+            f"    zoomq prepare --model stabilityai/stable-diffusion-2-1-base --out {folder}/sd21-base\n"
+            f"    zoomq prepare --model stabilityai/stable-diffusion-2-inpainting --out {folder}/sd2-inpainting")
+    return found
 
 
 def describe_models(folders: list[Path]) -> dict[str, dict]:

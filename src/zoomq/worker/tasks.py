@@ -12,13 +12,14 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import redis
 from celery import signals
 from kombu.exceptions import OperationalError
 
-from zoomq import jobs as jobs_mod
 from zoomq import connection
+from zoomq import jobs as jobs_mod
 from zoomq import logs, stats
 from zoomq.config import settings as current_settings
 from zoomq.errors import RenderCancelled, ZoomqError
@@ -149,6 +150,8 @@ def _start_background(sender=None, **_):
         while not _stop.is_set():
             try:
                 registry.announce(client, name, info, s.heartbeat)
+                if s.health_file:  # for container health checks: fresh while Redis hears from us
+                    Path(s.health_file).touch()
                 if time.monotonic() >= next_scan:
                     watchdog.scan(client, jobs, send, s.stale_after, name, interval)
                     next_scan = time.monotonic() + interval
