@@ -48,6 +48,7 @@ class Jobs:
     def __init__(self, client: redis.Redis, ttl: int):
         self.r = client
         self.ttl = ttl
+        self._set_live = client.register_script(self._WHILE_LIVE)  # EVALSHA: progress runs every step
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -79,7 +80,7 @@ class Jobs:
         fields = {**fields, "updated": time.time()}
         flat = [x for k, v in fields.items() for x in (k, _enc(v))]
         piece, units = work or ("", "")
-        return bool(self.r.eval(self._WHILE_LIVE, 2, _key(job_id), f"{_key(job_id)}:work", piece, units, *flat))
+        return bool(self._set_live(keys=[_key(job_id), f"{_key(job_id)}:work"], args=[piece, units, *flat]))
 
     def update(self, job_id: str, **fields) -> bool:
         """Set fields of a job that has not ended; False (and nothing written) once it has."""
