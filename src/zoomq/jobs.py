@@ -68,9 +68,9 @@ class Jobs:
     # HSET only while the job has not ended: a worker cut off from Redis that comes back late must
     # not change a finished record (nor recreate an expired one). KEYS: record[, work hash];
     # ARGV: the work hash's field and value (or two empty strings), then the record's fields.
-    _WHILE_LIVE = """
+    _WHILE_LIVE = f"""
     local state = redis.call('HGET', KEYS[1], 'state')
-    if not state or state == 'done' or state == 'failed' or state == 'cancelled' then return 0 end
+    if not state or {" or ".join(f"state == '{s}'" for s in ENDED)} then return 0 end
     if ARGV[1] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
     redis.call('HSET', KEYS[1], unpack(ARGV, 3))
     return 1

@@ -172,9 +172,7 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()  # SIGTERM: with AOF on, redis flushes and exits
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+            if not _wait(self.proc, 30):
                 self.proc.kill()
                 self.proc.wait(timeout=10)
 

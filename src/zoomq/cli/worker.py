@@ -42,17 +42,18 @@ def run(args: argparse.Namespace) -> int:
     kinds = [q.strip() for q in args.queues.split(",") if q.strip()]
     if not kinds or set(kinds) - {RENDER_QUEUE, ENCODE_QUEUE}:
         raise InvalidParameter("queues", args.queues, "must be render, encode or render,encode")
+    s = settings()
     processes = sizing.parse_concurrency(args.concurrency)
     if args.threads is not None and args.threads < 1:
         raise InvalidParameter("threads", args.threads, "must be at least 1")
     render = RENDER_QUEUE in kinds
-    folders = registry.find_models(settings(), args.models) if render else list(args.models or settings().models)
+    folders = registry.find_models(s, args.models) if render else list(args.models or s.models)
     os.environ["ZOOMQ_MODELS"] = os.pathsep.join(str(m.resolve()) for m in folders)  # for the pool processes
     models = registry.describe_models(folders)  # fails here, clearly, on a bad folder
     queues = ([render_queue(name) for name in models] if render else []) + (
         [ENCODE_QUEUE] if ENCODE_QUEUE in kinds else [])
-    threads = args.threads or settings().threads or None  # the option, else ZOOMQ_THREADS
-    plan = sizing.for_worker(folders if render else [], settings().inference_precision, processes, threads)
+    threads = args.threads or s.threads or None  # the option, else ZOOMQ_THREADS
+    plan = sizing.for_worker(folders if render else [], s.inference_precision, processes, threads)
     log.info("worker: %s%s", plan.describe(), " (--concurrency auto)" if processes is None else "")
     if threads is not None or plan.processes > 1:
         # One process alone keeps OpenVINO's default (every core, pinned); several share the cores.
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     from zoomq.connection import check
 
-    check(settings())  # a wrong password or TLS stops here, in one line; an unreachable Redis is waited for
+    check(s)  # a wrong password or TLS stops here, in one line; an unreachable Redis is waited for
     from zoomq.worker.tasks import app  # after the environment is set: the app reads it
 
     app.worker_main([

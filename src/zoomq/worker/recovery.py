@@ -2,9 +2,9 @@
 
 Only for a Redis the stack owns (the embedded one): then every worker that ever used it belonged
 to the stack and is gone, so their registry entries are stale, the leases of their running pieces
-too, and their unacknowledged tasks will never be acknowledged. Left alone, the leases would lapse only after ``ZOOMQ_STALE_AFTER``
-and the tasks come back only after the visibility timeout (hours). On a shared Redis this must not
-run: other nodes' workers are alive.
+too, and their unacknowledged tasks will never be acknowledged. Left alone, the leases would lapse
+only after ``ZOOMQ_STALE_AFTER`` and the tasks come back only after the visibility timeout (hours).
+On a shared Redis this must not run: other nodes' workers are alive.
 """
 
 from __future__ import annotations
