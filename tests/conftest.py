@@ -99,3 +99,22 @@ def run_cli(*args: str, capsys=None) -> tuple[int, str, str]:
         code = e.code
     out, err = capsys.readouterr() if capsys else ("", "")
     return code, out, err
+
+
+#: Miniature models whose VAE downsamples by 2, not SD2's 8, to show nothing assumes 8. At 128 px
+#: native (64 latents), since the VAE's attention over all latent pixels grows with their square.
+F2_SIZE = 128
+
+
+@pytest.fixture(scope="session")
+def tiny_t2i_f2(models_dir) -> Path:
+    from zoomq.model_prep.prepare import prepare_random
+
+    return prepare_random(models_dir / "t2i-f2", full=False, size=F2_SIZE, latent_factor=2).folder
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_f2(models_dir) -> Path:
+    from zoomq.model_prep.prepare import prepare_random
+
+    return prepare_random(models_dir / "inpaint-f2", full=False, inpainting=True, size=F2_SIZE, latent_factor=2).folder

@@ -18,6 +18,8 @@ from zoomq.errors import ModelError
 MANIFEST = "zoomq.json"
 FORMAT = 1
 IR_PARTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+# A random-weight model keeps its diffusers source here, VAE config included (see prepare_random).
+_VAE_CONFIG = "diffusers/vae/config.json"
 
 
 def sha256_file(path: Path) -> str:
@@ -34,6 +36,20 @@ def hashed_files(folder: Path) -> dict[str, str]:
     for sub in ("tokenizer", "scheduler"):
         names += sorted(str(p.relative_to(folder)) for p in (folder / sub).rglob("*") if p.is_file())
     return {name: sha256_file(folder / name) for name in names}
+
+
+def latent_factor_of(vae_config: dict) -> int:
+    """A VAE's downsampling from its config, as diffusers computes ``vae_scale_factor``: one
+    halving per block after the first."""
+    return 2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1)
+
+
+def vae_config_factor(folder: Path) -> int:
+    """The latent factor of the VAE config kept in ``folder``; 8 (every SD2 model's) without one."""
+    try:
+        return latent_factor_of(json.loads((folder / _VAE_CONFIG).read_text()))
+    except (OSError, ValueError):
+        return 8
 
 
 def write(folder: Path, data: dict) -> None:
@@ -56,6 +72,13 @@ class Manifest:
     @property
     def kind(self) -> dict:
         return self.data["kind"]
+
+    @property
+    def latent_factor(self) -> int:
+        """Image pixels per latent pixel along a side (diffusers' ``vae_scale_factor``), as recorded
+        when the model was prepared; for a manifest without it, from the VAE's config, else SD2's 8."""
+        recorded = self.kind.get("vae_scale_factor")
+        return int(recorded) if recorded else vae_config_factor(self.folder)
 
     def verify_files(self) -> None:
         """Re-hash every file and raise ``ModelError`` on the first that changed or is missing."""

@@ -2,8 +2,9 @@
 demo, full-size ones for benchmarks (speed does not depend on weight values).
 
 Both keep the SD2 traits that matter to conversion and rendering: linear-projection attention,
-an OpenCLIP-style text encoder (GELU, pad token ``!``), a VAE with 8× downsampling, a 4- or
-9-channel UNet and a selectable prediction type.
+an OpenCLIP-style text encoder (GELU, pad token ``!``), a VAE with 8× downsampling (another
+power of two on request, to test that nothing assumes 8), a 4- or 9-channel UNet and a
+selectable prediction type.
 """
 
 from __future__ import annotations
@@ -62,13 +63,22 @@ def _unet(full: bool, in_channels: int, sample_size: int) -> UNet2DConditionMode
     )
 
 
-def _vae(full: bool, sample_size: int) -> AutoencoderKL:
-    channels = (128, 256, 512, 512) if full else (32, 32, 64, 64)
+def _vae_blocks(latent_factor: int) -> int:
+    """Blocks of a VAE that downsamples by ``latent_factor``: diffusers' factor is 2 ** (blocks - 1)."""
+    if latent_factor < 1 or latent_factor & (latent_factor - 1):
+        raise ValueError(f"latent_factor must be a power of two, got {latent_factor}")
+    return latent_factor.bit_length()
+
+
+def _vae(full: bool, sample_size: int, latent_factor: int = 8) -> AutoencoderKL:
+    blocks = _vae_blocks(latent_factor)
+    widths = (128, 256, 512, 512) if full else (32, 32, 64, 64)
+    channels = (widths + widths[-1:] * blocks)[:blocks]  # SD2's widths; beyond 4 blocks, the last again
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
         block_out_channels=channels,
         layers_per_block=2 if full else 1,
         latent_channels=4,
@@ -116,18 +126,19 @@ def build_random_pipeline(
     size: int,
     prediction_type: str,
     seed: int = 0,
+    latent_factor: int = 8,
 ) -> None:
     """Build a seeded random SD2 pipeline and save it as a diffusers folder.
 
-    ``size`` is the native image side in pixels (a multiple of 8); the same arguments always
-    give the same weights.
+    ``size`` is the native image side in pixels (a multiple of 8 and of ``latent_factor``, the
+    VAE's downsampling); the same arguments always give the same weights.
     """
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
     torch.manual_seed(seed)
-    unet = _unet(full, 9 if inpainting else 4, size // 8)
+    unet = _unet(full, 9 if inpainting else 4, size // latent_factor)
     torch.manual_seed(seed + 1)
-    vae = _vae(full, size)
+    vae = _vae(full, size, latent_factor)
     torch.manual_seed(seed + 2)
     text_encoder = _text_encoder(full)
     tokenizer = write_tokenizer(Path(folder) / "tokenizer")

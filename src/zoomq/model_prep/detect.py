@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zoomq.errors import ModelError
+from zoomq.manifest import latent_factor_of
 
 _REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -92,7 +93,7 @@ def detect(folder: Path) -> ModelKind:
     else:
         family = "sd2-miniature" if unet.get("use_linear_projection") else "sd1-miniature"
 
-    scale = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+    scale = latent_factor_of(vae)
     return ModelKind(
         task=tasks[in_channels],
         family=family,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import re
 import shutil
@@ -263,20 +264,25 @@ def prepare_random(
     seed: int = 0,
     route: str = "direct",
     weights: str = "fp16",
+    latent_factor: int = 8,
     report: Callable[[str], None] = log.info,
 ) -> mf.Manifest:
     """Build a seeded random-weight SD2 pipeline (miniature or full-size), keep its diffusers
-    folder in ``out/diffusers`` and convert it into ``out``."""
+    folder in ``out/diffusers`` and convert it into ``out``. ``latent_factor`` is its VAE's
+    downsampling: 8 as in every SD2 model, another power of two to test that nothing assumes 8."""
     from zoomq.model_prep.architectures import build_random_pipeline
 
     _check_options(route, weights)
     size = size or (512 if full else 256)
-    if size % 8:
-        raise PrepareError(f"--size {size}: must be a multiple of 8")
+    step = math.lcm(8, latent_factor)
+    if size % step:
+        raise PrepareError(f"--size {size}: must be a multiple of {step}")
     out = Path(out).expanduser().absolute()
     label = "full-size-random" if full else "tiny"
     task = "inpainting" if inpainting else "text-to-image"
     source = f"{label}:{task}:{size}px:{prediction_type}:seed={seed}"
+    if latent_factor != 8:  # the usual factor stays unnamed: sources of existing models keep their spelling
+        source += f":latent-factor={latent_factor}"
 
     def fill(stage: Path) -> None:
         report(f"building a {label} {task} SD2 pipeline ({size} px, {prediction_type}, seed {seed})")
@@ -287,6 +293,7 @@ def prepare_random(
             size=size,
             prediction_type=prediction_type,
             seed=seed,
+            latent_factor=latent_factor,
         )
         _convert(stage / "diffusers", detect(stage / "diffusers"), stage, source=source, source_kind=label, route=route, weights=weights,
                  report=report)

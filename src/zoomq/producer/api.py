@@ -88,7 +88,7 @@ class Producer:
             checks.add(InvalidParameter(name, options[name], "is not an image parameter"))
         options = {k: v for k, v in options.items() if k in RenderRequest.__dataclass_fields__}
         request = checks(validate, RenderRequest(prompt=prompt, init_image=init, mask=mask_image, **options),
-                         task, info["native_size"] if info else 512)
+                         task, info["native_size"] if info else 512, (info or {}).get("latent_factor", 8))
         checks.raise_errors()
         return request.with_seed()
 

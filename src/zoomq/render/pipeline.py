@@ -81,10 +81,11 @@ class Renderer:
         self.tokenizer = CLIPTokenizer.from_pretrained(self.folder / "tokenizer")
         self._embeddings: dict[str, tuple[np.ndarray, list[str]]] = {}
         self.scheduler_config = json.loads((self.folder / "scheduler" / "scheduler_config.json").read_text())
-        scale = self.kind["vae_scale_factor"]
-        self.image_processor = VaeImageProcessor(vae_scale_factor=scale)
+        #: image pixels per latent pixel along a side, from the model's own VAE (8 in every SD2 model)
+        self.latent_factor = self.manifest.latent_factor
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.latent_factor)
         self.mask_processor = VaeImageProcessor(
-            vae_scale_factor=scale, do_normalize=False, do_binarize=True, do_convert_grayscale=True
+            vae_scale_factor=self.latent_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True
         )
 
     @property
@@ -148,7 +149,7 @@ class Renderer:
                texts: TextCache | None = None) -> RenderResult:
         """Render one image; raises ``InvalidParameter`` for bad input, ``RenderCancelled`` on cancel.
         ``texts`` shares prompt embeddings with other processes (see ``encode_text``)."""
-        req = validate(request.with_seed(), self.task, self.kind["native_size"])
+        req = validate(request.with_seed(), self.task, self.kind["native_size"], self.latent_factor)
         warnings: list[str] = []
         generator = torch.Generator("cpu").manual_seed(req.seed)
         cfg = req.guidance > 1.0
@@ -172,7 +173,8 @@ class Renderer:
             n_steps = req.steps - t_start
 
         # 3. initial latents, drawing from the generator in diffusers' order
-        shape = (1, self.kind["latent_channels"], req.height // 8, req.width // 8)
+        factor = self.latent_factor
+        shape = (1, self.kind["latent_channels"], req.height // factor, req.width // factor)
         mask = masked_latents = None
         if req.mode == "text-to-image":
             latents = randn_tensor(shape, generator=generator) * scheduler.init_noise_sigma

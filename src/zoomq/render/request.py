@@ -97,10 +97,17 @@ def check_seed(value) -> int | None:
     return seed
 
 
-def check_size(param: str, value) -> int:
+def size_step(latent_factor: int = 8) -> int:
+    """What image sides must be a multiple of: 8, and the model's latent factor (whole latents)."""
+    return math.lcm(8, latent_factor)
+
+
+def check_size(param: str, value, latent_factor: int = 8) -> int:
     value = number(param, value, int)
-    if value % 8 or not 64 <= value <= MAX_SIDE:
-        raise InvalidParameter(param, value, f"must be a multiple of 8 between 64 and {MAX_SIDE}")
+    step = size_step(latent_factor)
+    if value % step or not 64 <= value <= MAX_SIDE:
+        why = "" if step == 8 else f" (this model's latent factor is {latent_factor})"
+        raise InvalidParameter(param, value, f"must be a multiple of {step} between 64 and {MAX_SIDE}{why}")
     return value
 
 
@@ -137,8 +144,9 @@ def _check_images(request: RenderRequest, task: str) -> None:
         raise InvalidParameter("strength", request.strength, "needs an init image (image-to-image or inpainting)")
 
 
-def validate(request: RenderRequest, task: str, native_size: int) -> RenderRequest:
-    """Check ``request`` against a model of ``task`` and return it with defaults filled in.
+def validate(request: RenderRequest, task: str, native_size: int, latent_factor: int = 8) -> RenderRequest:
+    """Check ``request`` against a model of ``task`` and return it with defaults filled in;
+    ``latent_factor`` is the model's (see ``Manifest.latent_factor``).
 
     Raises ``InvalidParameter`` for one problem, ``InvalidParameters`` for several fields at once.
     """
@@ -158,10 +166,11 @@ def validate(request: RenderRequest, task: str, native_size: int) -> RenderReque
             strength = 1.0 if request.mode == "inpainting" else 0.8
         strength = checks(check_strength, strength)
     default_w = default_h = native_size
-    if request.init_image is not None:  # like diffusers: the init image's size, down to a multiple of 8
-        default_w, default_h = (s - s % 8 for s in request.init_image.size)
-    width = checks(check_size, "width", request.width if request.width is not None else default_w)
-    height = checks(check_size, "height", request.height if request.height is not None else default_h)
+    if request.init_image is not None:  # like diffusers: the init image's size, down to a whole step
+        step = size_step(latent_factor)
+        default_w, default_h = (s - s % step for s in request.init_image.size)
+    width = checks(check_size, "width", request.width if request.width is not None else default_w, latent_factor)
+    height = checks(check_size, "height", request.height if request.height is not None else default_h, latent_factor)
     checks.raise_errors()
     if strength is not None and int(steps * strength) < 1:
         raise InvalidParameter(

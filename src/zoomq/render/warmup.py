@@ -15,7 +15,7 @@ def default_shapes(manifest: mf.Manifest) -> list[tuple[str, dict[str, list[int]
     """(part, input shapes) of a default render, in the order the render needs them."""
     kind = manifest.kind
     size = kind["native_size"]
-    latent = size // kind["vae_scale_factor"]
+    latent = size // manifest.latent_factor
     tokens = manifest.data.get("text_max_length", 77)
     shapes = [
         ("text_encoder", {"input_ids": [1, tokens]}),

@@ -55,6 +55,7 @@ def describe_models(folders: list[Path]) -> dict[str, dict]:
             "sha256": m.sha256,
             "task": m.task,
             "native_size": m.kind["native_size"],
+            "latent_factor": m.latent_factor,
         }
     return models
 
