@@ -54,7 +54,7 @@ def image_options(args: argparse.Namespace) -> dict:
 
 
 def add_zoom_options(p: argparse.ArgumentParser) -> None:
-    from zoomq.zoom.settings import DIRECTIONS, ZoomSettings
+    from zoomq.zoom.settings import DEFAULT_SEAM, DIRECTIONS, ZoomSettings
 
     d = ZoomSettings(prompt="")
     p.add_argument("prompt")
@@ -72,8 +72,9 @@ def add_zoom_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=d.guidance, help=f"guidance scale (default {d.guidance})")
     p.add_argument("--guidance-cutoff", type=float, default=d.guidance_cutoff, help=CUTOFF_HELP)
     p.add_argument("--scheduler", default=d.scheduler, help=f"one of {', '.join(schedulers.NAMES)}")
-    p.add_argument("--seam", type=int, default=d.seam,
-                   help=f"px of feathered blend at the pasted square (default {d.seam}; 0 = the notebook exactly)")
+    p.add_argument("--seam", type=int, default=None,  # None: the default, narrowed where it does not fit
+                   help=f"px of feathered blend at the pasted square (default {DEFAULT_SEAM}, or the most that "
+                   "--size and --mask-width leave room for; 0 = the notebook exactly)")
     p.add_argument("--prompt-schedule", type=Path,
                    help='JSON file: [{"keyframe": 4, "prompt": "...", "negative_prompt": "..."}, ...]')
     p.add_argument("--init-image", type=Path, help="use this image as keyframe 0")

@@ -79,6 +79,17 @@ def run_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def as_option(warning: str) -> str:
+    """``seam: ...`` → ``--seam: ...``: a warning that starts with a parameter names the option
+    the user would change, as the CLI's error lines do."""
+    from zoomq.cli.main import option_name
+
+    param, sep, rest = warning.partition(": ")
+    if not sep or not param.isidentifier():
+        return warning
+    return f"{option_name(param)}: {rest}"
+
+
 def run_zoom(args: argparse.Namespace) -> int:
     from zoomq.render.pipeline import Renderer
     from zoomq.zoom.compose import render_zoom
@@ -86,6 +97,8 @@ def run_zoom(args: argparse.Namespace) -> int:
 
     check_out(args.out, ".mp4")
     settings = validate(ZoomSettings(**zoom_options(args)))
+    for warning in settings.warnings:
+        print(f"zoomq: warning: {as_option(warning)}", file=sys.stderr)
     renderer = Renderer(args.model)
     bar = Bar("step")
     try:

@@ -116,9 +116,10 @@ class Producer:
         info = checks(self._model, model)
         if info and info["task"] != "inpainting":
             checks.add(InvalidParameter("model", model, "is a text-to-image model; zoom needs an inpainting model"))
-        for name in sorted(set(options) - set(ZoomSettings.__dataclass_fields__) - {"schedule", "init_image"}):
+        accepted = set(ZoomSettings.__dataclass_fields__) - {"warnings"}  # warnings are validate()'s to write
+        for name in sorted(set(options) - accepted - {"schedule", "init_image"}):
             checks.add(InvalidParameter(name, options[name], "is not a zoom parameter"))
-        options = {k: v for k, v in options.items() if k in ZoomSettings.__dataclass_fields__}
+        options = {k: v for k, v in options.items() if k in accepted}
         init = checks(_as_image, init_image, "init_image", "RGB")
         parsed = checks(parse_schedule, schedule) if schedule else ()
         settings = checks(validate_zoom, ZoomSettings(prompt=prompt, schedule=parsed or (), **options))

@@ -18,13 +18,15 @@ from zoomq.render.request import RenderRequest
 from zoomq.render.schedulers import NAMES as SCHEDULERS
 from zoomq.web import present, security, submission
 from zoomq.web.app import job_or_404, web
-from zoomq.zoom.settings import DIRECTIONS, ZoomSettings
+from zoomq.zoom.settings import DIRECTIONS, DefaultSeam, ZoomSettings
 
 bp = Blueprint("pages", __name__)
 
 
 def _defaults(cls) -> dict:
-    return {f.name: f.default for f in fields(cls) if f.default not in (None, MISSING)}
+    """Pre-filled form values; the default seam is left blank, as it narrows to fit small sizes."""
+    return {f.name: f.default for f in fields(cls)
+            if f.default not in (None, MISSING) and not isinstance(f.default, DefaultSeam)}
 
 
 @bp.app_context_processor

@@ -20,6 +20,17 @@ from zoomq.render.request import check_guidance, check_guidance_cutoff, check_se
 DIRECTIONS = ("out", "in")
 
 
+class DefaultSeam(int):
+    """The seam nobody asked for: 16 wherever it is read, but ``validate`` narrows it (with a
+    warning) where size and mask width leave less room, while a seam someone gave must fit."""
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+
+DEFAULT_SEAM = DefaultSeam(16)
+
+
 @dataclass(frozen=True)
 class PromptChange:
     """From keyframe ``keyframe`` on, render with these prompts."""
@@ -44,10 +55,11 @@ class ZoomSettings:
     guidance: float = 7.5
     guidance_cutoff: float = 1.0
     scheduler: str = "default"
-    seam: int = 16
+    seam: int | None = DEFAULT_SEAM  # None, too, means the default
     schedule: tuple[PromptChange, ...] = ()
     gif: bool = False
     init_image: str | None = field(default=None)  # path of keyframe 0, when given
+    warnings: tuple[str, ...] = ()  # what validate() changed on its own; travels with the job
 
     def with_seed(self) -> "ZoomSettings":
         return self if self.seed is not None else replace(self, seed=secrets.randbelow(2**32))
@@ -74,12 +86,14 @@ class ZoomSettings:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["schedule"] = [asdict(c) for c in self.schedule]
+        data["warnings"] = list(self.warnings)
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ZoomSettings":
         data = dict(data)
         data["schedule"] = tuple(PromptChange(**c) for c in data.get("schedule", ()))
+        data["warnings"] = tuple(data.get("warnings", ()))
         return cls(**data)
 
 
@@ -146,12 +160,21 @@ def _direction(value) -> str:
     return value
 
 
-def _seam(value, size: int, mask_width: int) -> int:
-    seam = number("seam", value, int)
+def _seam(value, size: int, mask_width: int) -> tuple[int, tuple[str, ...]]:
+    """The seam and any warning: the default shrinks to the largest that fits (a small size or a
+    wide mask leaves no room for it), a given seam must fit."""
     inner = size - 2 * mask_width
-    if not 0 <= seam <= inner // 4:
-        raise InvalidParameter("seam", seam, f"must be between 0 and {inner // 4} (a quarter of the pasted square)")
-    return seam
+    limit = inner // 4
+    if value is None or isinstance(value, DefaultSeam):
+        if DEFAULT_SEAM <= limit:
+            return int(DEFAULT_SEAM), ()
+        return limit, (f"seam: the default {DEFAULT_SEAM} px is too wide for size {size} with mask width "
+                       f"{mask_width} (at most {limit}: a quarter of the {inner} px pasted square); using {limit} px; "
+                       f"give a seam from 0 to {limit} to choose another",)
+    seam = number("seam", value, int)
+    if not 0 <= seam <= limit:
+        raise InvalidParameter("seam", seam, f"must be between 0 and {limit} (a quarter of the pasted square)")
+    return seam, ()
 
 
 def _schedule_fits(schedule: tuple[PromptChange, ...], keyframes: int) -> None:
@@ -163,8 +186,9 @@ def _schedule_fits(schedule: tuple[PromptChange, ...], keyframes: int) -> None:
 
 
 def validate(s: ZoomSettings) -> ZoomSettings:
-    """Check every setting; returns the settings with a concrete seed. Raises ``InvalidParameter``,
-    or ``InvalidParameters`` when several settings are wrong."""
+    """Check every setting; returns the settings with a concrete seed and seam, and in ``warnings``
+    what it chose for the caller. Raises ``InvalidParameter``, or ``InvalidParameters`` when several
+    settings are wrong."""
     checks = Checks()
     checks(check_text, "prompt", s.prompt)
     checks(check_text, "negative_prompt", s.negative_prompt)
@@ -178,7 +202,9 @@ def validate(s: ZoomSettings) -> ZoomSettings:
     guidance = checks(check_guidance, s.guidance)
     cutoff = checks(check_guidance_cutoff, s.guidance_cutoff)
     checks(schedulers.check_name, s.scheduler)
-    seam = checks(_seam, s.seam, size, mask_width) if mask_width is not None else None
+    seam, notes = None, ()
+    if mask_width is not None:
+        seam, notes = checks(_seam, s.seam, size, mask_width) or (None, ())
     checks(check_seed, s.seed)
     if keyframes is not None:
         checks(_schedule_fits, s.schedule, keyframes)
@@ -187,3 +213,4 @@ def validate(s: ZoomSettings) -> ZoomSettings:
         s, keyframes=keyframes, size=size, mask_width=mask_width, interpolation_frames=frames, fps=fps,
         steps=steps, guidance=guidance, guidance_cutoff=cutoff, seam=seam,
     ).with_seed()
+        warnings=tuple(dict.fromkeys((*s.warnings, *notes))),  # validating again adds nothing

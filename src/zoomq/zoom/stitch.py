@@ -49,6 +49,7 @@ def stitch(segments: list[Path], settings: ZoomSettings, out: Path, keyframes: l
             "pix_fmt": info.pix_fmt,
         },
         "gif": gif_path(out).name if settings.gif else None,
+        "warnings": list(settings.warnings),  # what validation chose on its own, e.g. a narrower seam
     }
     tmp = sidecar_path(out).with_suffix(".json.part")
     tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
