@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest_plugins = ["s3server"]  # fixtures moto_server and s3_bucket: a real S3-compatible server
+# s3server: fixtures moto_server and s3_bucket, a real S3-compatible server; webapp: server, make_client
+pytest_plugins = ["s3server", "webapp"]
 
 
 def pytest_configure(config):
@@ -118,3 +119,20 @@ def tiny_inpaint_f2(models_dir) -> Path:
     from zoomq.model_prep.prepare import prepare_random
 
     return prepare_random(models_dir / "inpaint-f2", full=False, inpainting=True, size=F2_SIZE, latent_factor=2).folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t2i_taesd(models_dir) -> Path:
+    """``tiny_t2i``'s model (the same weights) carrying a random-weight TAESD decoder, whose
+    diffusers folder it keeps in ``diffusers/tiny_autoencoder``."""
+    from zoomq.model_prep.prepare import prepare_random
+
+    return prepare_random(models_dir / "t2i-taesd", full=False, tiny_autoencoder="random").folder
+
+
+@pytest.fixture(scope="session")
+def tiny_turbo(models_dir) -> Path:
+    """A miniature SD-Turbo kind: the miniature SD2 text-to-image model with SD-Turbo's scheduler."""
+    from zoomq.model_prep.prepare import prepare_random
+
+    return prepare_random(models_dir / "turbo", full=False, turbo=True).folder

@@ -1,5 +1,6 @@
 """Zoom videos end to end on the miniature inpainting model: the file a player gets, the schedule,
-seeds, direction, bad input and flat memory."""
+seeds, direction, bad input and flat memory; the keyframe-level behaviour on both kinds of model
+(a text-to-image one outpaints by latent blending; test_zoom_t2i.py has its parity and more)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from zoomq.render import png
 from zoomq.render.pipeline import Renderer
 from zoomq.zoom import video
 from zoomq.zoom.compose import render_zoom
-from zoomq.zoom.settings import PromptChange, ZoomSettings
+from zoomq.zoom.settings import PromptChange, ZoomSettings, validate
 
 SMALL = dict(size=128, mask_width=32, interpolation_frames=6, steps=3, fps=24)
 
@@ -23,6 +24,12 @@ SMALL = dict(size=128, mask_width=32, interpolation_frames=6, steps=3, fps=24)
 @pytest.fixture(scope="module")
 def renderer(tiny_inpaint):
     return Renderer(tiny_inpaint)
+
+
+@pytest.fixture(scope="module", params=["tiny_inpaint", "tiny_t2i"])
+def any_renderer(request):
+    """Each kind of model a zoom runs on: inpainting (recommended) and text-to-image."""
+    return Renderer(request.getfixturevalue(request.param))
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +88,10 @@ def test_sidecar_and_keyframes_record_the_recipe(zoom_out, renderer):
     for k, kf in enumerate(sidecar["keyframes"]):
         recipe = png.read_recipe(result.video.parent / kf["file"])
         assert recipe["keyframe"] == k and recipe["seed"] == seeds[k] and recipe["prompt"] == prompts[k][0]
-    # the sidecar alone is enough to render the same keyframes again
+    # the sidecar alone is enough to render the same keyframes again: it holds the settings as
+    # rendered, the model's defaults filled in (guidance was left out)
     again = ZoomSettings.from_dict(sidecar["settings"])
-    assert again == settings
+    assert again == validate(settings, renderer.defaults) and again.guidance == 7.5
 
 
 def test_same_seed_same_frames_and_other_seed_differs(zoom_out, renderer, tmp_path):
@@ -137,16 +145,16 @@ def test_video_frames_follow_the_keyframes(zoom_out):
             assert psnr(luma(frames[i + 1]), luma(kf)) < 25, k  # the check can tell frames apart
 
 
-def test_init_image_becomes_keyframe_zero(renderer, tmp_path):
+def test_init_image_becomes_keyframe_zero(any_renderer, tmp_path):
     init = tmp_path / "init.png"
     Image.effect_noise((200, 160), 40).convert("RGB").save(init)
-    result = render_zoom(renderer, ZoomSettings("x", keyframes=2, seed=1, init_image=str(init), **SMALL),
+    result = render_zoom(any_renderer, ZoomSettings("x", keyframes=2, seed=1, init_image=str(init), **SMALL),
                          tmp_path / "z.mp4")
     kf0 = Image.open(result.keyframes_dir / "keyframe-000.png")
     assert kf0.size == (128, 128) and png.read_recipe(result.keyframes_dir / "keyframe-000.png")["mode"] == "init-image"
 
 
-def test_cancel_stops_the_zoom(renderer, tmp_path):
+def test_cancel_stops_the_zoom(any_renderer, tmp_path):
     calls = []
 
     def progress(stage, done, total):
@@ -154,7 +162,7 @@ def test_cancel_stops_the_zoom(renderer, tmp_path):
         return not stage.startswith("keyframe 2")
 
     with pytest.raises(RenderCancelled):
-        render_zoom(renderer, ZoomSettings("x", keyframes=3, seed=1, **SMALL), tmp_path / "c.mp4", progress)
+        render_zoom(any_renderer, ZoomSettings("x", keyframes=3, seed=1, **SMALL), tmp_path / "c.mp4", progress)
     assert not (tmp_path / "c.mp4").exists()
     assert not list(tmp_path.glob(".c.segments"))
 
@@ -190,9 +198,15 @@ def test_bad_zoom_input_is_one_line_and_exit_2(tiny_inpaint, tmp_path, capsys, a
     assert not (tmp_path / "z.mp4").exists()
 
 
-def test_text_to_image_model_is_refused_for_zoom(tiny_t2i, tmp_path, capsys):
-    code, _, err = run_cli("render", "zoom", "x", "--model", tiny_t2i, "--out", tmp_path / "z.mp4", capsys=capsys)
-    assert code == 2 and "needs an inpainting model" in err
+def test_text_to_image_model_zooms_with_a_note(tiny_t2i, tmp_path, capsys):
+    """Once refused; now a text-to-image model outpaints by latent blending, and the CLI says the
+    inpainting model stays the better choice."""
+    code, _, err = run_cli("render", "zoom", "x", "--model", tiny_t2i, "--keyframes", "2", "--size", "128",
+                           "--mask-width", "32", "--interpolation-frames", "2", "--steps", "2", "--seed", "1",
+                           "--out", tmp_path / "z.mp4", capsys=capsys)
+    assert code == 0, err
+    assert "latent blending" in err and "inpainting model" in err
+    assert video.probe(tmp_path / "z.mp4").frames == 3
 
 
 def _peak_rss_of_zoom(model, out, keyframes: int) -> int:

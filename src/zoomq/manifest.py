@@ -18,6 +18,13 @@ from zoomq.errors import ModelError
 MANIFEST = "zoomq.json"
 FORMAT = 1
 IR_PARTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+#: The tiny autoencoder's decoder (TAESD), an extra part a model may carry (``--tiny-autoencoder``).
+TINY_DECODER = "tiny_vae_decoder"
+OPTIONAL_IR_PARTS = (TINY_DECODER,)
+#: How to give a model the tiny decoder, for the errors that find none.
+TINY_HINT = ("add one to the model with `zoomq prepare --model SOURCE --out MODEL_DIR --tiny-autoencoder "
+             "madebyollin/taesd` (or a local AutoencoderTiny folder; `--tiny-autoencoder random` for a "
+             "random-weight model)")
 # A random-weight model keeps its diffusers source here, VAE config included (see prepare_random).
 _VAE_CONFIG = "diffusers/vae/config.json"
 
@@ -31,8 +38,10 @@ def sha256_file(path: Path) -> str:
 
 
 def hashed_files(folder: Path) -> dict[str, str]:
-    """sha256 of every file of the prepared model (IR, tokenizer, scheduler), by relative path."""
+    """sha256 of every file of the prepared model (IR, extra parts it has, tokenizer, scheduler), by
+    relative path."""
     names = [f"{p}.{ext}" for p in IR_PARTS for ext in ("xml", "bin")]
+    names += [f"{p}.{ext}" for p in OPTIONAL_IR_PARTS if (folder / f"{p}.xml").is_file() for ext in ("xml", "bin")]
     for sub in ("tokenizer", "scheduler"):
         names += sorted(str(p.relative_to(folder)) for p in (folder / sub).rglob("*") if p.is_file())
     return {name: sha256_file(folder / name) for name in names}
@@ -79,6 +88,35 @@ class Manifest:
         when the model was prepared; for a manifest without it, from the VAE's config, else SD2's 8."""
         recorded = self.kind.get("vae_scale_factor")
         return int(recorded) if recorded else vae_config_factor(self.folder)
+
+    @property
+    def variant(self) -> str:
+        """``turbo`` for a few-step distilled model (SD-Turbo), else ``standard``: as recorded when
+        the model was prepared; for a manifest without it, from the scheduler config it keeps."""
+        from zoomq.model_prep.detect import variant_of  # detect imports this module
+
+        recorded = self.kind.get("variant")
+        if recorded:
+            return recorded
+        try:
+            scheduler = json.loads((self.folder / "scheduler" / "scheduler_config.json").read_text())
+        except (OSError, ValueError):
+            scheduler = {}
+        return variant_of(scheduler)
+
+    @property
+    def defaults(self) -> dict:
+        """What a render uses for the steps, guidance and scheduler a request leaves out: the
+        model's own (1 step and no guidance for SD-Turbo), as recorded when it was prepared, else
+        its variant's."""
+        from zoomq.model_prep.detect import DEFAULTS
+
+        return dict(self.kind.get("defaults") or DEFAULTS[self.variant])
+
+    @property
+    def decoders(self) -> tuple[str, ...]:
+        """The decoders a render may choose: ``full`` always, ``tiny`` when the model carries TAESD."""
+        return ("full", "tiny") if self.data.get("tiny_autoencoder") else ("full",)
 
     def verify_files(self) -> None:
         """Re-hash every file and raise ``ModelError`` on the first that changed or is missing."""

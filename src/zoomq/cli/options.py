@@ -8,6 +8,7 @@ from pathlib import Path
 
 from zoomq.errors import InvalidParameter
 from zoomq.render import schedulers
+from zoomq.render.request import DECODERS
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -19,6 +20,11 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, int(m.group(2) or width)
 
 
+#: What the model's defaults are, for help texts (the model's manifest says; see Manifest.defaults).
+STEPS_DEFAULT = "20; SD-Turbo 1"
+GUIDANCE_DEFAULT = "7.5; SD-Turbo 0"
+DECODER_HELP = ("full: the model's VAE decoder (default); tiny: TAESD's, a small fraction of the cost, less fine "
+                "detail; needs a model prepared with --tiny-autoencoder")
 CUTOFF_HELP = ("fast mode: use guidance for this fraction of the steps only, then run the UNet once per "
                "step instead of twice (default 1 = every step; 0.5 saves about a quarter of the time)")
 
@@ -26,8 +32,8 @@ CUTOFF_HELP = ("fast mode: use guidance for this fraction of the steps only, the
 def add_image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt")
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default 7.5; ≤ 1 = off)")
+    p.add_argument("--steps", type=int, help=f"denoising steps (default: the model's, {STEPS_DEFAULT})")
+    p.add_argument("--guidance", type=float, help=f"guidance scale, ≤ 1 = off (default: the model's, {GUIDANCE_DEFAULT})")
     p.add_argument("--guidance-cutoff", type=float, default=1.0, help=CUTOFF_HELP)
     p.add_argument("--seed", type=int, help="random seed (default: a random one, recorded in the PNG)")
     p.add_argument("--scheduler", default="default", help=f"one of {', '.join(schedulers.NAMES)}")
@@ -36,6 +42,7 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, help="how much to change the init image, (0, 1]")
     p.add_argument("--mask", type=Path, help="inpainting mask, white = repaint")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    p.add_argument("--decoder", choices=DECODERS, default="full", help=DECODER_HELP)
 
 
 def image_options(args: argparse.Namespace) -> dict:
@@ -48,6 +55,7 @@ def image_options(args: argparse.Namespace) -> dict:
     return dict(
         prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
         guidance_cutoff=args.guidance_cutoff, seed=args.seed, scheduler=args.scheduler, width=width, height=height, strength=args.strength, eta=args.eta,
+        decoder=args.decoder,
         init_image=png.load_image(args.init_image, "init_image") if args.init_image else None,
         mask=png.load_image(args.mask, "mask", mode="L") if args.mask else None,
     )
@@ -68,10 +76,13 @@ def add_zoom_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=int, default=d.fps, help=f"frames per second (default {d.fps})")
     p.add_argument("--direction", choices=DIRECTIONS, default=d.direction, help="zoom out (default) or in")
     p.add_argument("--seed", type=int, help="job seed; each keyframe's seed derives from it (default: random)")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"denoising steps per keyframe (default {d.steps})")
-    p.add_argument("--guidance", type=float, default=d.guidance, help=f"guidance scale (default {d.guidance})")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help=f"denoising steps per keyframe (default: the model's, {STEPS_DEFAULT})")
+    p.add_argument("--guidance", type=float, default=d.guidance,
+                   help=f"guidance scale (default: the model's, {GUIDANCE_DEFAULT})")
     p.add_argument("--guidance-cutoff", type=float, default=d.guidance_cutoff, help=CUTOFF_HELP)
     p.add_argument("--scheduler", default=d.scheduler, help=f"one of {', '.join(schedulers.NAMES)}")
+    p.add_argument("--decoder", choices=DECODERS, default=d.decoder, help=DECODER_HELP)
     p.add_argument("--seam", type=int, default=None,  # None: the default, narrowed where it does not fit
                    help=f"px of feathered blend at the pasted square (default {DEFAULT_SEAM}, or the most that "
                    "--size and --mask-width leave room for; 0 = the notebook exactly)")
@@ -91,7 +102,7 @@ def zoom_options(args: argparse.Namespace) -> dict:
         prompt=args.prompt, negative_prompt=args.negative_prompt, keyframes=args.keyframes, size=args.size,
         mask_width=args.mask_width, interpolation_frames=args.interpolation_frames, fps=args.fps,
         direction=args.direction, seed=args.seed, steps=args.steps, guidance=args.guidance,
-        guidance_cutoff=args.guidance_cutoff, scheduler=args.scheduler, seam=args.seam,
+        guidance_cutoff=args.guidance_cutoff, scheduler=args.scheduler, seam=args.seam, decoder=args.decoder,
         schedule=load_schedule(args.prompt_schedule) if args.prompt_schedule else (),
         gif=args.gif, init_image=str(args.init_image) if args.init_image else None,
     )

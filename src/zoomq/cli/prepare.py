@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--via-onnx", action="store_true", help="export through ONNX (the notebook's route)")
     p.add_argument("--weights", choices=WEIGHTS, default="fp16", help="fp16 (default); int8: weight-only, smaller, not faster; int8-hybrid: the UNet quantized "
                    "with NNCF and calibrated on its own denoising inputs, faster, changes the picture a little")
+    p.add_argument("--tiny-autoencoder", metavar="ID|DIR|random",
+                   help="also convert this tiny autoencoder (TAESD: madebyollin/taesd, or a folder saved by "
+                   "diffusers' AutoencoderTiny; `random`: random weights, for tests and benchmarks) so renders "
+                   "can choose --decoder tiny; given for a model already in --out, it is added in place")
     random = p.add_argument_group("random models (--tiny, --full-size-random)")
     random.add_argument("--inpainting", action="store_true", help="9-channel inpainting UNet")
     random.add_argument("--size", type=int, help="native size in px (default 256 tiny, 512 full-size)")
@@ -32,16 +36,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon", help="default epsilon"
     )
     random.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
+    random.add_argument("--turbo", action="store_true",
+                        help="SD-Turbo's scheduler (Euler, trailing spacing): an SD-Turbo kind, 1 step without "
+                        "guidance by default")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     route = "onnx" if args.via_onnx else "direct"
     if args.model:
-        if args.inpainting or args.size or args.prediction_type != "epsilon":
-            print("zoomq: note: --inpainting/--size/--prediction-type apply to random models; "
+        if args.inpainting or args.size or args.prediction_type != "epsilon" or args.turbo:
+            print("zoomq: note: --inpainting/--size/--prediction-type/--turbo apply to random models; "
                   "a real model's kind is read from its config")
-        manifest = prepare(args.model, args.out, route=route, weights=args.weights, report=_say)
+        manifest = prepare(args.model, args.out, route=route, weights=args.weights, report=_say,
+                           tiny_autoencoder=args.tiny_autoencoder)
     else:
         manifest = prepare_random(
             args.out,
@@ -53,9 +61,17 @@ def run(args: argparse.Namespace) -> int:
             route=route,
             weights=args.weights,
             report=_say,
+            turbo=args.turbo,
+            tiny_autoencoder=args.tiny_autoencoder,
         )
     kind = manifest.kind
-    print(f"{manifest.folder}: {kind['task']} model, {kind['native_size']} px, {kind['prediction_type']}")
+    defaults = manifest.defaults
+    turbo = " (SD-Turbo kind)" if manifest.variant == "turbo" else ""
+    print(f"{manifest.folder}: {kind['task']} model{turbo}, {kind['native_size']} px, {kind['prediction_type']}; "
+          f"defaults: {defaults['steps']} steps, guidance {defaults['guidance']:g}")
+    if "tiny" in manifest.decoders:
+        print(f"{manifest.folder}: tiny decoder (TAESD, {manifest.data['tiny_autoencoder']['source']}): "
+              "renders may choose --decoder tiny")
     return 0
 
 

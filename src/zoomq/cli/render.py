@@ -25,12 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = what.add_parser(
         "zoom",
-        help="an infinite-zoom video (needs an inpainting model)",
+        help="an infinite-zoom video (an inpainting model is best; any text-to-image model works)",
         description="Render an infinite-zoom video: keyframes by outpainting, frames interpolated "
-        "between them, H.264 MP4 plus a sidecar JSON and the keyframes as PNGs.",
+        "between them, H.264 MP4 plus a sidecar JSON and the keyframes as PNGs. An inpainting model "
+        "outpaints best; a text-to-image model (SD-Turbo included) outpaints by latent blending.",
     )
     add_zoom_options(p)
-    p.add_argument("--model", required=True, type=Path, help="prepared inpainting model folder")
+    p.add_argument("--model", required=True, type=Path,
+                   help="prepared model folder (inpainting recommended, or text-to-image)")
     p.add_argument("--out", required=True, type=Path, help="output MP4")
     p.set_defaults(run=run_zoom)
 
@@ -91,15 +93,24 @@ def as_option(warning: str) -> str:
 
 
 def run_zoom(args: argparse.Namespace) -> int:
+    from zoomq import manifest
+    from zoomq.errors import ModelError
     from zoomq.render.pipeline import Renderer
     from zoomq.zoom.compose import render_zoom
+    from zoomq.zoom.keyframe import BLEND_NOTE
     from zoomq.zoom.settings import ZoomSettings, validate
 
     check_out(args.out, ".mp4")
-    settings = validate(ZoomSettings(**zoom_options(args)))
+    try:  # the model's defaults fill the steps and guidance not given
+        defaults = manifest.read(args.model).defaults
+    except ModelError:  # bad settings are still named first; Renderer() says what the model lacks
+        defaults = None
+    settings = validate(ZoomSettings(**zoom_options(args)), defaults)
     for warning in settings.warnings:
         print(f"zoomq: warning: {as_option(warning)}", file=sys.stderr)
     renderer = Renderer(args.model)
+    if renderer.task == "text-to-image":
+        print(f"zoomq: note: {args.model} {BLEND_NOTE}", file=sys.stderr)
     bar = Bar("step")
     try:
         result = render_zoom(renderer, settings, args.out, lambda stage, done, total: bar.update(done, total, stage))

@@ -4,7 +4,7 @@ demo, full-size ones for benchmarks (speed does not depend on weight values).
 Both keep the SD2 traits that matter to conversion and rendering: linear-projection attention,
 an OpenCLIP-style text encoder (GELU, pad token ``!``), a VAE with 8× downsampling (another
 power of two on request, to test that nothing assumes 8), a 4- or 9-channel UNet and a
-selectable prediction type.
+selectable prediction type; with ``turbo``, SD-Turbo's scheduler (the rest of SD-Turbo is SD 2.1).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
@@ -32,6 +33,18 @@ _SCHEDULER_BASE = dict(
     clip_sample=False,
     set_alpha_to_one=False,
     steps_offset=1,
+)
+#: stabilityai/sd-turbo's scheduler: Euler, trailing timestep spacing, epsilon prediction.
+TURBO_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    interpolation_type="linear",
+    prediction_type="epsilon",
+    steps_offset=1,
+    timestep_spacing="trailing",
+    use_karras_sigmas=False,
 )
 
 
@@ -127,8 +140,10 @@ def build_random_pipeline(
     prediction_type: str,
     seed: int = 0,
     latent_factor: int = 8,
+    turbo: bool = False,
 ) -> None:
-    """Build a seeded random SD2 pipeline and save it as a diffusers folder.
+    """Build a seeded random SD2 pipeline and save it as a diffusers folder; ``turbo`` gives it
+    SD-Turbo's scheduler config (epsilon prediction only, as SD-Turbo).
 
     ``size`` is the native image side in pixels (a multiple of 8 and of ``latent_factor``, the
     VAE's downsampling); the same arguments always give the same weights.
@@ -142,7 +157,11 @@ def build_random_pipeline(
     torch.manual_seed(seed + 2)
     text_encoder = _text_encoder(full)
     tokenizer = write_tokenizer(Path(folder) / "tokenizer")
-    if prediction_type == "v_prediction":
+    if turbo:
+        if prediction_type != "epsilon":
+            raise ValueError("SD-Turbo predicts epsilon; a turbo model takes no other prediction type")
+        scheduler = EulerDiscreteScheduler.from_config(TURBO_SCHEDULER)
+    elif prediction_type == "v_prediction":
         scheduler = DDIMScheduler.from_config({**_SCHEDULER_BASE, "prediction_type": prediction_type})
     else:  # like 2.1-base and 2-inpainting; from_config ignores the DDIM-only keys as diffusers does
         scheduler = PNDMScheduler.from_config(

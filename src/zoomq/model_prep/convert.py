@@ -92,6 +92,17 @@ class _VaeDecoder(torch.nn.Module):
         return self.model.decode(latents, return_dict=False)[0]
 
 
+class _TinyDecoder(torch.nn.Module):
+    """TAESD's decoder: takes the UNet's latents as they are (scaling factor 1.0), gives [-1, 1]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, latents):
+        return self.model.decode(latents, return_dict=False)[0]
+
+
 @dataclass(frozen=True)
 class Part:
     """One IR file to produce: its name, how to build the torch module, its inputs."""
@@ -142,6 +153,19 @@ def parts(folder: Path, in_channels: int, text_hidden: int, latent_channels: int
             ),
         ),
     ]
+
+
+def tiny_decoder_part(latent_channels: int) -> Part:
+    """The decoder of a tiny autoencoder (``AutoencoderTiny``) saved in a folder of its own."""
+    from diffusers import AutoencoderTiny
+
+    from zoomq.manifest import TINY_DECODER
+
+    return Part(
+        TINY_DECODER,
+        lambda p: _TinyDecoder(AutoencoderTiny.from_pretrained(p, torch_dtype=torch.float32)),
+        (("latents", [-1, latent_channels, -1, -1], lambda: torch.zeros(1, latent_channels, 8, 8)),),
+    )
 
 
 def _name_io(model: ov.Model, part: Part) -> ov.Model:

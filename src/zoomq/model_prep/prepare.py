@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,6 +21,7 @@ from typing import Callable, Iterator
 from zoomq import __version__
 from zoomq import manifest as mf
 from zoomq.errors import ModelError, PrepareError, ZoomqError
+from zoomq.model_prep import tiny_autoencoder as taesd
 from zoomq.model_prep.detect import ModelKind, detect
 
 log = logging.getLogger(__name__)
@@ -167,8 +169,10 @@ def _convert(
     route: str,
     weights: str,
     report: Callable[[str], None],
+    tiny: Callable[[Path], dict] | None = None,
 ) -> None:
-    """Convert the diffusers folder ``source_dir`` into ``stage``; the manifest comes last."""
+    """Convert the diffusers folder ``source_dir`` into ``stage``; the manifest comes last.
+    ``tiny`` converts a tiny autoencoder into a folder and returns its manifest record."""
     from zoomq.model_prep.convert import CONVERSION, convert_part, parts
 
     report(f"{source}: {kind.family} {kind.task}, {kind.native_size} px, {kind.prediction_type}")
@@ -179,6 +183,7 @@ def _convert(
     for part in parts(source_dir, kind.unet_in_channels, kind.text_hidden_size, kind.latent_channels):
         report(f"converting {part.name} ({route}, {part_weights} weights)")
         convert_part(source_dir, part, stage, route=route, weights=part_weights)
+    tiny_record = tiny(stage) if tiny is not None else None
     data = {
         "source": source,
         "source_kind": source_kind,
@@ -190,12 +195,84 @@ def _convert(
         "files": mf.hashed_files(stage),
         "versions": _versions(),
     }
+    if tiny_record:
+        data["tiny_autoencoder"] = tiny_record
     mf.write(stage, data)
     if weights == "int8-hybrid":
         from zoomq.model_prep.hybrid import quantize_unet
 
         quantize_unet(stage, report=report)
         mf.write(stage, {**data, "files": mf.hashed_files(stage)})
+
+
+def _tiny_wanted(out: Path, source: str, spec: str | None, seed: int) -> tuple[str, int, bool] | None:
+    """(spec, seed, asked) of the tiny autoencoder to give the model: the one asked for (``asked``),
+    else the one the model already in ``out`` has (a model prepared again keeps it); None for none."""
+    if spec is not None:
+        return spec, seed, True
+    try:
+        current = mf.read(out)
+    except ModelError:
+        return None
+    recorded = (current.data.get("tiny_autoencoder") or {}).get("source")
+    if current.data.get("source") != source or not recorded:
+        return None
+    kept_seed = taesd.seed_of(recorded)
+    return (taesd.RANDOM, kept_seed, False) if kept_seed is not None else (recorded, seed, False)
+
+
+def _tiny_converter(spec: str, seed: int, asked: bool, latent_channels: int, latent_factor: int, *, route: str,
+                    report: Callable[[str], None], keep: Callable[[Path], Path | None] = lambda dest: None,
+                    ) -> tuple[str, Callable[[Path], dict]]:
+    """The label of the tiny autoencoder ``spec`` (hub id, folder or ``random``) and a function
+    converting it into a folder, returning its manifest record. One ``asked`` for is fetched and
+    checked now, so a wrong one fails before the model's conversion (one kept from the model already
+    there only when it is converted: a model with nothing to do needs no network); ``keep(dest)``
+    says where a random one's diffusers folder stays (None: nowhere)."""
+    name = taesd.label(spec, seed)
+    found: list[Path] = []
+
+    def fetch() -> Path:
+        if not found:
+            found.append(taesd.resolve(spec))
+            taesd.check(found[0], spec, latent_channels, latent_factor)
+        return found[0]
+
+    if asked and spec != taesd.RANDOM:
+        fetch()
+
+    def convert(dest: Path) -> dict:
+        from zoomq.model_prep.convert import convert_part, tiny_decoder_part
+
+        with tempfile.TemporaryDirectory(prefix="zoomq-taesd-", dir=dest) as work:
+            if spec != taesd.RANDOM:
+                source_dir = fetch()
+            else:
+                report(f"building a random-weight tiny autoencoder (TAESD architecture, seed {seed})")
+                source_dir = taesd.build_random(keep(dest) or Path(work) / "taesd", seed=seed,
+                                                latent_channels=latent_channels, latent_factor=latent_factor)
+            report(f"converting {mf.TINY_DECODER} from {name} ({route}, fp16 weights)")
+            # fp16 whatever --weights says: int8 would save about 1 MB of 2.4 and change the picture
+            convert_part(source_dir, tiny_decoder_part(latent_channels), dest, route=route, weights="fp16")
+        return {"source": name, "part": mf.TINY_DECODER, "scaling_factor": 1.0}
+
+    return name, convert
+
+
+def _add_tiny(out: Path, current: mf.Manifest, convert: Callable[[Path], dict]) -> None:
+    """Give the model in ``out`` a tiny autoencoder, or another one, in place: the rest of the model
+    stays as it is. The manifest never lists part files that are not the ones it hashed."""
+    names = [f"{mf.TINY_DECODER}.{ext}" for ext in ("xml", "bin")]
+    data = dict(current.data)
+    files = {k: v for k, v in data["files"].items() if k not in names}
+    if data.pop("tiny_autoencoder", None):  # replacing one: first the manifest stops listing it
+        mf.write(out, {**data, "files": files})
+    with tempfile.TemporaryDirectory(prefix=".zoomq-tiny-", dir=out) as work:
+        record = convert(Path(work))
+        for name in names:
+            os.replace(Path(work) / name, out / name)
+    files.update({name: mf.sha256_file(out / name) for name in names})
+    mf.write(out, {**data, "tiny_autoencoder": record, "files": files})
 
 
 def _build(
@@ -206,9 +283,21 @@ def _build(
     weights: str,
     report: Callable[[str], None],
     fill: Callable[[Path], None],
+    tiny: tuple[str, Callable[[Path], dict]] | None = None,
 ) -> mf.Manifest:
-    """Run ``fill(stage)`` unless ``out`` already holds this model; move the result into place."""
+    """Run ``fill(stage)`` unless ``out`` already holds this model; move the result into place.
+    ``tiny``: (label, converter) of the tiny autoencoder the model should carry; one that a model
+    already in ``out`` lacks is added to it in place."""
     done = _existing(out, source, route, weights)
+    if done and tiny is not None and (done.data.get("tiny_autoencoder") or {}).get("source") != tiny[0]:
+        report(f"{out} already holds this model; adding the tiny autoencoder {tiny[0]}")
+        try:
+            _add_tiny(out, done, tiny[1])
+        except ZoomqError:
+            raise
+        except Exception as e:
+            raise PrepareError(f"adding the tiny autoencoder {tiny[0]} to {out} failed: {type(e).__name__}: {e}") from e
+        return mf.read(out)
     if done:
         report(f"{out} already holds this model; nothing to do")
         return done
@@ -238,20 +327,24 @@ def prepare(
     route: str = "direct",
     weights: str = "fp16",
     report: Callable[[str], None] = log.info,
+    tiny_autoencoder: str | None = None,
 ) -> mf.Manifest:
-    """Convert a diffusers SD2 pipeline (local folder or hub id) into the zoomq model folder ``out``."""
+    """Convert a diffusers SD2 pipeline (local folder or hub id) into the zoomq model folder ``out``;
+    ``tiny_autoencoder`` (hub id, ``AutoencoderTiny`` folder or ``random``) adds TAESD's decoder."""
     _check_options(route, weights)
     out = Path(out).expanduser().absolute()
     source_dir, source_kind = resolve_source(model)
     source = str(source_dir) if source_kind == "folder" else model
     kind = detect(source_dir)  # before anything is written: a wrong folder fails fast
+    wanted = _tiny_wanted(out, source, tiny_autoencoder, 0)
+    tiny = wanted and _tiny_converter(*wanted, kind.latent_channels, kind.vae_scale_factor, route=route, report=report)
 
     def fill(stage: Path) -> None:
         _check_space(stage, _weights_size(source_dir) * 3 // 4 + 2**20)
         _convert(source_dir, kind, stage, source=source, source_kind=source_kind, route=route, weights=weights,
-                 report=report)
+                 report=report, tiny=tiny and tiny[1])
 
-    return _build(out, source=source, route=route, weights=weights, report=report, fill=fill)
+    return _build(out, source=source, route=route, weights=weights, report=report, fill=fill, tiny=tiny)
 
 
 def prepare_random(
@@ -266,10 +359,15 @@ def prepare_random(
     weights: str = "fp16",
     latent_factor: int = 8,
     report: Callable[[str], None] = log.info,
+    tiny_autoencoder: str | None = None,
+    turbo: bool = False,
 ) -> mf.Manifest:
     """Build a seeded random-weight SD2 pipeline (miniature or full-size), keep its diffusers
     folder in ``out/diffusers`` and convert it into ``out``. ``latent_factor`` is its VAE's
-    downsampling: 8 as in every SD2 model, another power of two to test that nothing assumes 8."""
+    downsampling: 8 as in every SD2 model, another power of two to test that nothing assumes 8.
+    ``tiny_autoencoder``: as for ``prepare``; ``random`` builds one seeded ``seed + 3`` and keeps it
+    in ``out/diffusers/tiny_autoencoder``. ``turbo``: with SD-Turbo's scheduler, which makes the
+    model an SD-Turbo kind, its defaults included (see ``detect.variant_of``)."""
     from zoomq.model_prep.architectures import build_random_pipeline
 
     _check_options(route, weights)
@@ -277,12 +375,16 @@ def prepare_random(
     step = math.lcm(8, latent_factor)
     if size % step:
         raise PrepareError(f"--size {size}: must be a multiple of {step}")
+    if turbo and prediction_type != "epsilon":
+        raise PrepareError(f"--prediction-type {prediction_type}: SD-Turbo predicts epsilon; --turbo takes no other")
     out = Path(out).expanduser().absolute()
     label = "full-size-random" if full else "tiny"
     task = "inpainting" if inpainting else "text-to-image"
     source = f"{label}:{task}:{size}px:{prediction_type}:seed={seed}"
     if latent_factor != 8:  # the usual factor stays unnamed: sources of existing models keep their spelling
         source += f":latent-factor={latent_factor}"
+    if turbo:
+        source += ":turbo"
 
     def fill(stage: Path) -> None:
         report(f"building a {label} {task} SD2 pipeline ({size} px, {prediction_type}, seed {seed})")
@@ -294,8 +396,15 @@ def prepare_random(
             prediction_type=prediction_type,
             seed=seed,
             latent_factor=latent_factor,
+            turbo=turbo,
         )
         _convert(stage / "diffusers", detect(stage / "diffusers"), stage, source=source, source_kind=label, route=route, weights=weights,
-                 report=report)
+                 report=report, tiny=tiny and tiny[1])
 
-    return _build(out, source=source, route=route, weights=weights, report=report, fill=fill)
+    def keep(dest: Path) -> Path | None:  # beside the pipeline's diffusers folder: the stage's, or out's
+        base = dest if (dest / "diffusers").is_dir() else out
+        return base / taesd.KEPT if (base / "diffusers").is_dir() else None
+
+    wanted = _tiny_wanted(out, source, tiny_autoencoder, seed + 3)  # the random pipelines' latents: 4 channels
+    tiny = wanted and _tiny_converter(*wanted, 4, latent_factor, route=route, report=report, keep=keep)
+    return _build(out, source=source, route=route, weights=weights, report=report, fill=fill, tiny=tiny)

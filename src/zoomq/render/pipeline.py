@@ -27,8 +27,9 @@ from zoomq import manifest as mf
 from zoomq.config import Settings, settings as current_settings
 from zoomq.errors import RenderCancelled
 from zoomq.render import precision, schedulers
+from zoomq.render.blend import LatentBlend
 from zoomq.render.ov_models import CompiledParts
-from zoomq.render.request import RenderRequest, validate
+from zoomq.render.request import RenderRequest, check_decoder, validate
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,11 @@ class Renderer:
     def task(self) -> str:
         return self.kind["task"]
 
+    @property
+    def defaults(self) -> dict:
+        """Steps, guidance and scheduler of a request that leaves them out: the model's own."""
+        return self.manifest.defaults
+
     # -- building blocks -------------------------------------------------------------------
 
     def _tokens(self, text: str, warnings: list[str]) -> np.ndarray:
@@ -138,21 +144,39 @@ class Renderer:
         )
         return torch.from_numpy(out)
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Latents → float32 HWC image in [0, 1]."""
-        image = self.parts.run("vae_decoder", latents=(latents / self.kind["vae_scaling_factor"]).numpy())
+    @property
+    def decoders(self) -> tuple[str, ...]:
+        """The decoders this model offers: ``full``, and ``tiny`` when it carries TAESD."""
+        return self.manifest.decoders
+
+    def decode(self, latents: torch.Tensor, decoder: str = "full") -> np.ndarray:
+        """Latents → float32 HWC image in [0, 1], by the model's VAE decoder or (``tiny``) TAESD's,
+        which takes the UNet's latents as they are (its scaling factor is 1.0) at a small fraction
+        of the cost. Any step's latents will do (a preview). ``InvalidParameter`` for a decoder the
+        model lacks."""
+        check_decoder(decoder, self.decoders)
+        if decoder == "tiny":
+            image = self.parts.run(mf.TINY_DECODER, latents=latents.numpy())
+        else:
+            image = self.parts.run("vae_decoder", latents=(latents / self.kind["vae_scaling_factor"]).numpy())
         return self.image_processor.postprocess(torch.from_numpy(image), output_type="np")[0]
 
     # -- the pipeline ----------------------------------------------------------------------
 
     def render(self, request: RenderRequest, progress: Progress | None = None,
-               texts: TextCache | None = None) -> RenderResult:
+               texts: TextCache | None = None, latent_blend: bool = False) -> RenderResult:
         """Render one image; raises ``InvalidParameter`` for bad input, ``RenderCancelled`` on cancel.
-        ``texts`` shares prompt embeddings with other processes (see ``encode_text``)."""
-        req = validate(request.with_seed(), self.task, self.kind["native_size"], self.latent_factor)
+        ``texts`` shares prompt embeddings with other processes (see ``encode_text``);
+        ``latent_blend``: a text-to-image model may inpaint too (``LatentBlend``; zoom keyframes)."""
+        req = validate(request.with_seed(), self.task, self.kind["native_size"], self.latent_factor,
+                       self.defaults, latent_blend)
+        check_decoder(req.decoder, self.decoders)  # before any work: a model without TAESD says how to add it
         warnings: list[str] = []
         generator = torch.Generator("cpu").manual_seed(req.seed)
-        cfg = req.guidance > 1.0
+        cfg = req.guidance > 1.0  # as diffusers: guidance ≤ 1 runs the UNet on the prompt alone, batch 1
+        if req.negative_prompt and not cfg:
+            warnings.append(f"negative_prompt: unused: guidance {req.guidance:g} is off (≤ 1); "
+                            "a negative prompt steers only guided steps")
 
         # 1. text
         embeds = self.encode_text(req.prompt, warnings, texts)
@@ -175,24 +199,34 @@ class Renderer:
         # 3. initial latents, drawing from the generator in diffusers' order
         factor = self.latent_factor
         shape = (1, self.kind["latent_channels"], req.height // factor, req.width // factor)
-        mask = masked_latents = None
+        conditioning = blend = None  # inpainting: the 9-channel UNet's extra input, or a 4-channel one's blend
         if req.mode == "text-to-image":
             latents = randn_tensor(shape, generator=generator) * scheduler.init_noise_sigma
         else:
             image = self.image_processor.preprocess(req.init_image, height=req.height, width=req.width)
             image = image.to(torch.float32)
             full_strength = req.strength == 1.0
-            if req.mode == "inpainting" and full_strength:
+            blended = req.mode == "inpainting" and self.kind["unet_in_channels"] == 4
+            if req.mode == "inpainting" and full_strength and not blended:
                 latents = randn_tensor(shape, generator=generator) * scheduler.init_noise_sigma
-            else:
+            else:  # a blend needs the image's latents whatever the strength
                 image_latents = self._encode_image(image, generator)
                 noise = randn_tensor(image_latents.shape, generator=generator)
-                latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
+                if blended and full_strength:
+                    latents = noise * scheduler.init_noise_sigma
+                else:
+                    latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
             if req.mode == "inpainting":
                 mask_px = self.mask_processor.preprocess(req.mask, height=req.height, width=req.width)
-                masked_latents = self._encode_image(image * (mask_px < 0.5), generator)
                 mask = torch.nn.functional.interpolate(mask_px, size=shape[2:])
-                conditioning = torch.cat([mask, masked_latents], dim=1)
+                if blended:
+                    # diffusers encodes the masked image here for nothing (a 4-channel UNet takes no
+                    # conditioning); its one draw from the generator is all that shows: make just that.
+                    randn_tensor(image_latents.shape, generator=generator)
+                    blend = LatentBlend(image_latents, noise, mask, scheduler, timesteps)
+                else:
+                    masked_latents = self._encode_image(image * (mask_px < 0.5), generator)
+                    conditioning = torch.cat([mask, masked_latents], dim=1)
 
         # 4. denoise
         step_kwargs = {}
@@ -214,20 +248,22 @@ class Renderer:
             guided = i < guided_calls
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            if mask is not None:
+            if conditioning is not None:
                 model_input = torch.cat([model_input, torch.cat([conditioning] * len(model_input))], dim=1)
             noise_pred = self._unet(model_input, t, embeds if guided else embeds[-1:])
             if guided:
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + req.guidance * (cond - uncond)
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+            if blend is not None:
+                latents = blend(latents, i)
             if i == len(timesteps) - 1 or (i + 1 > warmup and (i + 1) % scheduler.order == 0):
                 done += 1
                 if progress is not None and progress(done, n_steps) is False:
                     raise RenderCancelled(f"render cancelled after step {done} of {n_steps}")
 
         # 5. decode
-        pixels = self.decode(latents)
+        pixels = self.decode(latents, req.decoder)
         image = Image.fromarray((pixels * 255).round().astype(np.uint8))
         return RenderResult(image=image, pixels=pixels, recipe=self.recipe(req), warnings=warnings)
 
@@ -241,6 +277,7 @@ class Renderer:
             "steps": req.steps,
             "guidance": req.guidance,
             "guidance_cutoff": req.guidance_cutoff,
+            "decoder": req.decoder,
             "scheduler": req.scheduler,
             "size": f"{req.width}x{req.height}",
             "eta": req.eta,

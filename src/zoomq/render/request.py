@@ -18,17 +18,21 @@ from zoomq.render import schedulers
 
 MAX_SIDE = 2048
 MAX_SEED = 2**64 - 1
+#: The defaults of a model that records none of its own (as ``detect.DEFAULTS["standard"]``).
+STANDARD_DEFAULTS = {"steps": 20, "guidance": 7.5, "scheduler": "default"}
 
 
 @dataclass(frozen=True)
 class RenderRequest:
     """One image render. ``init_image`` makes it image-to-image, ``mask`` (white = repaint)
-    makes it inpainting; ``width``/``height`` default to the init image's or the model's size."""
+    makes it inpainting; ``width``/``height`` default to the init image's or the model's size;
+    ``steps`` and ``guidance`` left at None take the model's defaults (``Manifest.defaults``:
+    20 and 7.5, SD-Turbo's 1 and 0)."""
 
     prompt: str
     negative_prompt: str = ""
-    steps: int = 20
-    guidance: float = 7.5
+    steps: int | None = None
+    guidance: float | None = None
     seed: int | None = None
     scheduler: str = "default"
     width: int | None = None
@@ -38,6 +42,7 @@ class RenderRequest:
     init_image: Image.Image | None = field(default=None, repr=False)
     mask: Image.Image | None = field(default=None, repr=False)
     guidance_cutoff: float = 1.0  # fraction of the steps that use guidance; later steps run batch 1
+    decoder: str = "full"  # "tiny": TAESD, when the model carries it (faster, less fine detail)
 
     @property
     def mode(self) -> str:
@@ -53,9 +58,13 @@ class RenderRequest:
 def number(param: str, value, kind=float):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidParameter(param, value, "must be a number")
-    if kind is int and not float(value).is_integer():
+    try:
+        as_float = float(value)
+    except OverflowError:  # a JSON integer past every float
+        raise InvalidParameter(param, f"<{len(str(abs(value)))}-digit number>", "is too large") from None
+    if kind is int and not as_float.is_integer():
         raise InvalidParameter(param, value, "must be a whole number")
-    if not math.isfinite(value):
+    if not math.isfinite(as_float):
         raise InvalidParameter(param, value, "must be finite")
     return kind(value)
 
@@ -125,46 +134,69 @@ def check_strength(value) -> float:
     return strength
 
 
-def _check_images(request: RenderRequest, task: str) -> None:
-    if task == "inpainting":
-        if request.mask is None:
+#: The decoders a render may ask for: the model's own VAE decoder, or TAESD's (``Manifest.decoders``).
+DECODERS = ("full", "tiny")
+
+
+def check_decoder(value, available: tuple[str, ...] = DECODERS) -> str:
+    """``value`` as a decoder name; ``available``: the model's decoders (``Manifest.decoders``)."""
+    if not isinstance(value, str) or value not in DECODERS:
+        raise InvalidParameter("decoder", value, "must be full or tiny")
+    if value not in available:
+        from zoomq.manifest import TINY_HINT
+
+        raise InvalidParameter("decoder", value, f"this model has no tiny decoder (TAESD); {TINY_HINT}")
+    return value
+
+
+def _check_images(request: RenderRequest, task: str, latent_blend: bool = False) -> None:
+    if task == "inpainting" and request.mask is None:
+        raise InvalidParameter(
+            "mask", None, "required: this is an inpainting model; give a mask (white = repaint)"
+        )
+    if request.mask is not None:
+        if task != "inpainting" and not latent_blend:
             raise InvalidParameter(
-                "mask", None, "required: this is an inpainting model; give a mask (white = repaint)"
+                "mask",
+                "<image>",
+                "this is a text-to-image model; masks need an inpainting model "
+                "(prepared from stabilityai/stable-diffusion-2-inpainting)",
             )
         if request.init_image is None:
             raise InvalidParameter("init_image", None, "required with a mask: the image to inpaint")
-    elif request.mask is not None:
-        raise InvalidParameter(
-            "mask",
-            "<image>",
-            "this is a text-to-image model; masks need an inpainting model "
-            "(prepared from stabilityai/stable-diffusion-2-inpainting)",
-        )
     if request.strength is not None and request.init_image is None:
         raise InvalidParameter("strength", request.strength, "needs an init image (image-to-image or inpainting)")
 
 
-def validate(request: RenderRequest, task: str, native_size: int, latent_factor: int = 8) -> RenderRequest:
+def validate(request: RenderRequest, task: str, native_size: int, latent_factor: int = 8,
+             defaults: dict | None = None, latent_blend: bool = False) -> RenderRequest:
     """Check ``request`` against a model of ``task`` and return it with defaults filled in;
-    ``latent_factor`` is the model's (see ``Manifest.latent_factor``).
+    ``latent_factor`` and ``defaults`` (steps, guidance, scheduler for those left at None) are the
+    model's (see ``Manifest.latent_factor`` and ``Manifest.defaults``). ``latent_blend``: a
+    text-to-image model may take a mask too, inpainting the way diffusers does with a 4-channel
+    UNet (zoom keyframes ask for it; image jobs need an inpainting model for a mask).
 
     Raises ``InvalidParameter`` for one problem, ``InvalidParameters`` for several fields at once.
     """
+    model = {**STANDARD_DEFAULTS, **(defaults or {})}
     checks = Checks()
     checks(check_text, "prompt", request.prompt)
     checks(check_text, "negative_prompt", request.negative_prompt)
-    steps = checks(check_steps, request.steps)
-    guidance = checks(check_guidance, request.guidance)
+    steps = checks(check_steps, model["steps"] if request.steps is None else request.steps)
+    guidance = checks(check_guidance, model["guidance"] if request.guidance is None else request.guidance)
     cutoff = checks(check_guidance_cutoff, request.guidance_cutoff)
     eta = checks(check_eta, request.eta)
     checks(check_seed, request.seed)
-    checks(schedulers.check_name, request.scheduler)
-    checks(_check_images, request, task)
+    checks(check_decoder, request.decoder)
+    scheduler = checks(schedulers.check_name, model["scheduler"] if request.scheduler is None else request.scheduler)
+    checks(_check_images, request, task, latent_blend)
     strength = request.strength
     if request.mode != "text-to-image":  # strength means nothing without an init image: left unset
         if strength is None:
             strength = 1.0 if request.mode == "inpainting" else 0.8
         strength = checks(check_strength, strength)
+    elif strength is not None:  # refused by _check_images, but a missing mask may have been found first
+        checks(check_strength, strength)
     default_w = default_h = native_size
     if request.init_image is not None:  # like diffusers: the init image's size, down to a whole step
         step = size_step(latent_factor)
@@ -172,10 +204,28 @@ def validate(request: RenderRequest, task: str, native_size: int, latent_factor:
     width = checks(check_size, "width", request.width if request.width is not None else default_w, latent_factor)
     height = checks(check_size, "height", request.height if request.height is not None else default_h, latent_factor)
     checks.raise_errors()
-    if strength is not None and int(steps * strength) < 1:
+    if strength is not None and int(steps * strength) < 1:  # diffusers' rule: int(steps × strength) ≥ 1
         raise InvalidParameter(
-            "strength", strength, f"leaves no denoising step of {steps}; raise --strength or --steps"
+            "strength", strength, f"leaves no denoising step of {steps} (steps × strength must reach 1: "
+            f"{_fewest_text(strength)}); raise --strength or --steps"
         )
     return replace(
-        request, steps=steps, guidance=guidance, guidance_cutoff=cutoff, eta=eta, strength=strength, width=width, height=height
+        request, steps=steps, guidance=guidance, guidance_cutoff=cutoff, eta=eta, strength=strength, width=width,
+        height=height, scheduler=scheduler,
     )
+
+
+def fewest_steps(strength: float) -> int | None:
+    """The fewest steps that leave one denoising step at ``strength`` (in (0, 1]) as diffusers
+    counts them, ``int(steps * strength) >= 1``; None below 1e-9, where no run is that long."""
+    if strength < 1e-9:
+        return None
+    steps = max(1, math.ceil(1 / strength))
+    while int(steps * strength) < 1:  # 1 / strength may round below the product's threshold: a step or two
+        steps += 1
+    return steps
+
+
+def _fewest_text(strength: float) -> str:
+    fewest = fewest_steps(strength)
+    return f"at this strength, {fewest} steps or more" if fewest else "no number of steps reaches it at this strength"

@@ -56,6 +56,9 @@ def describe_models(folders: list[Path]) -> dict[str, dict]:
             "task": m.task,
             "native_size": m.kind["native_size"],
             "latent_factor": m.latent_factor,
+            "decoders": list(m.decoders),  # ["full", "tiny"] when it carries TAESD (--tiny-autoencoder)
+            "variant": m.variant,
+            "defaults": m.defaults,  # steps, guidance, scheduler: the producer fills requests with them
         }
     return models
 

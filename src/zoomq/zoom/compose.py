@@ -13,6 +13,7 @@ from typing import Callable
 
 from zoomq.errors import RenderCancelled
 from zoomq.render.pipeline import Renderer
+from zoomq.render.request import check_decoder
 from zoomq.zoom.keyframe import check_model, keyframe_name, render_keyframe
 from zoomq.zoom.segment import frame_indices, render_segment, segment_name
 from zoomq.zoom.settings import ZoomSettings, validate
@@ -35,9 +36,11 @@ def keyframes_dir(out: Path) -> Path:
 
 
 def render_zoom(renderer: Renderer, settings: ZoomSettings, out: Path, progress: ZoomProgress | None = None) -> ZoomResult:
-    """Render the zoom video ``out`` (MP4), its keyframes beside it and its sidecar JSON."""
-    settings = validate(settings)
+    """Render the zoom video ``out`` (MP4), its keyframes beside it and its sidecar JSON; steps and
+    guidance left at None are the model's defaults."""
     check_model(renderer)
+    settings = validate(settings, renderer.defaults)
+    check_decoder(settings.decoder, renderer.decoders)  # before any keyframe is written
     out = Path(out)
     kf_dir = keyframes_dir(out)
     kf_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,8 @@
 """Keyframe unit: keyframe 0 from a blank, fully masked canvas (or the user's init image), and
-keyframe k+1 by outpainting keyframe k. Reads and writes PNG files that carry their recipe."""
+keyframe k+1 by outpainting keyframe k. Reads and writes PNG files that carry their recipe.
+
+Any model outpaints: an inpainting model (recommended) is told the mask, a text-to-image model
+(SD-Turbo included) blends the known part back into its latents every step (``LatentBlend``)."""
 
 from __future__ import annotations
 
@@ -22,12 +25,16 @@ def keyframe_name(k: int) -> str:
     return f"keyframe-{k:03d}.png"
 
 
+ZOOM_TASKS = ("inpainting", "text-to-image")
+#: Said where a zoom runs on a text-to-image model.
+BLEND_NOTE = ("is a text-to-image model: keyframes are outpainted by latent blending; an inpainting model "
+              "(stabilityai/stable-diffusion-2-inpainting) blends the new border more seamlessly")
+
+
 def check_model(renderer: Renderer) -> None:
-    if renderer.task != "inpainting":
-        raise ModelError(
-            f"{renderer.folder} is a {renderer.task} model; zoom outpaints and needs an inpainting model "
-            "(prepare stabilityai/stable-diffusion-2-inpainting, or `zoomq prepare --tiny --inpainting`)"
-        )
+    if renderer.task not in ZOOM_TASKS:
+        raise ModelError(f"{renderer.folder} is a {renderer.task} model; zoom needs an inpainting or a "
+                         "text-to-image model")
 
 
 def render_keyframe(
@@ -60,9 +67,9 @@ def render_keyframe(
             prompt=prompt, negative_prompt=negative, steps=settings.steps, guidance=settings.guidance,
             guidance_cutoff=settings.guidance_cutoff,
             seed=settings.keyframe_seed(k), scheduler=settings.scheduler, width=side, height=side,
-            init_image=canvas, mask=mask, strength=1.0,
+            init_image=canvas, mask=mask, strength=1.0, decoder=settings.decoder,
         )
-        result = renderer.render(request, progress, texts)
+        result = renderer.render(request, progress, texts, latent_blend=True)
         image = result.image
         if inner is not None:
             image = geometry.finish_keyframe(image, inner, settings.mask_width, settings.seam)

@@ -15,7 +15,17 @@ from pathlib import Path
 
 from zoomq.errors import Checks, InvalidParameter
 from zoomq.render import schedulers
-from zoomq.render.request import check_guidance, check_guidance_cutoff, check_seed, check_size, check_steps, check_text, number
+from zoomq.render.request import (
+    STANDARD_DEFAULTS,
+    check_decoder,
+    check_guidance,
+    check_guidance_cutoff,
+    check_seed,
+    check_size,
+    check_steps,
+    check_text,
+    number,
+)
 
 DIRECTIONS = ("out", "in")
 
@@ -51,10 +61,11 @@ class ZoomSettings:
     fps: int = 30
     direction: str = "out"
     seed: int | None = None
-    steps: int = 20
-    guidance: float = 7.5
+    steps: int | None = None  # None: the model's default (see validate)
+    guidance: float | None = None  # None: the model's default
     guidance_cutoff: float = 1.0
     scheduler: str = "default"
+    decoder: str = "full"  # of every keyframe: "tiny" (TAESD) when the model carries it
     seam: int | None = DEFAULT_SEAM  # None, too, means the default
     schedule: tuple[PromptChange, ...] = ()
     gif: bool = False
@@ -109,6 +120,8 @@ def parse_schedule(raw, param: str = "prompt_schedule") -> tuple[PromptChange, .
                 where, item, 'must be an object with "keyframe", "prompt" and optionally "negative_prompt"'
             )
         keyframe = item.get("keyframe")
+        if isinstance(keyframe, float) and keyframe.is_integer():  # JSON's 2.0 is the integer 2
+            keyframe = int(keyframe)
         if isinstance(keyframe, bool) or not isinstance(keyframe, int) or keyframe < 0:
             raise InvalidParameter(f"{where}.keyframe", keyframe, "must be a whole number ≥ 0")
         if not isinstance(item.get("prompt"), str):
@@ -185,10 +198,12 @@ def _schedule_fits(schedule: tuple[PromptChange, ...], keyframes: int) -> None:
             )
 
 
-def validate(s: ZoomSettings) -> ZoomSettings:
-    """Check every setting; returns the settings with a concrete seed and seam, and in ``warnings``
-    what it chose for the caller. Raises ``InvalidParameter``, or ``InvalidParameters`` when several
-    settings are wrong."""
+def validate(s: ZoomSettings, defaults: dict | None = None) -> ZoomSettings:
+    """Check every setting; returns the settings with a concrete seed and seam, steps and guidance
+    left at None filled from ``defaults`` (the model's, ``Manifest.defaults``; without them
+    SD2's 20 and 7.5), and in ``warnings`` what it chose for the caller. Raises
+    ``InvalidParameter``, or ``InvalidParameters`` when several settings are wrong."""
+    model = {**STANDARD_DEFAULTS, **(defaults or {})}
     checks = Checks()
     checks(check_text, "prompt", s.prompt)
     checks(check_text, "negative_prompt", s.negative_prompt)
@@ -198,10 +213,13 @@ def validate(s: ZoomSettings) -> ZoomSettings:
     frames = checks(_at_least, "interpolation_frames", s.interpolation_frames, 1)
     fps = checks(_fps, s.fps)
     checks(_direction, s.direction)
-    steps = checks(check_steps, s.steps)
-    guidance = checks(check_guidance, s.guidance)
+    if not isinstance(s.gif, bool):  # JSON gives any type
+        checks.add(InvalidParameter("gif", s.gif, "must be true or false"))
+    steps = checks(check_steps, model["steps"] if s.steps is None else s.steps)
+    guidance = checks(check_guidance, model["guidance"] if s.guidance is None else s.guidance)
     cutoff = checks(check_guidance_cutoff, s.guidance_cutoff)
     checks(schedulers.check_name, s.scheduler)
+    checks(check_decoder, s.decoder)
     seam, notes = None, ()
     if mask_width is not None:
         seam, notes = checks(_seam, s.seam, size, mask_width) or (None, ())
@@ -212,5 +230,5 @@ def validate(s: ZoomSettings) -> ZoomSettings:
     return replace(
         s, keyframes=keyframes, size=size, mask_width=mask_width, interpolation_frames=frames, fps=fps,
         steps=steps, guidance=guidance, guidance_cutoff=cutoff, seam=seam,
-    ).with_seed()
         warnings=tuple(dict.fromkeys((*s.warnings, *notes))),  # validating again adds nothing
+    ).with_seed()
