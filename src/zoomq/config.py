@@ -104,10 +104,24 @@ VARIABLES: tuple[Variable, ...] = (
         "Seconds without a heartbeat after which a running piece is given to another worker.",
     ),
     Variable(
+        "ZOOMQ_API_KEYS_FILE",
+        "",
+        "A file of named API keys, one per line: `NAME SHA256-OF-KEY [admin]` (`zoomq keys add NAME` makes a key "
+        "and writes its line; only hashes are kept, and read again when the file changes). With keys, every job "
+        "route needs one (`Authorization: Bearer <key>`, or the key field of the web form); a key sees, lists and "
+        "cancels only its own jobs, an `admin` key all of them.",
+    ),
+    Variable(
         "ZOOMQ_API_TOKEN",
         "",
-        "When set, submitting and cancelling need it: `Authorization: Bearer <token>` on the API, "
-        "the token field on the web form.",
+        "A single key, without a file: it acts as an admin key named `admin` (with `ZOOMQ_API_KEYS_FILE` or "
+        "alone).",
+    ),
+    Variable(
+        "ZOOMQ_TRUSTED_PROXIES",
+        "0",
+        "How many reverse proxies in front of the web server append to `X-Forwarded-For`; the client address "
+        "(for anonymous rate limits and logs) is taken that many hops from its right end. 0 ignores the header.",
     ),
     Variable(
         "ZOOMQ_SECRET_KEY",
@@ -118,10 +132,36 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "ZOOMQ_RATE_LIMIT",
         "30/60",
-        "Job submissions allowed per client address: `N/SECONDS`, counted in Redis; `0` turns the limit off.",
+        "Job submissions allowed per API key (per client address without one): `N/SECONDS`, counted in Redis; "
+        "`0` turns the limit off.",
+    ),
+    Variable(
+        "ZOOMQ_MAX_QUEUED",
+        "1000",
+        "Jobs waiting in the queue, all submitters together, beyond which submissions are refused (503 with "
+        "`Retry-After`); 0: no cap.",
+    ),
+    Variable(
+        "ZOOMQ_MAX_QUEUED_PER_KEY",
+        "20",
+        "Unfinished jobs one API key (or one client address without a key) may have; more are refused (429 with "
+        "`Retry-After`); 0: no cap.",
+    ),
+    Variable("ZOOMQ_MAX_STEPS", "150", "Most denoising steps per image or keyframe a queued job may ask for."),
+    Variable(
+        "ZOOMQ_MAX_PIXELS",
+        "1048576",
+        "Most pixels per image or keyframe (width × height) a queued job may ask for: 1024 × 1024.",
+    ),
+    Variable("ZOOMQ_MAX_KEYFRAMES", "120", "Most keyframes per zoom job."),
+    Variable("ZOOMQ_MAX_INTERPOLATION_FRAMES", "240", "Most interpolated frames between two keyframes."),
+    Variable(
+        "ZOOMQ_MAX_FRAMES",
+        "9000",
+        "Most frames in one zoom video (keyframes − 1) × interpolation frames + 1: 5 minutes at 30 fps.",
     ),
     Variable("ZOOMQ_MAX_UPLOAD", "16777216", "Largest web request in bytes (init images, masks): 16 MiB."),
-    Variable("ZOOMQ_MAX_PROMPT", "1000", "Longest prompt, in characters, the web front end accepts."),
+    Variable("ZOOMQ_MAX_PROMPT", "1000", "Longest prompt or negative prompt, in characters, a queued job may have."),
     Variable(
         "ZOOMQ_LOG_FORMAT",
         "text",
@@ -153,6 +193,15 @@ class Settings:
     rate_limit: tuple[int, int] = (30, 60)  # (submissions, per seconds); (0, 0) is off
     max_upload: int = 16 * 2**20
     max_prompt: int = 1000
+    api_keys_file: str = ""
+    trusted_proxies: int = 0
+    max_queued: int = 1000  # 0: no cap
+    max_queued_per_key: int = 20
+    max_steps: int = 150
+    max_pixels: int = 1024 * 1024
+    max_keyframes: int = 120
+    max_interpolation_frames: int = 240
+    max_frames: int = 9000
     compile_cache: bool = False
     warmup: bool = True
     log_format: str = "text"
@@ -307,4 +356,13 @@ def settings() -> Settings:
         rate_limit=_rate("ZOOMQ_RATE_LIMIT"),
         max_upload=_int("ZOOMQ_MAX_UPLOAD", 1024),
         max_prompt=_int("ZOOMQ_MAX_PROMPT", 1),
+        api_keys_file=os.path.expanduser(_get("ZOOMQ_API_KEYS_FILE")),
+        trusted_proxies=_int("ZOOMQ_TRUSTED_PROXIES", 0),
+        max_queued=_int("ZOOMQ_MAX_QUEUED", 0),
+        max_queued_per_key=_int("ZOOMQ_MAX_QUEUED_PER_KEY", 0),
+        max_steps=_int("ZOOMQ_MAX_STEPS", 1),
+        max_pixels=_int("ZOOMQ_MAX_PIXELS", 64 * 64),
+        max_keyframes=_int("ZOOMQ_MAX_KEYFRAMES", 2),
+        max_interpolation_frames=_int("ZOOMQ_MAX_INTERPOLATION_FRAMES", 1),
+        max_frames=_int("ZOOMQ_MAX_FRAMES", 2),
     )

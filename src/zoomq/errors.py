@@ -81,3 +81,13 @@ class PrepareError(ZoomqError):
 
 class RenderCancelled(ZoomqError):
     """The per-step callback asked the render to stop; nothing was produced."""
+
+
+class QueueFull(ZoomqError):
+    """A submission refused for load, not for its content: too many unfinished jobs for one
+    submitter (``status`` 429) or in the whole queue (503). Retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, status: int, retry_after: int):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after

@@ -45,6 +45,16 @@ class Jobs:
     RUNNING_SET = "zoomq:running-jobs"  # job ids under way, by start time
     ALL_SET = "zoomq:jobs"  # every job id by submit time
 
+    @staticmethod
+    def owned_set(owner: str) -> str:
+        """Job ids of one API key, by submit time: what that key lists."""
+        return f"zoomq:jobs:owner:{owner}"
+
+    @staticmethod
+    def unfinished_set(submitter: str) -> str:
+        """Job ids of one submitter (a key, or an address) that have not ended: its queue cap."""
+        return f"zoomq:unfinished:{submitter}"
+
     def __init__(self, client: redis.Redis, ttl: int):
         self.r = client
         self.ttl = ttl
@@ -52,16 +62,25 @@ class Jobs:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def create(self, job_id: str, kind: str, model: str, params: dict, work_total: int, **extra) -> None:
+    def create(self, job_id: str, kind: str, model: str, params: dict, work_total: int, *,
+               owner: str | None = None, submitter: str | None = None, **extra) -> None:
+        """Record a new queued job; ``owner`` is the API key that may see it (None: anyone),
+        ``submitter`` who its queue cap counts against (a key or an address; None: nobody)."""
         now = time.time()
         record = {
             "id": job_id, "kind": kind, "model": model, "params": json.dumps(params), "state": QUEUED,
             "stage": "queued", "created": now, "updated": now, "work_total": work_total, **extra,
+            **({"owner": owner} if owner is not None else {}),
+            **({"submitter": submitter} if submitter is not None else {}),
         }
         with self.r.pipeline() as p:
             p.hset(_key(job_id), mapping={k: _enc(v) for k, v in record.items()})
             p.zadd(self.QUEUED_SET, {job_id: now})
             p.zadd(self.ALL_SET, {job_id: now})
+            if owner is not None:
+                p.zadd(self.owned_set(owner), {job_id: now})
+            if submitter is not None:
+                p.zadd(self.unfinished_set(submitter), {job_id: now})
             stats.count_submitted(p, kind)
             p.execute()
 
@@ -110,11 +129,15 @@ class Jobs:
         self._set_while_live(job_id, fields, (piece, units))
 
     def measure(self, job_id: str, what: str, seconds_per_unit: float) -> None:
-        """Fold a measured time per step (``what`` = "step") or per frame into the job's average."""
+        """Fold a measured time per step (``what`` = "step") or per frame into the job's average,
+        and into its model's cluster-wide rate per megapixel (what dry runs estimate from)."""
         field = f"seconds_per_{what}"
-        old = self.r.hget(_key(job_id), field)
+        old, model, unet_per_step, megapixels = self.r.hmget(_key(job_id), field, "model", "unet_per_step", "megapixels")
         value = seconds_per_unit if old is None else (1 - _EMA) * float(old) + _EMA * seconds_per_unit
         self._set_while_live(job_id, {field: value})
+        if model and megapixels and float(megapixels) > 0:
+            per_unit = seconds_per_unit / (float(unet_per_step or 1) if what == "step" else 1.0)
+            stats.observe_rate(self.r, model.decode(), "unet" if what == "step" else what, per_unit / float(megapixels))
 
     def finish(self, job_id: str, **fields) -> None:
         total = self.r.hget(_key(job_id), "work_total") or 0
@@ -136,7 +159,7 @@ class Jobs:
             while True:
                 try:
                     p.watch(key)
-                    state, kind = p.hmget(key, "state", "kind")
+                    state, kind, submitter = p.hmget(key, "state", "kind", "submitter")
                     if state is None or state.decode() not in from_states:
                         p.unwatch()
                         return False
@@ -147,6 +170,8 @@ class Jobs:
                     if to in ENDED:
                         p.zrem(self.QUEUED_SET, job_id)
                         p.zrem(self.RUNNING_SET, job_id)
+                        if submitter is not None:
+                            p.zrem(self.unfinished_set(submitter.decode()), job_id)
                         stats.count_ended(p, (kind or b"unknown").decode(), to)
                         p.expire(key, self.ttl)
                         for side in ("work", "pieces", "starts", "keyframes"):
@@ -199,16 +224,36 @@ class Jobs:
         steps_left = max(0, remaining_units - frames_left)
         return round(steps_left * float(per_step) + frames_left * per_frame, 1)
 
-    def recent(self, limit: int = 20) -> list[dict]:
-        """The newest ``limit`` jobs, newest first; ids whose record has expired are dropped."""
+    def recent(self, limit: int = 20, owner: str | None = None) -> list[dict]:
+        """The newest ``limit`` jobs (of ``owner`` only, when given), newest first; ids whose
+        record has expired are dropped from the index."""
+        index = self.ALL_SET if owner is None else self.owned_set(owner)
         records, expired = [], []
-        for raw in self.r.zrevrange(self.ALL_SET, 0, limit - 1):
+        for raw in self.r.zrevrange(index, 0, limit - 1):
             job_id = raw.decode()
             record = self.get(job_id)
             (records if record else expired).append(record or job_id)
         if expired:
-            self.r.zrem(self.ALL_SET, *expired)
+            self.r.zrem(index, *expired)
         return records
+
+    def unfinished(self, submitter: str) -> int:
+        """How many of ``submitter``'s jobs have not ended. Ids whose record is gone (expired,
+        or lost with a Redis that kept no data) are pruned, so they cannot hold the cap forever."""
+        index = self.unfinished_set(submitter)
+        ids = [raw.decode() for raw in self.r.zrange(index, 0, -1)]
+        with self.r.pipeline() as p:
+            for job_id in ids:
+                p.hget(_key(job_id), "state")
+            states = p.execute()
+        gone = [job_id for job_id, state in zip(ids, states) if state is None or state.decode() in ENDED]
+        if gone:
+            self.r.zrem(index, *gone)
+        return len(ids) - len(gone)
+
+    def queued(self) -> int:
+        """Jobs waiting for their first piece to start, over the whole cluster."""
+        return self.r.zcard(self.QUEUED_SET)
 
     def pieces(self, job_id: str) -> dict[str, dict]:
         """Piece → {"worker": who ran it last, "starts": how often it was started}."""
@@ -228,13 +273,16 @@ def _enc(value) -> str | float | int:
 _NUMBERS = {
     "created", "updated", "started", "finished", "heartbeat", "work_total", "work_done", "frames_total",
     "keyframes_total", "keyframes_done", "seconds_per_step", "seconds_per_frame", "worker_pid",
-    "encode_worker_pid",
+    "encode_worker_pid", "unet_per_step", "megapixels",
 }
+
+
+_FLOATS = {"seconds_per_step", "seconds_per_frame", "unet_per_step", "megapixels"}
 
 
 def _dec(field: str, raw: bytes):
     text = raw.decode()
     if field in _NUMBERS:
         number = float(text)
-        return int(number) if number.is_integer() and field not in ("seconds_per_step", "seconds_per_frame") else number
+        return int(number) if number.is_integer() and field not in _FLOATS else number
     return text

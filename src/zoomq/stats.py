@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 COUNTERS = "zoomq:stats"
 DURATIONS = "zoomq:stats:piece-seconds"
+RATES = "zoomq:stats:rates"  # per model: seconds per UNet evaluation and per video frame, per megapixel
+_RATE_EMA = 0.2  # weight of the newest measurement in the cluster's rates
 
 JOB_KINDS = ("image", "zoom")
 PIECE_KINDS = ("image", "keyframe", "segment", "stitch")
@@ -54,6 +56,22 @@ def observe_piece(client, piece: str, seconds: float) -> None:
         p.hincrby(DURATIONS, f"{kind}|count", 1)
         p.hincrbyfloat(DURATIONS, f"{kind}|sum", seconds)
         p.execute()
+
+
+def observe_rate(client, model: str, what: str, seconds_per_megapixel: float) -> None:
+    """Fold one measurement of ``what`` ("unet": one UNet evaluation, "frame": one video frame)
+    on ``model`` into the cluster's running average, which dry runs estimate from. Two workers
+    writing at once may lose one of the two measurements: harmless for an average."""
+    field = f"{model}|{what}"
+    old = client.hget(RATES, field)
+    new = seconds_per_megapixel if old is None else (1 - _RATE_EMA) * float(old) + _RATE_EMA * seconds_per_megapixel
+    client.hset(RATES, field, new)
+
+
+def read_rates(client, model: str) -> dict[str, float]:
+    """{"unet": s, "frame": s} per megapixel, as measured on ``model``; a kind never measured is absent."""
+    unet, frame = client.hmget(RATES, f"{model}|unet", f"{model}|frame")
+    return {k: float(v) for k, v in (("unet", unet), ("frame", frame)) if v is not None}
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         add(p)
         p.add_argument("--model", required=True, help="model name (the folder name a worker serves)")
         p.add_argument("--wait", action="store_true", help="follow progress, then write the result to --out")
+        p.add_argument("--dry-run", action="store_true",
+                       help="check the job and print its work and expected time as JSON; enqueue nothing")
         p.add_argument("--out", type=Path, help="where --wait writes the result")
         p.set_defaults(run=run_submit, kind=name)
 
@@ -46,13 +48,16 @@ def run_submit(args: argparse.Namespace) -> int:
     producer = Producer()
     if args.kind == "image":
         options = image_options(args)
-        job_id = producer.submit_image(options.pop("prompt"), model=args.model, **options)
+        submit = producer.estimate_image if args.dry_run else producer.submit_image
     else:
         options = zoom_options(args)
-        init = options.pop("init_image")
-        schedule = [vars(c) for c in options.pop("schedule")]
-        job_id = producer.submit_zoom(options.pop("prompt"), model=args.model, init_image=init,
-                                      schedule=schedule, **options)
+        options["schedule"] = [vars(c) for c in options.pop("schedule")]
+        submit = producer.estimate_zoom if args.dry_run else producer.submit_zoom
+    answer = submit(options.pop("prompt"), model=args.model, **options)
+    if args.dry_run:
+        print(json.dumps(answer, indent=2))
+        return 0
+    job_id = answer
     print(job_id, flush=True)
     if not args.wait:
         return 0

@@ -45,7 +45,7 @@ def _quiet_libraries(now: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from zoomq.cli import bench, jobs, prepare, render, up, web, worker
+    from zoomq.cli import bench, jobs, keys, prepare, render, up, web, worker
 
     parser = argparse.ArgumentParser(prog="zoomq", description="Stable Diffusion 2 on CPUs with OpenVINO.")
     parser.add_argument("--version", action="version", version=f"zoomq {__version__}")
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_parser(sub)
     up.add_parser(sub)
     bench.add_parser(sub)
+    keys.add_parser(sub)
     return parser
 
 

@@ -18,13 +18,13 @@ import redis
 from kombu.exceptions import OperationalError
 from PIL import Image
 
-from zoomq import connection
+from zoomq import connection, estimate, limits, stats
 from zoomq import jobs as jobs_mod
 from zoomq.config import Settings, settings as current_settings
 from zoomq.connection import BrokerUnavailable  # noqa: F401  (re-exported: the web answers it with 503)
-from zoomq.errors import Checks, InvalidParameter, ZoomqError
+from zoomq.errors import Checks, InvalidParameter, QueueFull, ZoomqError
 from zoomq.render.png import load_image
-from zoomq.render.request import RenderRequest, validate
+from zoomq.render.request import RenderRequest, check_decoder, validate
 from zoomq.store import open_store
 from zoomq.worker import registry
 from zoomq.worker.app import ENCODE_QUEUE, TASK_IMAGE, TASK_KEYFRAME, make_app, render_queue
@@ -32,6 +32,9 @@ from zoomq.zoom.settings import ZoomSettings, parse_schedule, validate as valida
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 ImageInput = Union[Image.Image, bytes, str, Path, None]
+#: Retry-After, in seconds, of a submission refused because a queue is full: about the time a
+#: miniature job takes and a fraction of a full-size one, so clients neither hammer nor stall.
+RETRY_FULL_QUEUE = 30
 
 
 class Producer:
@@ -40,6 +43,7 @@ class Producer:
         self.redis = connection.client(self.settings, socket_connect_timeout=5, socket_timeout=30)
         self.jobs = jobs_mod.Jobs(self.redis, self.settings.job_ttl)
         self.store = open_store(self.settings, self.redis)
+        self.limits = limits.Limits.of(self.settings)
         self._app = None
 
     # -- plumbing --------------------------------------------------------------------------
@@ -88,24 +92,35 @@ class Producer:
             checks.add(InvalidParameter(name, options[name], "is not an image parameter"))
         options = {k: v for k, v in options.items() if k in RenderRequest.__dataclass_fields__}
         request = checks(validate, RenderRequest(prompt=prompt, init_image=init, mask=mask_image, **options),
-                         task, info["native_size"] if info else 512, (info or {}).get("latent_factor", 8))
+                         task, info["native_size"] if info else 512, (info or {}).get("latent_factor", 8),
+                         (info or {}).get("defaults"))  # the model's steps and guidance for those left out
+        if request is not None:
+            checks(limits.check_image, request, self.limits)
+            if info:  # refused here, not by a worker: a model announced without TAESD has decoder "full" only
+                checks(check_decoder, request.decoder, tuple(info.get("decoders", ("full",))))
         checks.raise_errors()
         return request.with_seed()
 
+    def estimate_image(self, prompt: str, *, model: str, **options) -> dict:
+        """What ``submit_image`` would cost, validated like it and enqueueing nothing."""
+        return self._estimate("image", model, estimate.image_work(self.check_image(prompt, model=model, **options)))
+
     def submit_image(self, prompt: str, *, model: str, init_image: ImageInput = None, mask: ImageInput = None,
-                     **options) -> str:
+                     owner: str | None = None, submitter: str | None = None, **options) -> str:
         """Enqueue one image (text-to-image, image-to-image with ``init_image``, inpainting with
-        ``mask``); ``options`` are ``RenderRequest`` fields. Returns the job id."""
+        ``mask``); ``options`` are ``RenderRequest`` fields. ``owner``: the API key the job belongs
+        to; ``submitter``: who its queue cap counts against. Returns the job id."""
         request = self.check_image(prompt, model=model, init_image=init_image, mask=mask, **options)
+        self.admit(submitter)
         job_id = jobs_mod.new_id()
         params = {k: v for k, v in asdict(request).items() if k not in ("init_image", "mask")}
         if request.init_image is not None:
             params["init_image"] = self._put_image(job_id, "init", request.init_image)
         if request.mask is not None:
             params["mask"] = self._put_image(job_id, "mask", request.mask)
-        steps = request.steps if request.mode == "text-to-image" else min(int(request.steps * request.strength),
-                                                                           request.steps)
-        self._call(self.jobs.create, job_id, "image", model, params, steps)
+        work = estimate.image_work(request)
+        self._call(self.jobs.create, job_id, "image", model, params, work.denoising_steps, owner=owner,
+                   submitter=submitter, unet_per_step=work.unet_per_step, megapixels=work.megapixels)
         self._call(self._send, TASK_IMAGE, [job_id], render_queue(model))
         return job_id
 
@@ -113,30 +128,58 @@ class Producer:
                    **options) -> tuple[ZoomSettings, Image.Image | None]:
         """The validated settings (and init image) ``submit_zoom`` would enqueue."""
         checks = Checks()
-        info = checks(self._model, model)
-        if info and info["task"] != "inpainting":
-            checks.add(InvalidParameter("model", model, "is a text-to-image model; zoom needs an inpainting model"))
+        info = checks(self._model, model)  # any model zooms: a text-to-image one by latent blending
         accepted = set(ZoomSettings.__dataclass_fields__) - {"warnings"}  # warnings are validate()'s to write
         for name in sorted(set(options) - accepted - {"schedule", "init_image"}):
             checks.add(InvalidParameter(name, options[name], "is not a zoom parameter"))
         options = {k: v for k, v in options.items() if k in accepted}
         init = checks(_as_image, init_image, "init_image", "RGB")
-        parsed = checks(parse_schedule, schedule) if schedule else ()
-        settings = checks(validate_zoom, ZoomSettings(prompt=prompt, schedule=parsed or (), **options))
+        parsed = checks(parse_schedule, schedule) if schedule is not None else ()  # 0, "" or {} is no list
+        settings = checks(validate_zoom, ZoomSettings(prompt=prompt, schedule=parsed or (), **options),
+                          (info or {}).get("defaults"))
+        if settings is not None:
+            checks(limits.check_zoom, settings, self.limits)
+            if info:
+                checks(check_decoder, settings.decoder, tuple(info.get("decoders", ("full",))))
         checks.raise_errors()
         return settings, init
 
+    def estimate_zoom(self, prompt: str, *, model: str, **options) -> dict:
+        """What ``submit_zoom`` would cost, validated like it and enqueueing nothing."""
+        settings, init = self.check_zoom(prompt, model=model, **options)
+        return self._estimate("zoom", model, estimate.zoom_work(settings, init is not None))
+
+    def _estimate(self, kind: str, model: str, work: estimate.Work) -> dict:
+        seconds, basis = estimate.expected_seconds(work, model, self._call(stats.read_rates, self.redis, model))
+        return {"dry_run": True, "kind": kind, "model": model, "work": work.to_dict(), "expected_seconds": seconds,
+                "basis": basis, "queued_ahead": self._call(self.jobs.queued)}
+
+    def admit(self, submitter: str | None) -> None:
+        """Raise ``QueueFull`` when the queue, or ``submitter``'s share of it, is at its cap.
+        Checked before enqueueing, not with it: concurrent submissions may pass the cap by a few."""
+        s = self.settings
+        if s.max_queued and self._call(self.jobs.queued) >= s.max_queued:
+            raise QueueFull(f"the queue is full: {s.max_queued} jobs are waiting (ZOOMQ_MAX_QUEUED); "
+                            f"retry in {RETRY_FULL_QUEUE} s", 503, RETRY_FULL_QUEUE)
+        if submitter and s.max_queued_per_key and self._call(self.jobs.unfinished, submitter) >= s.max_queued_per_key:
+            raise QueueFull(f"you have {s.max_queued_per_key} unfinished jobs, the most one submitter may have "
+                            f"(ZOOMQ_MAX_QUEUED_PER_KEY); retry when one ends, in about {RETRY_FULL_QUEUE} s",
+                            429, RETRY_FULL_QUEUE)
+
     def submit_zoom(self, prompt: str, *, model: str, init_image: ImageInput = None, schedule=None,
-                    **options) -> str:
+                    owner: str | None = None, submitter: str | None = None, **options) -> str:
         """Enqueue an infinite-zoom video; ``options`` are ``ZoomSettings`` fields, ``schedule`` a
-        list of ``{"keyframe": k, "prompt": ..., "negative_prompt": ...}``. Returns the job id."""
+        list of ``{"keyframe": k, "prompt": ..., "negative_prompt": ...}``; ``owner`` and
+        ``submitter`` as for ``submit_image``. Returns the job id."""
         settings, init = self.check_zoom(prompt, model=model, init_image=init_image, schedule=schedule, **options)
+        self.admit(submitter)
+        work = estimate.zoom_work(settings, init is not None)
         job_id = jobs_mod.new_id()
         if init is not None:
             settings = ZoomSettings.from_dict({**settings.to_dict(), "init_image": self._put_image(job_id, "init", init)})
-        rendered = settings.keyframes - (1 if init is not None else 0)
         self._call(self.jobs.create, job_id, "zoom", model, {"zoom": settings.to_dict()},
-                   rendered * settings.steps + settings.total_frames,
+                   work.denoising_steps + settings.total_frames, owner=owner, submitter=submitter,
+                   unet_per_step=work.unet_per_step, megapixels=work.megapixels,
                    keyframes_total=settings.keyframes, frames_total=settings.total_frames, keyframes_done=0)
         self._call(self._send, TASK_KEYFRAME, [job_id, 0], render_queue(model))
         return job_id

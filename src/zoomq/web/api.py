@@ -4,14 +4,14 @@ in ``submission``, presentation in ``present``, the work in the producer."""
 from __future__ import annotations
 
 import io
-from importlib import resources
 
-from flask import Blueprint, Response, abort, jsonify, request, send_file, url_for
+from flask import Blueprint, abort, jsonify, request, send_file, url_for
 
 from zoomq import jobs as jobs_mod
 from zoomq.errors import InvalidParameter, InvalidParameters
-from zoomq.web import present, security, submission
-from zoomq.web.app import job_or_404, web
+from zoomq.producer.api import BrokerUnavailable
+from zoomq.web import present, security, spec, submission
+from zoomq.web.app import caller, job_or_404, web
 from zoomq.zoom.keyframe import keyframe_name
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -23,38 +23,42 @@ def _errors(errors: list[InvalidParameter]):
     return jsonify(error="invalid parameters", errors=submission.errors_json(errors)), 400
 
 
-def _unauthorized():
-    """401 unless the request may submit and cancel (no token configured, or it carries it)."""
-    if security.authorized(request, web().settings.api_token):
-        return None
-    return jsonify(error="this server needs an API token: send Authorization: Bearer <token>"), 401
+def _flag(name: str) -> bool:
+    """A query flag: absent or ``0`` is off, ``1`` on; anything else is refused."""
+    value = request.args.get(name, "0")
+    if value not in ("0", "1"):
+        raise InvalidParameter(name, value, "must be 0 or 1")
+    return value == "1"
 
 
-def _guard():
-    """Token and rate limit for submitting; returns an error response or None."""
-    refused = _unauthorized()
-    if refused:
-        return refused
+def _rate_limited(who: security.Caller):
+    """None, or the 429 answer when ``who`` has used up its submissions of this window."""
     limit = web().rate_limit
-    wait = limit.hit(request.remote_addr or "unknown")
-    if wait is not None:
-        response = jsonify(error=limit.refusal(wait))
-        response.headers["Retry-After"] = str(wait)
-        return response, 429
-    return None
+    wait = limit.hit(who.submitter)
+    if wait is None:
+        return None
+    return jsonify(error=limit.refusal(wait)), 429, {"Retry-After": str(wait)}
 
 
 @bp.post("/jobs")
 def create_job():
-    refused = _guard()
+    """Validate a submission and enqueue it (202), or with ``?dry_run=1`` answer its estimate (200)."""
+    who = caller()
+    try:
+        dry_run = _flag("dry_run")
+    except InvalidParameter as e:
+        return _errors([e])
+    refused = None if dry_run else _rate_limited(who)
     if refused:
         return refused
     if request.mimetype == "application/json":
-        sub, checks = submission.from_json(request.get_json(silent=True), web().settings.max_prompt)
+        sub, checks = submission.from_json(submission.json_body(request))
     else:
-        sub, checks = submission.from_form(request.form, request.files, web().settings.max_prompt)
+        sub, checks = submission.from_form(request.form, request.files)
     try:
-        job_id = submission.enqueue(web().producer, sub, checks)
+        if dry_run:
+            return jsonify(submission.estimate(web().producer, sub, checks))
+        job_id = submission.enqueue(web().producer, sub, checks, owner=who.owner, submitter=who.submitter)
     except InvalidParameters as e:
         return _errors(e.errors)
     except InvalidParameter as e:
@@ -66,10 +70,13 @@ def create_job():
 
 @bp.get("/jobs")
 def list_jobs():
+    """The caller's newest jobs (every job for an admin key, or when no keys are configured)."""
+    who = caller()
     limit = request.args.get("limit", "20")
-    if not limit.isdigit() or not 1 <= int(limit) <= 200:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 200:  # not "²" or "٣"
         return _errors([InvalidParameter("limit", limit, "must be a whole number from 1 to 200")])
-    records = web().producer.jobs.recent(int(limit))
+    owner = None if who.key is None or who.key.admin else who.key.name
+    records = web().producer.jobs.recent(int(limit), owner)
     return jsonify(jobs=[present.job_summary(r) for r in records])
 
 
@@ -80,9 +87,6 @@ def job(job_id: str):
 
 @bp.delete("/jobs/<job_id>")
 def cancel(job_id: str):
-    refused = _unauthorized()
-    if refused:
-        return refused
     job_or_404(job_id)
     producer = web().producer
     cancelled = producer.cancel(job_id)
@@ -93,13 +97,16 @@ def cancel(job_id: str):
 
 
 def _artifact(job_id: str, name: str, mimetype: str, download_name: str):
+    try:
+        download = _flag("download")
+    except InvalidParameter as e:
+        return _errors([e])
     data = web().producer.artifact(job_id, name)
     if data is None:
         abort(404)
     # conditional=True answers Range requests (206), so players can seek in videos.
     return send_file(io.BytesIO(data), mimetype=mimetype, conditional=True, etag=f"{job_id}-{name}",
-                     as_attachment=request.args.get("download") == "1", download_name=download_name,
-                     max_age=3600)
+                     as_attachment=download, download_name=download_name, max_age=3600)
 
 
 @bp.get("/jobs/<job_id>/result")
@@ -140,5 +147,9 @@ def health():
 
 @bp.get("/openapi.json")
 def openapi():
-    spec = resources.files("zoomq.web").joinpath("openapi.json").read_text()
-    return Response(spec, mimetype="application/json")
+    """The API's description, with this server's limits, key requirement and served models."""
+    try:
+        models = web().producer.models()
+    except BrokerUnavailable:
+        models = None  # the document stays useful while Redis is down; names are left open
+    return jsonify(spec.spec(web().settings, models))

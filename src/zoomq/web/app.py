@@ -9,9 +9,11 @@ from dataclasses import dataclass
 import redis
 from flask import Flask, abort, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from zoomq.config import Settings, settings as current_settings
-from zoomq.errors import InvalidParameter, ZoomqError
+from zoomq.errors import InvalidParameter, QueueFull, ZoomqError
+from zoomq.keys import KeyRing
 from zoomq.producer.api import BrokerUnavailable, Producer
 from zoomq.store import ArtifactStoreUnreachable
 from zoomq.web import security
@@ -21,23 +23,42 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Web:
-    """What the views share: settings, the producer and the rate limit."""
+    """What the views share: settings, the producer, the API keys and the rate limit."""
 
     settings: Settings
     producer: Producer
     rate_limit: security.RateLimit
+    keys: KeyRing
 
 
 def web() -> Web:
     return current_app.extensions["zoomq"]
 
 
+class Unauthorized(ZoomqError):
+    """Keys are configured and the request carries no valid one (401)."""
+
+
+def caller() -> security.Caller:
+    """Who makes this request; raises ``Unauthorized`` (401) when a key is needed and missing."""
+    found = security.identify(request, web().keys)
+    if found is None:
+        raise Unauthorized("this server needs an API key: send Authorization: Bearer <key>, "
+                           "or enter it on the submit form")
+    return found
+
+
 def job_or_404(job_id: str) -> dict:
-    """The job's status record, or 404 for an unknown, expired or malformed id."""
+    """The job's status record, or 404 for an unknown, expired or malformed id, and for another
+    key's job (a 403 would confirm that the id exists)."""
+    who = caller()
     try:
-        return web().producer.status(job_id)
+        record = web().producer.status(job_id)
     except InvalidParameter:
         abort(404)
+    if not who.sees(record):
+        abort(404)
+    return record
 
 
 def create_app(s: Settings | None = None) -> Flask:
@@ -45,8 +66,13 @@ def create_app(s: Settings | None = None) -> Flask:
 
     s = s or current_settings()
     app = Flask(__name__)
+    if s.trusted_proxies:
+        # The client address is the one that many proxies back in X-Forwarded-For, not the
+        # leftmost (which any client can write).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=s.trusted_proxies, x_proto=0, x_host=0, x_port=0, x_prefix=0)
     producer = Producer(s)
-    app.extensions["zoomq"] = Web(s, producer, security.RateLimit(producer.redis, *s.rate_limit))
+    keys = KeyRing(s.api_keys_file, s.api_token)
+    app.extensions["zoomq"] = Web(s, producer, security.RateLimit(producer.redis, *s.rate_limit), keys)
     app.config.update(
         MAX_CONTENT_LENGTH=s.max_upload,
         SECRET_KEY=s.secret_key or _shared_secret(producer.redis),
@@ -75,16 +101,26 @@ def wants_json() -> bool:
 
 
 def _register_errors(app: Flask) -> None:
-    def reply(status: int, message: str, **extra):
+    def reply(status: int, message: str, headers: dict | None = None, **extra):
         if wants_json():
-            return jsonify(error=message, **extra), status
-        return render_template("error.html", status=status, message=message), status
+            return jsonify(error=message, **extra), status, headers or {}
+        return render_template("error.html", status=status, message=message), status, headers or {}
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
+        # Keep the exception's own headers but its body's type: a 405 must say Allow (RFC 9110).
+        headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
         if e.code == 413:
             return reply(413, f"the request is larger than {web().settings.max_upload} bytes (ZOOMQ_MAX_UPLOAD)")
-        return reply(e.code or 500, e.description if e.code != 404 else "not found (unknown or expired job?)")
+        return reply(e.code or 500, e.description if e.code != 404 else "not found (unknown or expired job?)", headers)
+
+    @app.errorhandler(Unauthorized)
+    def unauthorized(e):
+        return reply(401, str(e), {"WWW-Authenticate": 'Bearer realm="zoomq"'})
+
+    @app.errorhandler(QueueFull)
+    def queue_full(e):
+        return reply(e.status, str(e), {"Retry-After": str(e.retry_after)})
 
     @app.errorhandler(BrokerUnavailable)
     @app.errorhandler(ArtifactStoreUnreachable)

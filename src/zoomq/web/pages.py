@@ -11,7 +11,7 @@ from dataclasses import MISSING, fields
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 
-from zoomq.errors import InvalidParameter, InvalidParameters
+from zoomq.errors import InvalidParameter, InvalidParameters, QueueFull
 from zoomq.jobs import ENDED
 from zoomq.producer.api import BrokerUnavailable
 from zoomq.render.request import RenderRequest
@@ -35,7 +35,7 @@ def _common():
     return {
         "csrf_token": security.csrf_token,
         "csrf_field": security.CSRF_FIELD,
-        "needs_token": not security.authorized_session(w.settings.api_token),
+        "needs_token": security.identify(request, w.keys) is None,
     }
 
 
@@ -49,7 +49,7 @@ def _form_page(kind: str = "zoom", values: dict | None = None, errors: dict | No
     schedule = [(k, p) for k, p in zip(values.get("schedule_keyframe", []), values.get("schedule_prompt", []))]
     return render_template(
         "submit.html", kind=kind, values=values, errors=errors or {}, broker_error=broker_error,
-        image_models=sorted(models), zoom_models=sorted(m for m, i in models.items() if i["task"] == "inpainting"),
+        image_models=sorted(models), zoom_models=sorted(models, key=lambda m: (models[m]["task"] != "inpainting", m)),
         image_defaults=_defaults(RenderRequest), zoom_defaults=_defaults(ZoomSettings),
         schedulers=SCHEDULERS, directions=DIRECTIONS, schedule=schedule + [("", "")] * max(0, 3 - len(schedule)),
         max_prompt=web().settings.max_prompt, max_upload=web().settings.max_upload,
@@ -68,18 +68,22 @@ def submit_form():
     kind = request.form.get("kind", "zoom")
     if not security.csrf_ok(request):
         return _form_page(kind, values, {"form": "the form has expired or was not sent by this site; submit it again"}, 400)
-    if not security.accept_token(request.form.get("token"), w.settings.api_token):
-        return _form_page(kind, values, {"token": "wrong or missing API token"}, 401)
-    wait = w.rate_limit.hit(request.remote_addr or "unknown")
+    who = security.accept_key(request.form.get("token"), w.keys)
+    if who is None:
+        return _form_page(kind, values, {"token": "wrong or missing API key"}, 401)
+    wait = w.rate_limit.hit(who.submitter)
     if wait is not None:
         return _form_page(kind, values, {"form": w.rate_limit.refusal(wait)}, 429)
-    sub, checks = submission.from_form(request.form, request.files, w.settings.max_prompt)
+    sub, checks = submission.from_form(request.form, request.files)
     try:
-        job_id = submission.enqueue(w.producer, sub, checks)
+        job_id = submission.enqueue(w.producer, sub, checks, owner=who.owner, submitter=who.submitter)
     except InvalidParameters as e:
         return _form_page(kind, values, _by_field(e.errors), 400)
     except InvalidParameter as e:
         return _form_page(kind, values, _by_field([e]), 400)
+    except QueueFull as e:
+        page, status = _form_page(kind, values, {"form": str(e)}, e.status)
+        return page, status, {"Retry-After": str(e.retry_after)}
     return redirect(url_for(".job", job_id=job_id), 303)
 
 
@@ -101,12 +105,12 @@ def job(job_id: str):
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel(job_id: str):
-    job_or_404(job_id)
     w = web()
     if not security.csrf_ok(request):
         abort(400, "the form has expired; reload the page")
-    if not security.accept_token(request.form.get("token"), w.settings.api_token):
-        return render_template("error.html", status=401, message="wrong or missing API token"), 401
+    if security.accept_key(request.form.get("token"), w.keys) is None:
+        return render_template("error.html", status=401, message="wrong or missing API key"), 401
+    job_or_404(job_id)
     w.producer.cancel(job_id)
     return redirect(url_for(".job", job_id=job_id), 303)
 
@@ -115,5 +119,8 @@ def cancel(job_id: str):
 def overview():
     w = web()
     cluster = present.health(w.producer)
-    jobs = [present.job_summary(r) for r in w.producer.jobs.recent(50)] if cluster["broker"]["reachable"] else []
+    who = security.identify(request, w.keys)  # signed out: the cluster, but nobody's jobs
+    owner = None if who is None or who.key is None or who.key.admin else who.key.name
+    reachable = cluster["broker"]["reachable"] and who is not None
+    jobs = [present.job_summary(r) for r in w.producer.jobs.recent(50, owner)] if reachable else []
     return render_template("overview.html", jobs=jobs, cluster=cluster)

@@ -1,5 +1,6 @@
-"""The web front end's guards: the optional API token, CSRF tokens for the form, the session key
-shared by every web process, and the per-client submission rate limit kept in Redis."""
+"""The web front end's guards: who the caller is (an API key, or an anonymous address), CSRF
+tokens for the forms, the session key shared by every web process, and the submission rate limit
+kept in Redis (per key, or per address without one)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import hmac
 import math
 import secrets
 import time
+from dataclasses import dataclass
 
 import redis
-from flask import Request, session
+from flask import Request, request, session
+
+from zoomq.keys import Key, KeyRing, digest
 
 SECRET_KEY = "zoomq:web:secret"
 CSRF_FIELD = "csrf_token"
@@ -25,26 +29,51 @@ def _same(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def authorized(request: Request, token: str) -> bool:
-    """True when no token is configured, or the request carries it: an ``Authorization: Bearer``
-    header (API clients) or a session that entered it on the form (browsers)."""
-    if not token:
-        return True
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a request: an API key, or (with no keys configured) an anonymous client."""
+
+    key: Key | None
+    address: str
+
+    @property
+    def owner(self) -> str | None:
+        """The name jobs submitted now are recorded under; None: no keys, anyone sees them."""
+        return self.key.name if self.key else None
+
+    @property
+    def submitter(self) -> str:
+        """Who rate limits and queue caps count against: the key, else the client address."""
+        return f"key:{self.key.name}" if self.key else f"addr:{self.address}"
+
+    def sees(self, record: dict) -> bool:
+        """Whether this caller may see (and so cancel) the job of ``record``."""
+        return self.key is None or self.key.admin or record.get("owner") == self.key.name
+
+
+SESSION_KEY = "key"  # the session's key, as its hash: the key itself is never stored
+
+
+def identify(request: Request, ring: KeyRing) -> Caller | None:
+    """The caller, or None when keys are configured and the request carries none that is valid:
+    an ``Authorization: Bearer`` header (API clients) or a session that entered one on a form."""
+    address = request.remote_addr or "unknown"
+    if not ring.enabled:
+        return Caller(None, address)
     header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer ") and _same(header[len("Bearer "):].strip(), token):
-        return True
-    return authorized_session(token)
+    if header[:7].lower() == "bearer ":
+        key = ring.find(header[7:].strip())
+    else:
+        key = ring.by_digest(session.get(SESSION_KEY))
+    return Caller(key, address) if key else None
 
 
-def accept_token(given: str | None, token: str) -> bool:
-    """Check a token typed into the form; a correct one authorizes the browser's session."""
-    if token and _same(given, token):
-        session["authorized"] = True
-    return authorized_session(token)
-
-
-def authorized_session(token: str) -> bool:
-    return not token or bool(session.get("authorized"))
+def accept_key(given: str | None, ring: KeyRing) -> Caller | None:
+    """Check a key typed into a form; a valid one signs the browser's session in."""
+    key = ring.find(given)
+    if key is not None:
+        session[SESSION_KEY] = digest(given)
+    return identify(request, ring)
 
 
 def csrf_token() -> str:
@@ -60,7 +89,7 @@ def csrf_ok(request: Request) -> bool:
 
 
 class RateLimit:
-    """At most ``count`` submissions per client in each window of ``seconds`` (a fixed window
+    """At most ``count`` submissions per submitter (a key or an address) in each window of ``seconds`` (a fixed window
     counter in Redis, so every web process shares it)."""
 
     def __init__(self, client: redis.Redis, count: int, seconds: int):

@@ -25,13 +25,13 @@ MAX_PIXELS = 4096 * 4096
 # Parameter → type, for each kind (the producer's names; ``model`` and ``prompt`` come separately).
 IMAGE_FIELDS = {
     "negative_prompt": str, "steps": int, "guidance": float, "guidance_cutoff": float, "seed": int,
-    "scheduler": str, "width": int, "height": int, "strength": float, "eta": float,
+    "scheduler": str, "width": int, "height": int, "strength": float, "eta": float, "decoder": str,
 }
 ZOOM_FIELDS = {
     "negative_prompt": str, "keyframes": int, "size": int, "mask_width": int, "interpolation_frames": int,
     "fps": int, "direction": str, "seed": int, "steps": int, "guidance": float, "guidance_cutoff": float,
     "scheduler": str,
-    "seam": int, "gif": bool,
+    "seam": int, "gif": bool, "decoder": str,
 }
 UPLOADS = {"image": ("init_image", "mask"), "zoom": ("init_image",)}
 
@@ -43,27 +43,42 @@ class Submission:
     prompt: str
     options: dict = field(default_factory=dict)
 
-    def submit(self, producer) -> str:
+    def submit(self, producer, **who) -> str:
         submit = producer.submit_zoom if self.kind == "zoom" else producer.submit_image
-        return submit(self.prompt, model=self.model, **self.options)
+        return submit(self.prompt, model=self.model, **who, **self.options)
 
     def check(self, producer) -> None:
         check = producer.check_zoom if self.kind == "zoom" else producer.check_image
         check(self.prompt, model=self.model, **self.options)
 
+    def estimate(self, producer) -> dict:
+        estimate = producer.estimate_zoom if self.kind == "zoom" else producer.estimate_image
+        return estimate(self.prompt, model=self.model, **self.options)
 
-def enqueue(producer, sub: Submission, checks: Checks) -> str:
-    """Enqueue ``sub`` unless it, or what parsing found (``checks``), is wrong: then raise
-    ``InvalidParameter(s)`` with every field's error and enqueue nothing. The model must be one a
-    live worker serves (the producer alone would let a job wait for one)."""
+
+def _checked(producer, sub: Submission, checks: Checks) -> None:
+    """Raise ``InvalidParameter(s)`` with every field's error when ``sub``, or what parsing found
+    (``checks``), is wrong. The model must be one a live worker serves (the producer alone would
+    let a job wait for one)."""
     served = producer.models()
-    if sub.model and sub.model not in served:
+    if isinstance(sub.model, str) and sub.model and sub.model not in served:  # any JSON type may come
         names = ", ".join(sorted(served)) or "none: start a worker"
         checks.add(InvalidParameter("model", sub.model, f"no worker serves this model; the workers serve: {names}"))
     if checks.errors:
         checks(sub.check, producer)
         checks.raise_errors()
-    return sub.submit(producer)
+
+
+def enqueue(producer, sub: Submission, checks: Checks, owner: str | None = None, submitter: str | None = None) -> str:
+    """Enqueue ``sub`` for ``owner`` (see ``Producer.submit_image``), or raise and enqueue nothing."""
+    _checked(producer, sub, checks)
+    return sub.submit(producer, owner=owner, submitter=submitter)
+
+
+def estimate(producer, sub: Submission, checks: Checks) -> dict:
+    """The dry run of ``enqueue``: the job's work and expected time, or the same errors."""
+    _checked(producer, sub, checks)
+    return sub.estimate(producer)
 
 
 def _from_text(param: str, raw: str, kind: type):
@@ -106,20 +121,6 @@ def _decode_base64(param: str, value) -> bytes:
         raise InvalidParameter(param, value[:40], "is not valid base64") from None
 
 
-def _check_prompts(checks: Checks, prompt, options: dict, max_prompt: int) -> None:
-    def fits(param: str, text) -> None:
-        if isinstance(text, str) and len(text) > max_prompt:
-            raise InvalidParameter(param, f"<{len(text)} characters>", f"is too long; at most {max_prompt} characters")
-
-    checks(fits, "prompt", prompt)
-    checks(fits, "negative_prompt", options.get("negative_prompt"))
-    schedule = options.get("schedule")
-    for i, change in enumerate(schedule if isinstance(schedule, list) else []):
-        if isinstance(change, dict):
-            checks(fits, f"schedule[{i}].prompt", change.get("prompt"))
-            checks(fits, f"schedule[{i}].negative_prompt", change.get("negative_prompt"))
-
-
 def _common(checks: Checks, values: Mapping) -> tuple[str, str, str]:
     kind = values.get("kind", "image")
     if kind not in KINDS:
@@ -132,7 +133,16 @@ def _common(checks: Checks, values: Mapping) -> tuple[str, str, str]:
     return kind if kind in KINDS else "image", model, prompt
 
 
-def from_json(body, max_prompt: int) -> tuple[Submission, Checks]:
+def json_body(request):
+    """The request's JSON body, or None when there is none to read: malformed, in a charset that is
+    not JSON's, or nested deeper than the parser recurses (its RecursionError would be a 500)."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
+
+
+def from_json(body) -> tuple[Submission, Checks]:
     """A JSON submission: producer parameter names; images as base64 strings or data: URLs."""
     checks = Checks()
     if not isinstance(body, dict):
@@ -148,11 +158,10 @@ def from_json(body, max_prompt: int) -> tuple[Submission, Checks]:
         if body.get(name) is not None:
             data = checks(_decode_base64, name, body[name])
             options[name] = checks(check_upload, name, data) if data is not None else None
-    _check_prompts(checks, prompt, options, max_prompt)
     return Submission(kind, model, prompt, {k: v for k, v in options.items() if v is not None}), checks
 
 
-def from_form(form: Mapping, files: Mapping, max_prompt: int) -> tuple[Submission, Checks]:
+def from_form(form: Mapping, files: Mapping) -> tuple[Submission, Checks]:
     """An HTML form submission: text fields, file uploads, schedule rows of keyframe → prompt."""
     checks = Checks()
     kind, model, prompt = _common(checks, form)
@@ -171,7 +180,6 @@ def from_form(form: Mapping, files: Mapping, max_prompt: int) -> tuple[Submissio
             options[name] = checks(check_upload, name, data)
     if kind == "zoom":
         options["schedule"] = checks(_schedule_rows, form)
-    _check_prompts(checks, prompt, options, max_prompt)
     return Submission(kind, model, prompt, {k: v for k, v in options.items() if v not in (None, [])}), checks
 
 
@@ -202,7 +210,7 @@ def errors_json(errors: list[InvalidParameter]) -> list[dict]:
 
 def _jsonable(value):
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)  # NaN and Infinity are not JSON: echo them as text
         return value
     except (TypeError, ValueError):
         return repr(value)
