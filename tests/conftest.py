@@ -22,6 +22,18 @@ def pytest_configure(config):
     os.environ.setdefault("ZOOMQ_CACHE_DIR", str(Path(config.rootpath) / "build" / "test-cache"))
 
 
+def diffusers_pipelines(model: Path):
+    """diffusers' text-to-image and image-to-image pipelines on the random weights a prepared
+    miniature model keeps in ``diffusers/``: the references of the parity tests."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    ref = StableDiffusionPipeline.from_pretrained(model / "diffusers")
+    ref.set_progress_bar_config(disable=True)
+    i2i = StableDiffusionImg2ImgPipeline(**ref.components)
+    i2i.set_progress_bar_config(disable=True)
+    return ref, i2i
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio of two float images in [0, 1], in dB."""
     mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import psnr
+from conftest import diffusers_pipelines, psnr
 
 from zoomq.render import schedulers
 from zoomq.render.pipeline import Renderer
@@ -17,13 +17,7 @@ STEPS = 5
 
 @pytest.fixture(scope="module")
 def t2i(tiny_t2i):
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-
-    ref = StableDiffusionPipeline.from_pretrained(tiny_t2i / "diffusers")
-    ref.set_progress_bar_config(disable=True)
-    i2i = StableDiffusionImg2ImgPipeline(**ref.components)
-    i2i.set_progress_bar_config(disable=True)
-    return Renderer(tiny_t2i), ref, i2i
+    return (Renderer(tiny_t2i), *diffusers_pipelines(tiny_t2i))
 
 
 @pytest.fixture(scope="module")

@@ -111,6 +111,16 @@ def test_wrong_tiny_autoencoders_are_refused_before_anything_is_written(tiny_t2i
     assert not list(tmp_path.iterdir())
 
 
+def test_a_hub_id_without_network_says_how_to_bring_it():
+    """A real attempt against the hub for a name nobody published (so never in a cache)."""
+    from zoomq.errors import PrepareError
+    from zoomq.model_prep import tiny_autoencoder
+
+    with pytest.raises(PrepareError, match=r"--tiny-autoencoder zoomq-tests/no-such-taesd: cannot fetch .* "
+                                           r"pass --tiny-autoencoder DIR"):
+        tiny_autoencoder.resolve("zoomq-tests/no-such-taesd")
+
+
 def test_both_conversion_routes_give_the_same_tiny_decoder(taesd_dir, tmp_path):
     import openvino as ov
     from diffusers import AutoencoderTiny

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import psnr, run_cli
+from conftest import diffusers_pipelines, psnr, run_cli
 from PIL import Image
 
 from zoomq import manifest as mf
@@ -29,13 +29,7 @@ TURBO = {"steps": 1, "guidance": 0.0, "scheduler": "default"}
 
 @pytest.fixture(scope="module")
 def turbo(tiny_turbo):
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-
-    ref = StableDiffusionPipeline.from_pretrained(tiny_turbo / "diffusers")
-    ref.set_progress_bar_config(disable=True)
-    i2i = StableDiffusionImg2ImgPipeline(**ref.components)
-    i2i.set_progress_bar_config(disable=True)
-    return Renderer(tiny_turbo), ref, i2i
+    return (Renderer(tiny_turbo), *diffusers_pipelines(tiny_turbo))
 
 
 def _generator(seed: int) -> torch.Generator:

@@ -11,7 +11,6 @@ import errno
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -21,14 +20,13 @@ from typing import Callable, Iterator
 from zoomq import __version__
 from zoomq import manifest as mf
 from zoomq.errors import ModelError, PrepareError, ZoomqError
-from zoomq.model_prep import tiny_autoencoder as taesd
+from zoomq.model_prep import hub, tiny_autoencoder as taesd
 from zoomq.model_prep.detect import ModelKind, detect
 
 log = logging.getLogger(__name__)
 
 ROUTES = ("direct", "onnx")
 WEIGHTS = ("fp16", "int8", "int8-hybrid")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _HUB_FILES = [
     "model_index.json",
     "scheduler/*",
@@ -63,18 +61,9 @@ def resolve_source(model: str) -> tuple[Path, str]:
         if not path.is_dir():
             raise ModelError(f"--model {model}: is a file; pass a diffusers pipeline folder or a hub id")
         return path.resolve(), "folder"
-    if not _HUB_ID.fullmatch(model):
+    if not hub.is_hub_id(model):
         raise ModelError(f"--model {model}: no such folder, and not a Hugging Face hub id (owner/name)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(model, allow_patterns=_HUB_FILES)), "hub"
-    except Exception as e:  # the hub client raises many kinds; all mean "could not fetch"
-        raise PrepareError(
-            f"--model {model}: cannot fetch it from the Hugging Face hub ({type(e).__name__}); "
-            "if this machine has no network, download the model where there is one "
-            f"(`huggingface-cli download {model} --local-dir DIR`), copy DIR here and pass --model DIR"
-        ) from None
+    return hub.download(model, "--model", _HUB_FILES), "hub"
 
 
 def _weights_size(folder: Path) -> int:

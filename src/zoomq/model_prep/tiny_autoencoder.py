@@ -13,13 +13,13 @@ import json
 import re
 from pathlib import Path
 
-from zoomq.errors import ModelError, PrepareError
+from zoomq.errors import ModelError
+from zoomq.model_prep import hub
 
 #: What ``--tiny-autoencoder`` takes to build a seeded random-weight TAESD (tests, benchmarks).
 RANDOM = "random"
 #: The published TAESD for SD 1 and 2 latents, for hints.
 HUB_ID = "madebyollin/taesd"
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _HUB_FILES = ["config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]
 #: Where ``prepare_random`` keeps a random TAESD's diffusers folder, beside the pipeline's.
 KEPT = "diffusers/tiny_autoencoder"
@@ -56,19 +56,10 @@ def resolve(spec: str) -> Path:
             raise ModelError(f"--tiny-autoencoder {spec}: is a file; pass a folder saved by "
                              "AutoencoderTiny.save_pretrained, a Hugging Face hub id or `random`")
         return path.resolve()
-    if not _HUB_ID.fullmatch(spec):
+    if not hub.is_hub_id(spec):
         raise ModelError(f"--tiny-autoencoder {spec}: no such folder, and not a Hugging Face hub id (owner/name) "
                          f"or `{RANDOM}`")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(spec, allow_patterns=_HUB_FILES))
-    except Exception as e:  # the hub client raises many kinds; all mean "could not fetch"
-        raise PrepareError(
-            f"--tiny-autoencoder {spec}: cannot fetch it from the Hugging Face hub ({type(e).__name__}); "
-            "if this machine has no network, download it where there is one "
-            f"(`huggingface-cli download {spec} --local-dir DIR`), copy DIR here and pass --tiny-autoencoder DIR"
-        ) from None
+    return hub.download(spec, "--tiny-autoencoder", _HUB_FILES)
 
 
 def check(folder: Path, spec: str, latent_channels: int, model_factor: int) -> None:
