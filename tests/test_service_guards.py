@@ -49,6 +49,7 @@ def test_a_key_sees_lists_and_cancels_only_its_own_jobs(make_client, keyring):
     assert client.get(f"/api/jobs/{a}", headers=bearer(k["alice"])).status_code == 200
     assert client.get(f"/api/jobs/{b}", headers=bearer(k["alice"])).status_code == 404
     assert client.get(f"/api/jobs/{b}/sidecar", headers=bearer(k["alice"])).status_code == 404
+    assert client.get(f"/api/jobs/{b}/preview", headers=bearer(k["alice"])).status_code == 404
     assert client.delete(f"/api/jobs/{b}", headers=bearer(k["alice"])).status_code == 404
     assert client.producer.jobs.state(b) == "queued"
     listed = client.get("/api/jobs", headers=bearer(k["alice"])).get_json()["jobs"]

@@ -53,6 +53,12 @@ VARIABLES: tuple[Variable, ...] = (
         "as soon as it starts, in the background, so the first job does not wait for it; `off`: on the first job.",
     ),
     Variable(
+        "ZOOMQ_PREVIEWS",
+        "on",
+        "`on`: while someone watches a job's page (or polls its preview), the worker decodes a small preview "
+        "every few steps of an image or keyframe; `off`: never.",
+    ),
+    Variable(
         "ZOOMQ_REDIS_URL",
         "redis://127.0.0.1:6379/0",
         "Redis for the queue, job records and artifacts; with a password `redis://:PASSWORD@HOST:PORT/DB` (an ACL "
@@ -204,6 +210,7 @@ class Settings:
     max_frames: int = 9000
     compile_cache: bool = False
     warmup: bool = True
+    previews: bool = True
     log_format: str = "text"
     redis_ca: str = ""  # CA file for rediss:// (zoomq.connection)
     health_file: str = ""
@@ -331,9 +338,13 @@ def settings() -> Settings:
     warmup = _get("ZOOMQ_WARMUP").lower()
     if warmup not in ("on", "off"):
         raise InvalidParameter("ZOOMQ_WARMUP", warmup, "must be on or off")
+    previews = _get("ZOOMQ_PREVIEWS").lower()
+    if previews not in ("on", "off"):
+        raise InvalidParameter("ZOOMQ_PREVIEWS", previews, "must be on or off")
     return Settings(
         log_format=log_format(),
         warmup=warmup == "on",
+        previews=previews == "on",
         compile_cache=cache == "on" or (cache == "auto" and device.upper() != "CPU"),
         device=device,
         inference_precision=precision,

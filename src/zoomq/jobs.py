@@ -38,6 +38,18 @@ def _key(job_id: str) -> str:
     return f"zoomq:job:{job_id}"
 
 
+#: The artifact holding a running job's newest live preview (``render.preview``).
+PREVIEW_NAME = "preview.png"
+#: Seconds a look at a job (its preview, its page) keeps its worker making previews.
+WATCHED_SECONDS = 10
+
+
+def watched_key(job_id: str) -> str:
+    """Present while someone watches the job: the web sets it (``EX WATCHED_SECONDS``) whenever the
+    preview or the job's page is fetched; a worker decodes previews only while it exists."""
+    return f"{_key(job_id)}:watched"
+
+
 class Jobs:
     """Reads and writes job records; every write is a single Redis command or transaction."""
 
@@ -273,7 +285,7 @@ def _enc(value) -> str | float | int:
 _NUMBERS = {
     "created", "updated", "started", "finished", "heartbeat", "work_total", "work_done", "frames_total",
     "keyframes_total", "keyframes_done", "seconds_per_step", "seconds_per_frame", "worker_pid",
-    "encode_worker_pid", "unet_per_step", "megapixels",
+    "encode_worker_pid", "unet_per_step", "megapixels", "preview_step",
 }
 
 

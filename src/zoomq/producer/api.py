@@ -206,6 +206,17 @@ class Producer:
     def cancel(self, job_id: str) -> bool:
         return self._call(self.jobs.cancel, jobs_mod.check_id(job_id))
 
+    def watch(self, job_id: str) -> None:
+        """Someone looks at the job: its worker makes live previews for the next few seconds."""
+        self._call(self.redis.set, jobs_mod.watched_key(jobs_mod.check_id(job_id)), 1,
+                   ex=jobs_mod.WATCHED_SECONDS)
+
+    def preview(self, job_id: str, watch: bool = True) -> bytes | None:
+        """The job's newest live preview (PNG), marking it watched; None while there is none."""
+        if watch:
+            self.watch(job_id)
+        return self.artifact(job_id, jobs_mod.PREVIEW_NAME)
+
     def artifact(self, job_id: str, name: str) -> bytes | None:
         return self._call(self.store.get, f"{jobs_mod.check_id(job_id)}/{name}")
 

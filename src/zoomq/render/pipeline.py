@@ -29,6 +29,7 @@ from zoomq.errors import RenderCancelled
 from zoomq.render import precision, schedulers
 from zoomq.render.blend import LatentBlend
 from zoomq.render.ov_models import CompiledParts
+from zoomq.render.preview import Preview
 from zoomq.render.request import RenderRequest, check_decoder, validate
 
 log = logging.getLogger(__name__)
@@ -164,10 +165,12 @@ class Renderer:
     # -- the pipeline ----------------------------------------------------------------------
 
     def render(self, request: RenderRequest, progress: Progress | None = None,
-               texts: TextCache | None = None, latent_blend: bool = False) -> RenderResult:
+               texts: TextCache | None = None, latent_blend: bool = False,
+               preview: Preview | None = None) -> RenderResult:
         """Render one image; raises ``InvalidParameter`` for bad input, ``RenderCancelled`` on cancel.
         ``texts`` shares prompt embeddings with other processes (see ``encode_text``);
-        ``latent_blend``: a text-to-image model may inpaint too (``LatentBlend``; zoom keyframes)."""
+        ``latent_blend``: a text-to-image model may inpaint too (``LatentBlend``; zoom keyframes);
+        ``preview``: live previews of the latents every few steps (``render.preview``)."""
         req = validate(request.with_seed(), self.task, self.kind["native_size"], self.latent_factor,
                        self.defaults, latent_blend)
         check_decoder(req.decoder, self.decoders)  # before any work: a model without TAESD says how to add it
@@ -242,6 +245,8 @@ class Renderer:
         # prompt alone, at half the cost, as diffusers does when a step callback turns guidance off.
         guided_calls = math.ceil(req.guidance_cutoff * len(timesteps)) if cfg else 0
         done = 0
+        if preview is not None:
+            preview.begin()
         if progress is not None and progress(0, n_steps) is False:
             raise RenderCancelled("render cancelled before the first step")
         for i, t in enumerate(timesteps):
@@ -261,6 +266,8 @@ class Renderer:
                 done += 1
                 if progress is not None and progress(done, n_steps) is False:
                     raise RenderCancelled(f"render cancelled after step {done} of {n_steps}")
+                if preview is not None:
+                    preview.after_step(self, latents, done, n_steps)
 
         # 5. decode
         pixels = self.decode(latents, req.decoder)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from flask import Blueprint, abort, jsonify, request, send_file, url_for
+from flask import Blueprint, Response, abort, jsonify, request, send_file, url_for
 
 from zoomq import jobs as jobs_mod
 from zoomq.errors import InvalidParameter, InvalidParameters
@@ -129,6 +129,22 @@ def sidecar(job_id: str):
 def gif(job_id: str):
     job_or_404(job_id)
     return _artifact(job_id, "result.gif", "image/gif", f"zoomq-{job_id}.gif")
+
+
+@bp.get("/jobs/<job_id>/preview")
+def preview(job_id: str):
+    """The newest live preview of a running image or keyframe (200), or 204 while a job that has
+    not ended has none yet. Asking for it marks a job that has not ended watched, so its worker
+    makes previews for the next few seconds; an ended job's is served while it is kept, else 404."""
+    record = job_or_404(job_id)
+    live = record["state"] not in jobs_mod.ENDED
+    data = web().producer.preview(job_id, watch=live)
+    no_store = {"Cache-Control": "no-store"}
+    if data is None:
+        if live:
+            return Response(status=204, headers=no_store)
+        return jsonify(error=f"job {job_id} is {record['state']} and has no preview"), 404, no_store
+    return Response(data, mimetype="image/png", headers=no_store)
 
 
 @bp.get("/jobs/<job_id>/keyframes/<int:k>")

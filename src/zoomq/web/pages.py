@@ -99,6 +99,8 @@ def _by_field(errors: list[InvalidParameter]) -> dict:
 @bp.get("/jobs/<job_id>")
 def job(job_id: str):
     record = job_or_404(job_id)
+    if record["state"] not in ENDED:
+        web().producer.watch(job_id)  # its worker starts on previews before the page's first poll
     return render_template("job.html", job=present.job_json(record), ended=record["state"] in ENDED,
                            prompt=present.prompt(record), recipe=json.dumps(record["params"], indent=2))
 

@@ -6,7 +6,7 @@ import redis
 from flask import url_for
 
 from zoomq.connection import redacted, unavailable
-from zoomq.jobs import DONE
+from zoomq.jobs import DONE, RUNNING
 from zoomq.producer.api import Producer
 from zoomq.worker.app import ENCODE_QUEUE, render_queue
 
@@ -26,6 +26,8 @@ def job_json(record: dict) -> dict:
     out["sidecar_url"] = url_for("api.sidecar", job_id=job_id) if done and record.get("sidecar") else None
     out["gif_url"] = (url_for("api.gif", job_id=job_id)
                       if done and record["kind"] == "zoom" and record["params"].get("zoom", {}).get("gif") else None)
+    # While it runs: the newest live preview (204 until the first; fetching it asks for more).
+    out["preview_url"] = url_for("api.preview", job_id=job_id) if record["state"] == RUNNING else None
     out["keyframe_urls"] = [url_for("api.keyframe", job_id=job_id, k=k)
                             for k in range(int(record.get("keyframes_done") or 0))]
     return out

@@ -30,7 +30,7 @@ from zoomq import logs, stats
 from zoomq import manifest as mf
 from zoomq.config import Settings
 from zoomq.errors import RenderCancelled, ZoomqError
-from zoomq.jobs import CANCELLED, ENDED, Jobs
+from zoomq.jobs import CANCELLED, ENDED, PREVIEW_NAME, Jobs, watched_key
 from zoomq.render import png, precision
 from zoomq.render.ov_models import CompiledParts
 from zoomq.render.request import RenderRequest
@@ -44,6 +44,7 @@ from zoomq.zoom.stitch import keyframe_entry, stitch
 
 if TYPE_CHECKING:
     from zoomq.render.pipeline import Renderer
+    from zoomq.render.preview import Preview
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,32 @@ def _progress(ctx: Context, job_id: str, piece: str, stage: str, what: str = "st
     return callback
 
 
+def _preview(ctx: Context, job_id: str, piece: str) -> Preview | None:
+    """The live-preview hook for a render, or None when this worker makes none (ZOOMQ_PREVIEWS=off).
+    It decodes only while the job is watched (``jobs.watched_key``, one Redis EXISTS per preview
+    step), keeps the newest PNG as ``JOB/preview.png`` and counts it in the record's ``preview_step``."""
+    if not ctx.settings.previews:
+        return None
+    from zoomq.render.preview import Preview  # torch: not before it is needed
+
+    key = watched_key(job_id)
+
+    def wanted() -> bool:
+        try:
+            return bool(ctx.redis.exists(key))
+        except redis.RedisError:
+            return False  # a preview is never worth failing a render for
+
+    def sink(data: bytes, step: int, total: int) -> None:
+        try:
+            ctx.store.put(f"{job_id}/{PREVIEW_NAME}", data)
+            ctx.jobs.update(job_id, preview_step=step, preview_piece=piece)
+        except Exception as e:  # noqa: BLE001 — the store may be S3 or a folder; the render goes on
+            log.warning("preview of %s %s not kept: %s", job_id, piece, e)
+
+    return Preview(sink=sink, wanted=wanted)
+
+
 def _live(ctx: Context, job_id: str) -> dict | None:
     """The job's record if it still wants work done, else None."""
     job = ctx.jobs.get(job_id)
@@ -245,7 +272,8 @@ def run_image(ctx: Context, job_id: str) -> None:
                     params[name] = Image.open(io.BytesIO(data)).convert("L" if name == "mask" else "RGB")
             request = RenderRequest(**params)
             renderer = ctx.renderer(job["model"])
-            result = renderer.render(request, _progress(ctx, job_id, "image", "denoising"))
+            result = renderer.render(request, _progress(ctx, job_id, "image", "denoising"),
+                                     preview=_preview(ctx, job_id, "image"))
             lease.check()
             ctx.store.put(key, png.encode(result.image, result.recipe))
             ctx.jobs.update(job_id, recipe=json.dumps(result.recipe), warnings=json.dumps(result.warnings))
@@ -316,7 +344,8 @@ def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
             out = tmp / keyframe_name(k)
             stage = f"keyframe {k + 1}/{settings.keyframes}"
             render_keyframe(ctx.renderer(job["model"]), settings, k, previous, out,
-                            _progress(ctx, job_id, f"keyframe:{k}", stage), JobTexts(ctx.store, job_id))
+                            _progress(ctx, job_id, f"keyframe:{k}", stage), JobTexts(ctx.store, job_id),
+                            _preview(ctx, job_id, f"keyframe:{k}"))
             lease.check()
             ctx.store.put_file(key, out)
     ctx.jobs.progress(job_id, f"keyframe:{k}", settings.steps)

@@ -19,6 +19,7 @@ from zoomq.zoom.settings import ZoomSettings
 
 if TYPE_CHECKING:  # the web front end names keyframes without loading torch
     from zoomq.render.pipeline import Progress, Renderer, TextCache
+    from zoomq.render.preview import Preview
 
 
 def keyframe_name(k: int) -> str:
@@ -45,6 +46,7 @@ def render_keyframe(
     out: Path,
     progress: Progress | None = None,
     texts: TextCache | None = None,
+    preview: Preview | None = None,
 ) -> dict:
     """Render keyframe ``k`` into the PNG ``out`` (``previous`` is keyframe k-1's file) and return
     its recipe; ``texts`` shares the job's prompt embeddings between workers."""
@@ -69,7 +71,7 @@ def render_keyframe(
             seed=settings.keyframe_seed(k), scheduler=settings.scheduler, width=side, height=side,
             init_image=canvas, mask=mask, strength=1.0, decoder=settings.decoder,
         )
-        result = renderer.render(request, progress, texts, latent_blend=True)
+        result = renderer.render(request, progress, texts, latent_blend=True, preview=preview)
         image = result.image
         if inner is not None:
             image = geometry.finish_keyframe(image, inner, settings.mask_width, settings.seam)

@@ -1,5 +1,6 @@
 // Job status page: poll the JSON API once a second and show progress, keyframes as they are
-// rendered, and the image or a playable video when the job is done.
+// rendered, a live preview while an image or keyframe renders, and the image or a playable video
+// when the job is done.
 (function () {
   "use strict";
   var root = document.getElementById("job");
@@ -58,6 +59,38 @@
     if (job.sidecar_url) { downloads.appendChild(document.createTextNode(" · ")); downloads.appendChild(link(job.sidecar_url, "Sidecar (JSON)")); }
   }
 
+  // The preview: fetched when the job reports a new one, and at least every 5 s while it runs,
+  // since asking for it is what keeps the worker making previews (it stops 10 s after the last).
+  var preview = { seen: null, asked: 0, busy: false, objectUrl: null };
+
+  function showPreview(job) {
+    var box = $("preview");
+    if (!box) return;
+    if (!job.preview_url) {
+      box.hidden = true;
+      return;
+    }
+    var mark = (job.preview_piece || "") + ":" + (job.preview_step || "");
+    var now = Date.now();
+    if (preview.busy || (mark === preview.seen && now - preview.asked < 5000)) return;
+    preview.busy = true;
+    preview.asked = now;
+    fetch(job.preview_url, { cache: "no-store" })
+      .then(function (response) { return response.status === 200 ? response.blob() : null; })
+      .then(function (blob) {
+        preview.busy = false;
+        if (!blob || root.dataset.state !== "running") return;
+        preview.seen = mark;
+        if (preview.objectUrl) URL.revokeObjectURL(preview.objectUrl);
+        preview.objectUrl = URL.createObjectURL(blob);
+        $("preview-image").src = preview.objectUrl;
+        $("preview-caption").textContent = "Preview" + (job.preview_step ? " after step " + job.preview_step : "")
+          + (job.preview_piece && job.preview_piece !== "image" ? " of " + job.preview_piece.replace(":", " ") : "");
+        box.hidden = false;
+      })
+      .catch(function () { preview.busy = false; });
+  }
+
   function render(job) {
     var percent = job.state === "done" ? 100 : Math.floor(job.progress * 100);
     $("progress").value = percent;
@@ -72,6 +105,7 @@
     $("error").textContent = job.error || "";
     root.dataset.state = job.state;
     showKeyframes(job.keyframe_urls || []);
+    showPreview(job);
     if (ENDED.indexOf(job.state) >= 0) $("cancel-form").hidden = true;
     if (job.state === "done") showResult(job);
   }
