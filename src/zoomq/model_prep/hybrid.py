@@ -40,13 +40,14 @@ def calibration_inputs(folder: Path, samples: int, size: int, steps: int = 8) ->
 
     recorded: list[dict[str, np.ndarray]] = []
 
-    class Recorder(Renderer):
-        def _unet(self, latents, t, embeds):
-            recorded.append({"sample": latents.numpy().copy(), "timestep": np.array(float(t), dtype=np.float32),
+    def recording(unet):
+        def call(sample, t, embeds, i):
+            recorded.append({"sample": sample.numpy().copy(), "timestep": np.array(float(t), dtype=np.float32),
                              "encoder_hidden_states": np.array(embeds)})
-            return super()._unet(latents, t, embeds)
+            return unet(sample, t, embeds, i)
+        return call
 
-    renderer = Recorder(folder, replace(settings(), inference_precision="f32"))
+    renderer = Renderer(folder, replace(settings(), inference_precision="f32"))
     rng = np.random.default_rng(0)
     for i, prompt in enumerate(PROMPTS * (samples // (len(PROMPTS) * steps) + 1)):
         if len(recorded) >= samples:
@@ -57,7 +58,7 @@ def calibration_inputs(folder: Path, samples: int, size: int, steps: int = 8) ->
             inner = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
             canvas, mask = geometry.outpaint_canvas(inner, size // 4)
             request = replace(request, init_image=canvas, mask=mask, strength=1.0)
-        renderer.render(request)
+        renderer.render(request, wrap_unet=recording)
     return recorded[:samples]
 
 

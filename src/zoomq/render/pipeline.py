@@ -31,6 +31,7 @@ from zoomq.render.blend import LatentBlend
 from zoomq.render.ov_models import CompiledParts
 from zoomq.render.preview import Preview
 from zoomq.render.request import RenderRequest, check_decoder, validate
+from zoomq.render.unet_call import PlainUNet, UNetCall, WrapUNet
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +137,9 @@ class Renderer:
         latents = import_image_encoding()(moments).sample(generator)
         return latents * self.kind["vae_scaling_factor"]
 
-    def _unet(self, latents: torch.Tensor, t: torch.Tensor, embeds: np.ndarray) -> torch.Tensor:
-        out = self.parts.run(
-            "unet",
-            sample=latents.numpy(),
-            timestep=np.array(float(t), dtype=np.float32),
-            encoder_hidden_states=embeds,
-        )
-        return torch.from_numpy(out)
+    def unet_call(self, req: RenderRequest) -> UNetCall:
+        """How ``req``'s denoise loop runs the UNet."""
+        return PlainUNet(self.parts)
 
     @property
     def decoders(self) -> tuple[str, ...]:
@@ -166,11 +162,12 @@ class Renderer:
 
     def render(self, request: RenderRequest, progress: Progress | None = None,
                texts: TextCache | None = None, latent_blend: bool = False,
-               preview: Preview | None = None) -> RenderResult:
+               preview: Preview | None = None, wrap_unet: WrapUNet | None = None) -> RenderResult:
         """Render one image; raises ``InvalidParameter`` for bad input, ``RenderCancelled`` on cancel.
         ``texts`` shares prompt embeddings with other processes (see ``encode_text``);
         ``latent_blend``: a text-to-image model may inpaint too (``LatentBlend``; zoom keyframes);
-        ``preview``: live previews of the latents every few steps (``render.preview``)."""
+        ``preview``: live previews of the latents every few steps (``render.preview``);
+        ``wrap_unet``: runs the UNet another way around the request's own (``render.unet_call``)."""
         req = validate(request.with_seed(), self.task, self.kind["native_size"], self.latent_factor,
                        self.defaults, latent_blend)
         check_decoder(req.decoder, self.decoders)  # before any work: a model without TAESD says how to add it
@@ -232,6 +229,9 @@ class Renderer:
                     conditioning = torch.cat([mask, masked_latents], dim=1)
 
         # 4. denoise
+        unet = self.unet_call(req)
+        if wrap_unet is not None:
+            unet = wrap_unet(unet)
         step_kwargs = {}
         accepted = set(inspect.signature(scheduler.step).parameters)
         if "eta" in accepted:
@@ -255,7 +255,7 @@ class Renderer:
             model_input = scheduler.scale_model_input(model_input, t)
             if conditioning is not None:
                 model_input = torch.cat([model_input, torch.cat([conditioning] * len(model_input))], dim=1)
-            noise_pred = self._unet(model_input, t, embeds if guided else embeds[-1:])
+            noise_pred = unet(model_input, t, embeds if guided else embeds[-1:], i)
             if guided:
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + req.guidance * (cond - uncond)
