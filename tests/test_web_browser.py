@@ -1,6 +1,7 @@
 """The web front end in real headless Chromium against a real stack: a private redis-server, one
-worker process with the miniature inpainting model, and `zoomq web` — submit a zoom through the
-form, watch it to the end and play the video; cancel a running job from its page."""
+worker process with the miniature inpainting model and a text-to-image one carrying the tiny
+autoencoder, and `zoomq web` — submit a zoom through the form, watch it to the end and play the
+video; watch an image's live preview form, then its result; cancel a running job from its page."""
 
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ JOB_PAGE = re.compile(r"/jobs/[0-9a-f-]{36}$")
 
 
 @pytest.fixture
-def stack(tmp_path, tiny_inpaint):
+def stack(tmp_path, tiny_inpaint, tiny_t2i_taesd):
     server = RedisServer(tmp_path / "redis")
     worker = web = None
     try:
-        worker = Worker("web1", server.url, [tiny_inpaint], tmp_path)
+        worker = Worker("web1", server.url, [tiny_inpaint, tiny_t2i_taesd], tmp_path)
         web = WebProcess(server.url, tmp_path)
         yield SimpleNamespace(server=server, worker=worker, web=web)
     finally:
@@ -96,6 +97,45 @@ def test_submit_a_zoom_watch_it_and_play_the_video(stack, tmp_path):
     keyframes = api(stack, links["Sidecar (JSON)"])["keyframes"]
     assert [(k["index"], k["prompt"]) for k in keyframes] == [
         (0, "an endless spiral library"), (1, "an endless spiral library"), (2, "a forest of books")]
+
+
+def test_the_page_shows_a_live_preview_then_the_result(stack, tiny_t2i_taesd):
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 1300})
+        script_errors = []
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
+        page.goto(stack.web.url + "/?kind=image")
+        form = page.locator("#image-form")
+        form.locator("textarea[name=prompt]").fill("a lighthouse at dusk")
+        form.locator("select[name=model]").select_option(tiny_t2i_taesd.name)
+        # ≈ 0.2 s a step at 512 px on the miniature model: previews (every 3 steps) for some seconds.
+        for name, value in {"steps": 30, "width": 512, "height": 512, "seed": 3}.items():
+            form.locator(f"input[name={name}]").fill(str(value))
+        form.locator("select[name=decoder]").select_option("tiny")
+        form.locator("button[type=submit]").click()
+        page.wait_for_url(JOB_PAGE)
+        job_id = page.url.rsplit("/", 1)[-1]
+
+        # A preview decoded by the tiny autoencoder (the model's size, not the latents' 64 px),
+        # shown while the job still runs.
+        page.wait_for_function("() => { const i = document.querySelector('#preview-image');"
+                               " return !document.querySelector('#preview').hidden && i.complete"
+                               " && i.naturalWidth === 512; }", timeout=120_000)
+        assert page.locator("#job").get_attribute("data-state") == "running"
+        caption = page.locator("#preview-caption").inner_text()
+        step = int(re.fullmatch(r"Preview after step (\d+)", caption).group(1))
+        assert 0 < step < 30 and step % 3 == 0, caption
+        page.screenshot(path=str(ARTIFACTS / "web-image-preview.png"), full_page=True)
+
+        page.wait_for_selector("#job[data-state=done]", timeout=240_000)
+        page.wait_for_function("() => { const i = document.querySelector('#result img');"
+                               " return i && i.complete && i.naturalWidth === 512; }", timeout=30_000)
+        assert page.locator("#preview").is_hidden()  # the result replaces the preview
+        page.screenshot(path=str(ARTIFACTS / "web-image-done.png"), full_page=True)
+        assert script_errors == []
+
+    record = api(stack, f"/api/jobs/{job_id}")
+    assert record["state"] == "done" and record["params"]["decoder"] == "tiny"
 
 
 def test_cancel_a_running_job_from_its_page(stack):
