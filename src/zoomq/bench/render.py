@@ -55,6 +55,16 @@ MODES = (
 )
 
 
+def modes_for(auto: str) -> tuple[tuple[Mode, ...], str]:
+    """The modes worth running on this CPU, and the one the others are set against: diffusers bf16
+    where the CPU computes bf16 (``auto`` chose it), else diffusers fp32 — without AVX-512 BF16 or
+    AMX, PyTorch's bf16 convolutions measured 160× slower than its f32 (an AVX2 EPYC), a mode no
+    user would run and one that would take hours."""
+    if auto == "bf16":
+        return MODES, REFERENCE
+    return tuple(m for m in MODES if not (m.engine == "diffusers" and m.precision == "bf16")), "diffusers fp32"
+
+
 def prepare_models(folder: Path, weights: tuple[str, ...], say: Callable[[str], None],
                    full: bool = True) -> dict[tuple[str, str], Path]:
     """(task, weights) → prepared random-weight model, built once into ``folder``."""
@@ -71,9 +81,9 @@ def prepare_models(folder: Path, weights: tuple[str, ...], say: Callable[[str], 
     return models
 
 
-def _probe(spec: dict, say: Callable[[str], None]) -> dict:
-    """Run one measurement process; returns its figures."""
-    proc = subprocess.run([sys.executable, "-m", "zoomq.bench.probe", json.dumps(spec)],
+def _probe(spec: dict, module: str = "zoomq.bench.probe") -> dict:
+    """Run one measurement process (``module``'s main); returns its figures."""
+    proc = subprocess.run([sys.executable, "-m", module, json.dumps(spec)],
                           capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("ZOOMQ-PROBE "):
@@ -82,33 +92,51 @@ def _probe(spec: dict, say: Callable[[str], None]) -> dict:
     raise RuntimeError(f"probe {spec['engine']}/{spec.get('work')} failed (exit {proc.returncode}):\n{tail}")
 
 
+PARTS = ("main", "fast")  # the modes against diffusers and the machine; the fast tier (bench.fast_tier)
+
+
 def run(out: Path, quick: bool = False, repeats: int | None = None, models_dir: Path | None = None,
-        say: Callable[[str], None] = print, tiny: bool = False) -> dict:
-    """Measure every mode, write the report section and plot; ``tiny`` runs the miniature models
-    (checks the harness in minutes; its figures mean nothing)."""
+        say: Callable[[str], None] = print, tiny: bool = False, only: str | None = None) -> dict:
+    """Measure every mode and the fast tier (``only``: one of ``PARTS``), write their report
+    sections and plot; ``tiny`` runs the miniature models (checks the harness in minutes; its
+    figures mean nothing). Returns the figures by part."""
+    from zoomq.config import settings
+    from zoomq.render import precision
+
+    repeats = repeats or (1 if quick else 3)
+    models_dir = models_dir or settings().cache_dir / "bench-models"
+    auto = precision.resolve(replace(settings(), inference_precision="auto"))
+    say(f"auto precision on this machine: {auto}")
+    result = {}
+    if only in (None, "main"):
+        result["main"] = _run_main(out, quick, repeats, models_dir, auto, say, tiny)
+    if only in (None, "fast"):
+        from zoomq.bench import fast_tier
+
+        result["fast"] = fast_tier.run(out, _probe, models_dir, repeats, auto, say, tiny=tiny, quick=quick)
+    return result
+
+
+def _run_main(out: Path, quick: bool, repeats: int, models_dir: Path, auto: str, say: Callable[[str], None],
+              tiny: bool) -> dict:
     from zoomq.config import settings
 
     started = time.monotonic()
-    repeats = repeats or (1 if quick else 3)
     steps = 5 if quick else 20
     sizes = [512] if quick else [512, 768]
-    models = prepare_models(models_dir or settings().cache_dir / "bench-models",
-                            tuple(dict.fromkeys(m.weights for m in MODES)), say, full=not tiny)
-    from zoomq.render import precision
-
-    auto = precision.resolve(replace(settings(), inference_precision="auto"))
-    say(f"auto precision on this machine: {auto}")
-    samples: dict[str, dict[str, list[float]]] = {m.name: {} for m in MODES}
+    modes, reference = modes_for(auto)
+    models = prepare_models(models_dir, tuple(dict.fromkeys(m.weights for m in modes)), say, full=not tiny)
+    samples: dict[str, dict[str, list[float]]] = {m.name: {} for m in modes}
     samples["machine"] = {}
     aliases: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="zoomq-bench-ov-cache-") as caches:
         for rep in range(repeats):
             say(f"repetition {rep + 1} of {repeats}")
-            figures = _probe({"engine": "matmul"}, say)
+            figures = _probe({"engine": "matmul"})
             for k, v in figures.items():
                 samples["machine"].setdefault(k, []).append(v)
             measured: dict[str, tuple[str, dict]] = {}  # a configuration measured this repetition
-            for mode in MODES:
+            for mode in modes:
                 for work in mode.works:
                     task = "inpaint" if work == "keyframe" else "t2i"
                     spec = {"engine": mode.engine, "precision": auto if mode.precision == "auto" else mode.precision,
@@ -123,7 +151,7 @@ def run(out: Path, quick: bool = False, repeats: int | None = None, models_dir: 
                         say(f"  {mode.name}: {work} (the same configuration as {aliases[mode.name]})")
                     else:
                         say(f"  {mode.name}: {work}")
-                        figures = _probe(spec, say)
+                        figures = _probe(spec)
                         measured[same] = (mode.name, dict(figures))
                     if work == "unet" and mode.engine == "zoomq":
                         figures["compile"] = figures.pop("unet_compile_512")
@@ -138,7 +166,8 @@ def run(out: Path, quick: bool = False, repeats: int | None = None, models_dir: 
     medians = {name: {k: statistics.median(v) for k, v in figs.items()} for name, figs in samples.items()}
     result = {"repeats": repeats, "steps": steps, "sizes": sizes, "medians": medians, "samples": samples,
               "machine": machine(), "models": "miniature" if tiny else "full-size", "auto_precision": auto,
-              "aliases": aliases, "worker": workers, "seconds": time.monotonic() - started}
+              "aliases": aliases, "worker": workers,
+              "modes": [m.name for m in modes], "reference": reference, "seconds": time.monotonic() - started}
     (out.parent / "bench-render.json").write_text(json.dumps(result, indent=1) + "\n")  # kept if the report fails
     _report(out, result, quick)
     return result
@@ -154,8 +183,8 @@ TARGETS = (
 )
 
 
-def _ratio(medians: dict, mode: str, key: str) -> float | None:
-    ref = medians[REFERENCE].get(key)
+def _ratio(medians: dict, mode: str, key: str, reference: str = REFERENCE) -> float | None:
+    ref = medians[reference].get(key)
     value = medians.get(mode, {}).get(key)
     return value / ref if ref and value else None
 
@@ -167,6 +196,8 @@ def _gflops(medians: dict, mode: str, size: int) -> float | None:
 
 def _report(out: Path, result: dict, quick: bool) -> None:
     medians, steps = result["medians"], result["steps"]
+    reference = result.get("reference", REFERENCE)
+    ran = [m for m in MODES if m.name in result.get("modes", [m.name for m in MODES])]
     peak = medians["machine"]["matmul_peak"]
     gib = 2**30
 
@@ -174,13 +205,13 @@ def _report(out: Path, result: dict, quick: bool) -> None:
         value = medians[mode].get(key)
         if value is None:
             return "–"
-        ratio = _ratio(medians, mode, key)
+        ratio = _ratio(medians, mode, key, reference)
         return fmt.format(value) + (f" ({ratio:.2f}×)" if ratio is not None else "")
 
     rows = ["| mode | UNet step 512 s | UNet step 768 s | UNet GFLOP/s (% of peak) | "
             f"text-to-image 512, {steps} steps, s | zoom keyframe 512 s | peak RSS GiB | UNet compile / cached load s |",
             "|---|---|---|---|---|---|---|---|"]
-    for mode in MODES:
+    for mode in ran:
         m = medians[mode.name]
         g = _gflops(medians, mode.name, 512)
         rss = m.get("peak_rss_t2i")
@@ -192,7 +223,7 @@ def _report(out: Path, result: dict, quick: bool) -> None:
                     f"{rss_text} | {compile_} |")
     checks = []
     for what, mode, key, limit in TARGETS:
-        ratio = _ratio(medians, mode, key)
+        ratio = _ratio(medians, mode, key, reference)
         verdict = "met" if ratio is not None and ratio <= limit else "NOT met"
         checks.append(f"| {what} | ≤ {limit:.2f}× | {ratio:.2f}× | {verdict} |" if ratio is not None else
                       f"| {what} | ≤ {limit:.2f}× | – | not measured |")
@@ -226,7 +257,7 @@ def _report(out: Path, result: dict, quick: bool) -> None:
         f"| throughput, 2 processes × {max(1, cpus // 2)} thread(s) | {w['jobs_per_min_2']:.2f} jobs/min ({gain:.2f}×) |",
     ]
     plot = out.parent / "bench-render.png"
-    _plot(plot, medians)
+    _plot(plot, medians, ran, reference)
     body = "\n".join([
         "## Rendering (`zoomq bench render`)",
         "",
@@ -235,7 +266,10 @@ def _report(out: Path, result: dict, quick: bool) -> None:
         f"Measured {date.today().isoformat()} on {result['machine']} with `zoomq bench render"
         f"{' --quick' if quick else ''}`: {result['models']} SD2 models with random weights, every mode in a fresh "
         f"process, {result['repeats']} interleaved repetition(s), medians. Ratios in brackets are against "
-        f"{REFERENCE} (torch.autocast). UNet steps are batch 2 (guidance); GFLOP/s counts "
+        f"{reference}{' (torch.autocast)' if reference == REFERENCE else ''}"
+        + ("" if reference == REFERENCE else ": this CPU has no bf16 arithmetic, where PyTorch's bf16 autocast "
+           "measured 160× slower than its f32, so diffusers bf16 was not run and the targets are set against fp32")
+        + ". UNet steps are batch 2 (guidance); GFLOP/s counts "
         f"{UNET_GFLOP[512]} GFLOP per batch-1 pass at 512 px. Peak RSS is the text-to-image process's. "
         "Compile is the UNet's at 512 px from the prepared model, as zoomq does by default on CPU; "
         "cached load is the same compile answered from OpenVINO's compile cache (`ZOOMQ_COMPILE_CACHE=on`).",
@@ -252,7 +286,7 @@ def _report(out: Path, result: dict, quick: bool) -> None:
         "|---|---|---|---|",
         *checks,
         "",
-        "Modes: " + "; ".join(f"**{m.name}**: {m.note}" for m in MODES if m.note) + ". "
+        "Modes: " + "; ".join(f"**{m.name}**: {m.note}" for m in ran if m.note) + ". "
         f"On this machine `auto` measured **{result['auto_precision']}** as the faster precision, so the "
         "default and fast modes ran at it"
         + "".join(f"; {a} is the same configuration as {b}, measured once" for a, b in result.get("aliases", {}).items())
@@ -266,30 +300,30 @@ def _report(out: Path, result: dict, quick: bool) -> None:
         "",
         *worker_rows,
         "",
-        f"Rerun: `zoomq bench render` (this run took {result['seconds'] / 60:.0f} min; `--quick`: one repetition, "
+        f"Rerun: `zoomq bench render --only main` (this part took {result['seconds'] / 60:.0f} min; `--quick`: one repetition, "
         "5 steps, 512 px only). Models are cached in `$ZOOMQ_CACHE_DIR/bench-models`.",
     ])
     write_section(out, "render", body)
     (out.parent / "bench-render.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
-def _plot(path: Path, medians: dict) -> None:
+def _plot(path: Path, medians: dict, modes: list[Mode], reference: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [m.name for m in MODES]
+    names = [m.name for m in modes]
     series = [("UNet step 512", "unet_512"), ("text-to-image 512", "t2i_512"), ("zoom keyframe 512", "keyframe_512")]
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     width = 0.26
     for i, (label, key) in enumerate(series):
-        values = [_ratio(medians, n, key) or 0 for n in names]
+        values = [_ratio(medians, n, key, reference) or 0 for n in names]
         ax.barh([y + (i - 1) * width for y in range(len(names))], values, height=width, label=label)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set_xlabel(f"time relative to {REFERENCE} (lower is faster)")
+    ax.set_xlabel(f"time relative to {reference} (lower is faster)")
     ax.legend(loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
