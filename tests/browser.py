@@ -45,11 +45,19 @@ def serve(directory: Path) -> Iterator[str]:
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))) as url:
+        yield url
+
+
+@contextmanager
+def serving(server) -> Iterator[str]:
+    """Run ``server`` (a loopback ``socketserver`` HTTP server, werkzeug's included) in a thread for
+    as long as the block runs; yields its base URL."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+        thread.join()
         server.server_close()

@@ -10,13 +10,13 @@ import io
 import json
 import math
 import re
-import threading
 from collections import Counter
 from contextlib import contextmanager
 from traceback import format_exception
 
 import pytest
 import schemathesis
+from browser import serving
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from PIL import Image
 from schemathesis.config import SchemathesisConfig
@@ -250,14 +250,8 @@ def schemathesis_run(client, config: dict, base_url: str | None = None) -> tuple
 @contextmanager
 def http_server(app):
     """``app`` on a loopback port, one request at a time, for as long as the block runs."""
-    server = make_server("127.0.0.1", 0, app, threaded=False)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
+    with serving(make_server("127.0.0.1", 0, app, threaded=False)) as url:
+        yield url
 
 
 SCHEMATHESIS = {"seed": 15, "generation": {"max-examples": 25}}
