@@ -55,7 +55,7 @@ def test_same_command_gives_same_weights(tiny_t2i, tmp_path):
     again = prepare_random(tmp_path / "again", full=False)
     first = mf.read(tiny_t2i).data["files"]
     weights = [name for name in first if name.endswith(".bin")]
-    assert len(weights) == 4
+    assert len(weights) == 5  # the four parts and DeepCache's shallow UNet (unet_shallow_0)
     assert {n: again.data["files"][n] for n in weights} == {n: first[n] for n in weights}
     for sub in ("unet", "vae", "text_encoder"):
         for f in (tiny_t2i / "diffusers" / sub).glob("*.safetensors"):

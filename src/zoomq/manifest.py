@@ -25,6 +25,8 @@ OPTIONAL_IR_PARTS = (TINY_DECODER,)
 TINY_HINT = ("add one to the model with `zoomq prepare --model SOURCE --out MODEL_DIR --tiny-autoencoder "
              "madebyollin/taesd` (or a local AutoencoderTiny folder; `--tiny-autoencoder random` for a "
              "random-weight model)")
+#: DeepCache's shallow UNet of branch B (``model_prep.deepcache``), one extra part per branch carried.
+SHALLOW_UNET_PREFIX = "unet_shallow_"
 # A random-weight model keeps its diffusers source here, VAE config included (see prepare_random).
 _VAE_CONFIG = "diffusers/vae/config.json"
 
@@ -42,6 +44,7 @@ def hashed_files(folder: Path) -> dict[str, str]:
     relative path."""
     names = [f"{p}.{ext}" for p in IR_PARTS for ext in ("xml", "bin")]
     names += [f"{p}.{ext}" for p in OPTIONAL_IR_PARTS if (folder / f"{p}.xml").is_file() for ext in ("xml", "bin")]
+    names += [f"{xml.stem}.{ext}" for xml in sorted(folder.glob(f"{SHALLOW_UNET_PREFIX}*.xml")) for ext in ("xml", "bin")]
     for sub in ("tokenizer", "scheduler"):
         names += sorted(str(p.relative_to(folder)) for p in (folder / sub).rglob("*") if p.is_file())
     return {name: sha256_file(folder / name) for name in names}
@@ -117,6 +120,38 @@ class Manifest:
     def decoders(self) -> tuple[str, ...]:
         """The decoders a render may choose: ``full`` always, ``tiny`` when the model carries TAESD."""
         return ("full", "tiny") if self.data.get("tiny_autoencoder") else ("full",)
+
+    @property
+    def cache_branches(self) -> tuple[int, ...]:
+        """The DeepCache branches this model carries (``--cache-branch``); none for a model prepared
+        before zoomq had DeepCache."""
+        return tuple((self.data.get("deepcache") or {}).get("branches", ()))
+
+    def prepare_command(self) -> str:
+        """The ``zoomq prepare`` command that makes this model again, in its folder."""
+        source = str(self.data.get("source", "SOURCE"))
+        label, _, rest = source.partition(":")
+        if label in ("tiny", "full-size-random"):
+            flags = [f"--{label}"]
+            fields = rest.split(":")
+            if "inpainting" in fields:
+                flags.append("--inpainting")
+            for f in fields:
+                if f.endswith("px") and f[:-2].isdigit():
+                    flags.append(f"--size {f[:-2]}")
+                elif f == "v_prediction":
+                    flags.append("--prediction-type v_prediction")
+                elif f == "turbo":
+                    flags.append("--turbo")
+                elif f.startswith("seed=") and f != "seed=0":
+                    flags.append(f"--seed {f[5:]}")
+        else:
+            flags = [f"--model {source}"]
+            if self.data.get("route") == "onnx":
+                flags.append("--via-onnx")
+        if self.data.get("weights", "fp16") != "fp16":
+            flags.append(f"--weights {self.data['weights']}")
+        return f"zoomq prepare {' '.join(flags)} --out {self.folder}"
 
     def verify_files(self) -> None:
         """Re-hash every file and raise ``ModelError`` on the first that changed or is missing."""

@@ -23,6 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the harness's own test
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="report (default docs/benchmarks.md)")
     p.set_defaults(run=run_render)
+    p = what.add_parser("deepcache", help="DeepCache's feature caching: the shallow branch's share of the UNet, "
+                        "text-to-image and a zoom keyframe at --cache-interval 1, 2, 3, 5 (full-size models)")
+    p.add_argument("--repeats", type=int, default=1, help="runs of each figure (default 1; medians are reported)")
+    p.add_argument("--steps", type=int, help="steps per render (default 20)")
+    p.add_argument("--models-dir", type=Path, help="where the full-size models are cached "
+                   "(default $ZOOMQ_CACHE_DIR/bench-models)")
+    p.add_argument("--tiny", action="store_true", help="the miniature models: checks the benchmark itself")
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="report (default docs/benchmarks.md)")
+    p.set_defaults(run=run_deepcache)
 
 
 def run_queue(args: argparse.Namespace) -> int:
@@ -50,5 +59,22 @@ def run_render(args: argparse.Namespace) -> int:
     if "fast" in result:
         e2e = result["fast"]["worker"]
         print(f"fast tier: request to PNG in a warm worker, median {e2e['median']:.2f} s, best {e2e['best']:.2f} s")
+    print(f"written to {args.out}")
+    return 0
+
+
+def run_deepcache(args: argparse.Namespace) -> int:
+    from zoomq.bench import deepcache
+    from zoomq.errors import InvalidParameter
+
+    if args.repeats < 1:
+        raise InvalidParameter("repeats", args.repeats, "must be at least 1")
+    if args.steps is not None and args.steps < 1:
+        raise InvalidParameter("steps", args.steps, "must be at least 1")
+    result = deepcache.run(args.out, tiny=args.tiny, repeats=args.repeats, steps=args.steps,
+                           models_dir=args.models_dir, say=lambda m: print(f"zoomq: {m}", flush=True))
+    m = result["medians"]
+    print(f"shallow branch {100 * m['shallow_share']:.0f} % of the UNet call; text-to-image at interval 3: "
+          f"{deepcache.ratio(m, 't2i', 3):.2f}x, keyframe {deepcache.ratio(m, 'keyframe', 3):.2f}x")
     print(f"written to {args.out}")
     return 0

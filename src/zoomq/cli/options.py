@@ -25,6 +25,10 @@ STEPS_DEFAULT = "20; SD-Turbo 1"
 GUIDANCE_DEFAULT = "7.5; SD-Turbo 0"
 DECODER_HELP = ("full: the model's VAE decoder (default); tiny: TAESD's, a small fraction of the cost, less fine "
                 "detail; needs a model prepared with --tiny-autoencoder")
+CACHE_HELP = ("fast mode (DeepCache): run the whole UNet every N-th step and only its shallow branch on the kept "
+              "deep features in between (default 1 = off; needs a model prepared by this zoomq)")
+BRANCH_HELP = ("DeepCache's branch, block x 3 + layer: which layers run fresh on cached steps (default 0, the "
+               "fewest; others need a model prepared with --cache-branches)")
 CUTOFF_HELP = ("fast mode: use guidance for this fraction of the steps only, then run the UNet once per "
                "step instead of twice (default 1 = every step; 0.5 saves about a quarter of the time)")
 
@@ -43,6 +47,8 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", type=Path, help="inpainting mask, white = repaint")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
     p.add_argument("--decoder", choices=DECODERS, default="full", help=DECODER_HELP)
+    p.add_argument("--cache-interval", type=int, default=1, help=CACHE_HELP)
+    p.add_argument("--cache-branch", type=int, default=0, help=BRANCH_HELP)
 
 
 def image_options(args: argparse.Namespace) -> dict:
@@ -55,7 +61,7 @@ def image_options(args: argparse.Namespace) -> dict:
     return dict(
         prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
         guidance_cutoff=args.guidance_cutoff, seed=args.seed, scheduler=args.scheduler, width=width, height=height, strength=args.strength, eta=args.eta,
-        decoder=args.decoder,
+        decoder=args.decoder, cache_interval=args.cache_interval, cache_branch=args.cache_branch,
         init_image=png.load_image(args.init_image, "init_image") if args.init_image else None,
         mask=png.load_image(args.mask, "mask", mode="L") if args.mask else None,
     )
@@ -83,6 +89,8 @@ def add_zoom_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-cutoff", type=float, default=d.guidance_cutoff, help=CUTOFF_HELP)
     p.add_argument("--scheduler", default=d.scheduler, help=f"one of {', '.join(schedulers.NAMES)}")
     p.add_argument("--decoder", choices=DECODERS, default=d.decoder, help=DECODER_HELP)
+    p.add_argument("--cache-interval", type=int, default=d.cache_interval, help=CACHE_HELP)
+    p.add_argument("--cache-branch", type=int, default=d.cache_branch, help=BRANCH_HELP)
     p.add_argument("--seam", type=int, default=None,  # None: the default, narrowed where it does not fit
                    help=f"px of feathered blend at the pasted square (default {DEFAULT_SEAM}, or the most that "
                    "--size and --mask-width leave room for; 0 = the notebook exactly)")
@@ -103,6 +111,7 @@ def zoom_options(args: argparse.Namespace) -> dict:
         mask_width=args.mask_width, interpolation_frames=args.interpolation_frames, fps=args.fps,
         direction=args.direction, seed=args.seed, steps=args.steps, guidance=args.guidance,
         guidance_cutoff=args.guidance_cutoff, scheduler=args.scheduler, seam=args.seam, decoder=args.decoder,
+        cache_interval=args.cache_interval, cache_branch=args.cache_branch,
         schedule=load_schedule(args.prompt_schedule) if args.prompt_schedule else (),
         gif=args.gif, init_image=str(args.init_image) if args.init_image else None,
     )

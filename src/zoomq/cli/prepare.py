@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoomq.model_prep.prepare import WEIGHTS, prepare, prepare_random
+from zoomq.model_prep.prepare import DEFAULT_CACHE_BRANCHES, WEIGHTS, prepare, prepare_random
+
+
+def _branches(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in text.split(",") if b.strip() != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be branch numbers separated by commas, e.g. 0,1") from None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also convert this tiny autoencoder (TAESD: madebyollin/taesd, or a folder saved by "
                    "diffusers' AutoencoderTiny; `random`: random weights, for tests and benchmarks) so renders "
                    "can choose --decoder tiny; given for a model already in --out, it is added in place")
+    p.add_argument("--cache-branches", type=_branches, default=DEFAULT_CACHE_BRANCHES, metavar="B[,B...]",
+                   help="DeepCache branches renders may choose with --cache-branch (default 0; each adds a small "
+                   "shallow UNet part); an empty value none")
     random = p.add_argument_group("random models (--tiny, --full-size-random)")
     random.add_argument("--inpainting", action="store_true", help="9-channel inpainting UNet")
     random.add_argument("--size", type=int, help="native size in px (default 256 tiny, 512 full-size)")
@@ -49,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             print("zoomq: note: --inpainting/--size/--prediction-type/--turbo apply to random models; "
                   "a real model's kind is read from its config")
         manifest = prepare(args.model, args.out, route=route, weights=args.weights, report=_say,
-                           tiny_autoencoder=args.tiny_autoencoder)
+                           tiny_autoencoder=args.tiny_autoencoder, cache_branches=args.cache_branches)
     else:
         manifest = prepare_random(
             args.out,
@@ -63,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             report=_say,
             turbo=args.turbo,
             tiny_autoencoder=args.tiny_autoencoder,
+            cache_branches=args.cache_branches,
         )
     kind = manifest.kind
     defaults = manifest.defaults
@@ -72,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
     if "tiny" in manifest.decoders:
         print(f"{manifest.folder}: tiny decoder (TAESD, {manifest.data['tiny_autoencoder']['source']}): "
               "renders may choose --decoder tiny")
+    if manifest.cache_branches:
+        print(f"{manifest.folder}: DeepCache branch {', '.join(map(str, manifest.cache_branches))}: renders may "
+              "choose --cache-interval N")
     return 0
 
 

@@ -19,8 +19,8 @@ import openvino as ov
 import torch
 
 #: Version of the IR zoomq writes, kept in the manifest; ``prepare`` redoes a model made by an older
-#: one. 2: the UNet's GEGLU as two projections.
-CONVERSION = 2
+#: one. 2: the UNet's GEGLU as two projections. 3: the UNet also returns DeepCache's kept features.
+CONVERSION = 3
 
 
 class _TextEncoder(torch.nn.Module):
@@ -57,7 +57,10 @@ class _SplitGEGLU(torch.nn.Module):
 
 
 class _UNet(torch.nn.Module):
-    def __init__(self, model):
+    """The UNet; with ``keep`` (DeepCache branches) it also returns each branch's deep feature,
+    outputs ``feature_B`` after the noise prediction (see ``model_prep.deepcache``)."""
+
+    def __init__(self, model, keep: tuple[int, ...] = ()):
         super().__init__()
         from diffusers.models.activations import GEGLU
 
@@ -66,9 +69,17 @@ class _UNet(torch.nn.Module):
                 if type(child) is GEGLU:
                     setattr(module, name, _SplitGEGLU(child))
         self.model = model
+        self.keep = tuple(keep)
+        if self.keep:
+            from zoomq.model_prep.deepcache import FeatureHooks
+
+            self.hooks = FeatureHooks(model, self.keep)
 
     def forward(self, sample, timestep, encoder_hidden_states):
-        return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        noise = self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        if not self.keep:
+            return noise
+        return (noise, *(self.hooks.features[b] for b in self.keep))
 
 
 class _VaeEncoder(torch.nn.Module):
@@ -111,12 +122,18 @@ class Part:
     build: Callable[[Path], torch.nn.Module]
     # (input name, shape with -1 for dynamic dims, example tensor factory)
     inputs: tuple[tuple[str, list[int], Callable[[], torch.Tensor]], ...]
+    #: names of the outputs after the first (``out``)
+    outputs: tuple[str, ...] = ()
 
 
-def parts(folder: Path, in_channels: int, text_hidden: int, latent_channels: int) -> list[Part]:
-    """The four sub-models of an SD2 pipeline folder, in conversion order (largest last)."""
+def parts(folder: Path, in_channels: int, text_hidden: int, latent_channels: int,
+          cache_branches: tuple[int, ...] = ()) -> list[Part]:
+    """The four sub-models of an SD2 pipeline folder, in conversion order (largest last);
+    ``cache_branches``: the DeepCache branches whose features the UNet also returns."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
+
+    from zoomq.model_prep.deepcache import feature_output_name
 
     def vae(path):
         return AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
@@ -142,7 +159,8 @@ def parts(folder: Path, in_channels: int, text_hidden: int, latent_channels: int
         Part(
             "unet",
             lambda p: _UNet(
-                UNet2DConditionModel.from_pretrained(p, subfolder="unet", torch_dtype=torch.float32)
+                UNet2DConditionModel.from_pretrained(p, subfolder="unet", torch_dtype=torch.float32),
+                keep=tuple(cache_branches),
             ),
             # An odd latent size makes the trace keep UNet's explicit-upsample-size branch, which
             # is right for every size; a size divisible by 2**ups would bake in the other branch.
@@ -151,6 +169,7 @@ def parts(folder: Path, in_channels: int, text_hidden: int, latent_channels: int
                 ("timestep", [], lambda: torch.tensor(999.0)),
                 ("encoder_hidden_states", [-1, 77, text_hidden], lambda: torch.zeros(2, 77, text_hidden)),
             ),
+            tuple(feature_output_name(b) for b in cache_branches),
         ),
     ]
 
@@ -173,6 +192,8 @@ def _name_io(model: ov.Model, part: Part) -> ov.Model:
     for port, (name, _, _) in zip(model.inputs, part.inputs):
         port.get_tensor().set_names({name})
     model.outputs[0].get_tensor().set_names({"out"})
+    for port, name in zip(model.outputs[1:], part.outputs):
+        port.get_tensor().set_names({name})
     return model
 
 
@@ -198,7 +219,7 @@ def _convert_via_onnx(module: torch.nn.Module, part: Part, workdir: Path) -> ov.
             example,
             str(path),
             input_names=names,
-            output_names=["out"],
+            output_names=["out", *part.outputs],
             dynamic_axes=dynamic_axes,
             opset_version=17,
             dynamo=False,

@@ -8,6 +8,7 @@ complete, so a failed or interrupted conversion never leaves a folder that looks
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import os
@@ -26,6 +27,9 @@ from zoomq.model_prep.detect import ModelKind, detect
 log = logging.getLogger(__name__)
 
 ROUTES = ("direct", "onnx")
+#: DeepCache branches a model is prepared with unless told otherwise (``model_prep.deepcache``;
+#: a literal here: that module imports torch)
+DEFAULT_CACHE_BRANCHES = (0,)
 WEIGHTS = ("fp16", "int8", "int8-hybrid")
 _HUB_FILES = [
     "model_index.json",
@@ -84,9 +88,11 @@ def _check_space(where: Path, needed: int) -> None:
         )
 
 
-def _existing(out: Path, source: str, route: str, weights: str) -> mf.Manifest | None:
+def _existing(out: Path, source: str, route: str, weights: str,
+              cache_branches: tuple[int, ...] = ()) -> mf.Manifest | None:
     """The manifest of an identical model already in ``out``, or None to make it (again, if an
-    older conversion made it); raises if ``out`` holds something else."""
+    older conversion made it or it lacks a DeepCache branch asked for); raises if ``out`` holds
+    something else."""
     if not out.exists():
         return None
     if not out.is_dir():
@@ -95,6 +101,8 @@ def _existing(out: Path, source: str, route: str, weights: str) -> mf.Manifest |
         current = mf.read(out)
         same = (current.data.get("source"), current.data.get("route"), current.data.get("weights"))
         if same == (source, route, weights):
+            if not set(cache_branches) <= set(current.cache_branches):
+                return None
             return current if current.data.get("conversion", 1) == _conversion() else None
         raise PrepareError(
             f"--out {out}: already holds another model ({current.data.get('source')}, "
@@ -159,9 +167,12 @@ def _convert(
     weights: str,
     report: Callable[[str], None],
     tiny: Callable[[Path], dict] | None = None,
+    cache_branches: tuple[int, ...] = (),
 ) -> None:
     """Convert the diffusers folder ``source_dir`` into ``stage``; the manifest comes last.
-    ``tiny`` converts a tiny autoencoder into a folder and returns its manifest record."""
+    ``tiny`` converts a tiny autoencoder into a folder and returns its manifest record;
+    ``cache_branches``: the DeepCache branches to carry (``model_prep.deepcache``)."""
+    from zoomq.model_prep import deepcache
     from zoomq.model_prep.convert import CONVERSION, convert_part, parts
 
     report(f"{source}: {kind.family} {kind.task}, {kind.native_size} px, {kind.prediction_type}")
@@ -169,9 +180,21 @@ def _convert(
         shutil.copytree(source_dir / sub, stage / sub)
     # int8-hybrid converts at fp16, then quantizes the UNet calibrated on the converted model.
     part_weights = "fp16" if weights == "int8-hybrid" else weights
-    for part in parts(source_dir, kind.unet_in_channels, kind.text_hidden_size, kind.latent_channels):
+    unet_config = json.loads((source_dir / "unet" / "config.json").read_text())
+    try:
+        cache_branches = deepcache.check_branches(cache_branches, unet_config)
+    except ValueError as e:
+        raise PrepareError(f"--cache-branches: {e}") from None
+    for part in parts(source_dir, kind.unet_in_channels, kind.text_hidden_size, kind.latent_channels,
+                      cache_branches):
         report(f"converting {part.name} ({route}, {part_weights} weights)")
         convert_part(source_dir, part, stage, route=route, weights=part_weights)
+    if cache_branches:
+        report(f"converting DeepCache's shallow UNet for branch {', '.join(map(str, cache_branches))} "
+               f"({route}, fp16 weights)")
+        deepcache.convert_shallow_parts(source_dir, stage, cache_branches, kind.unet_in_channels,
+                                        kind.text_hidden_size, route=route,
+                                        weights="fp16" if weights == "int8-hybrid" else weights)
     tiny_record = tiny(stage) if tiny is not None else None
     data = {
         "source": source,
@@ -186,6 +209,9 @@ def _convert(
     }
     if tiny_record:
         data["tiny_autoencoder"] = tiny_record
+    if cache_branches:
+        data["deepcache"] = {"branches": list(cache_branches),
+                             "branch_count": deepcache.branch_count(unet_config)}
     mf.write(stage, data)
     if weights == "int8-hybrid":
         from zoomq.model_prep.hybrid import quantize_unet
@@ -273,11 +299,12 @@ def _build(
     report: Callable[[str], None],
     fill: Callable[[Path], None],
     tiny: tuple[str, Callable[[Path], dict]] | None = None,
+    cache_branches: tuple[int, ...] = (),
 ) -> mf.Manifest:
     """Run ``fill(stage)`` unless ``out`` already holds this model; move the result into place.
     ``tiny``: (label, converter) of the tiny autoencoder the model should carry; one that a model
     already in ``out`` lacks is added to it in place."""
-    done = _existing(out, source, route, weights)
+    done = _existing(out, source, route, weights, cache_branches)
     if done and tiny is not None and (done.data.get("tiny_autoencoder") or {}).get("source") != tiny[0]:
         report(f"{out} already holds this model; adding the tiny autoencoder {tiny[0]}")
         try:
@@ -291,7 +318,12 @@ def _build(
         report(f"{out} already holds this model; nothing to do")
         return done
     if (out / mf.MANIFEST).is_file():
-        report(f"{out} holds this model from an older zoomq conversion; preparing it again")
+        held = mf.read(out)
+        if held.data.get("conversion", 1) == _conversion() and not set(cache_branches) <= set(held.cache_branches):
+            report(f"{out} holds this model without DeepCache branch "
+                   f"{', '.join(map(str, sorted(set(cache_branches) - set(held.cache_branches))))}; preparing it again")
+        else:
+            report(f"{out} holds this model from an older zoomq conversion; preparing it again")
     try:
         with _staging(out) as stage:
             fill(stage)
@@ -317,9 +349,11 @@ def prepare(
     weights: str = "fp16",
     report: Callable[[str], None] = log.info,
     tiny_autoencoder: str | None = None,
+    cache_branches: tuple[int, ...] = DEFAULT_CACHE_BRANCHES,
 ) -> mf.Manifest:
     """Convert a diffusers SD2 pipeline (local folder or hub id) into the zoomq model folder ``out``;
-    ``tiny_autoencoder`` (hub id, ``AutoencoderTiny`` folder or ``random``) adds TAESD's decoder."""
+    ``tiny_autoencoder`` (hub id, ``AutoencoderTiny`` folder or ``random``) adds TAESD's decoder;
+    ``cache_branches``: the DeepCache branches renders may use (``--cache-branch``)."""
     _check_options(route, weights)
     out = Path(out).expanduser().absolute()
     source_dir, source_kind = resolve_source(model)
@@ -331,9 +365,10 @@ def prepare(
     def fill(stage: Path) -> None:
         _check_space(stage, _weights_size(source_dir) * 3 // 4 + 2**20)
         _convert(source_dir, kind, stage, source=source, source_kind=source_kind, route=route, weights=weights,
-                 report=report, tiny=tiny and tiny[1])
+                 report=report, tiny=tiny and tiny[1], cache_branches=tuple(cache_branches))
 
-    return _build(out, source=source, route=route, weights=weights, report=report, fill=fill, tiny=tiny)
+    return _build(out, source=source, route=route, weights=weights, report=report, fill=fill, tiny=tiny,
+                  cache_branches=tuple(cache_branches))
 
 
 def prepare_random(
@@ -350,6 +385,7 @@ def prepare_random(
     report: Callable[[str], None] = log.info,
     tiny_autoencoder: str | None = None,
     turbo: bool = False,
+    cache_branches: tuple[int, ...] = DEFAULT_CACHE_BRANCHES,
 ) -> mf.Manifest:
     """Build a seeded random-weight SD2 pipeline (miniature or full-size), keep its diffusers
     folder in ``out/diffusers`` and convert it into ``out``. ``latent_factor`` is its VAE's
@@ -388,7 +424,7 @@ def prepare_random(
             turbo=turbo,
         )
         _convert(stage / "diffusers", detect(stage / "diffusers"), stage, source=source, source_kind=label, route=route, weights=weights,
-                 report=report, tiny=tiny and tiny[1])
+                 report=report, tiny=tiny and tiny[1], cache_branches=tuple(cache_branches))
 
     def keep(dest: Path) -> Path | None:  # beside the pipeline's diffusers folder: the stage's, or out's
         base = dest if (dest / "diffusers").is_dir() else out
@@ -396,4 +432,5 @@ def prepare_random(
 
     wanted = _tiny_wanted(out, source, tiny_autoencoder, seed + 3)  # the random pipelines' latents: 4 channels
     tiny = wanted and _tiny_converter(*wanted, 4, latent_factor, route=route, report=report, keep=keep)
-    return _build(out, source=source, route=route, weights=weights, report=report, fill=fill, tiny=tiny)
+    return _build(out, source=source, route=route, weights=weights, report=report, fill=fill, tiny=tiny,
+                  cache_branches=tuple(cache_branches))

@@ -24,7 +24,7 @@ from zoomq.config import Settings, settings as current_settings
 from zoomq.connection import BrokerUnavailable  # noqa: F401  (re-exported: the web answers it with 503)
 from zoomq.errors import Checks, InvalidParameter, QueueFull, ZoomqError
 from zoomq.render.png import load_image
-from zoomq.render.request import RenderRequest, check_decoder, validate
+from zoomq.render.request import RenderRequest, check_cache, check_decoder, validate
 from zoomq.store import open_store
 from zoomq.worker import registry
 from zoomq.worker.app import ENCODE_QUEUE, TASK_IMAGE, TASK_KEYFRAME, make_app, render_queue
@@ -98,6 +98,7 @@ class Producer:
             checks(limits.check_image, request, self.limits)
             if info:  # refused here, not by a worker: a model announced without TAESD has decoder "full" only
                 checks(check_decoder, request.decoder, tuple(info.get("decoders", ("full",))))
+                checks(check_cache, request.cache_interval, request.cache_branch, _cache_branches(info))
         checks.raise_errors()
         return request.with_seed()
 
@@ -141,6 +142,7 @@ class Producer:
             checks(limits.check_zoom, settings, self.limits)
             if info:
                 checks(check_decoder, settings.decoder, tuple(info.get("decoders", ("full",))))
+                checks(check_cache, settings.cache_interval, settings.cache_branch, _cache_branches(info))
         checks.raise_errors()
         return settings, init
 
@@ -243,6 +245,12 @@ class Producer:
             if timeout is not None and time.monotonic() - started > timeout:
                 raise ZoomqError(f"job {job_id} did not end within {timeout:g} s")
             time.sleep(poll)
+
+
+def _cache_branches(info: dict) -> tuple[int, ...] | None:
+    """The DeepCache branches a served model carries; None where its workers do not say (older ones)."""
+    branches = info.get("cache_branches")
+    return None if branches is None else tuple(branches)
 
 
 def _as_image(value, param: str, mode: str) -> Image.Image | None:

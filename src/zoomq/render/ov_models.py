@@ -83,8 +83,11 @@ class CompiledParts:
 
     def run(self, part: str, **inputs: np.ndarray) -> np.ndarray:
         """Run ``part`` on ``inputs`` (compiling it for their shapes if needed); returns output 0."""
+        return self.run_outputs(part, (), **inputs)[0]
+
+    def run_outputs(self, part: str, names: tuple[str, ...], **inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Run ``part`` like ``run``; returns output 0 and then the outputs named ``names``."""
         compiled = self.compiled(part, {k: list(np.shape(v)) for k, v in inputs.items()})
-        request = compiled.create_infer_request()
         # ascontiguousarray would turn the 0-d timestep into shape (1,)
-        result = request.infer({k: np.asarray(v, order="C") for k, v in inputs.items()})
-        return np.array(result[compiled.output(0)])
+        result = compiled.create_infer_request().infer({k: np.asarray(v, order="C") for k, v in inputs.items()})
+        return (np.array(result[compiled.output(0)]), *(np.array(result[compiled.output(n)]) for n in names))

@@ -30,7 +30,7 @@ from zoomq.render import precision, schedulers
 from zoomq.render.blend import LatentBlend
 from zoomq.render.ov_models import CompiledParts
 from zoomq.render.preview import Preview
-from zoomq.render.request import RenderRequest, check_decoder, validate
+from zoomq.render.request import RenderRequest, check_cache, check_decoder, validate
 from zoomq.render.unet_call import PlainUNet, UNetCall, WrapUNet
 
 log = logging.getLogger(__name__)
@@ -137,9 +137,20 @@ class Renderer:
         latents = import_image_encoding()(moments).sample(generator)
         return latents * self.kind["vae_scaling_factor"]
 
-    def unet_call(self, req: RenderRequest) -> UNetCall:
-        """How ``req``'s denoise loop runs the UNet."""
+    def unet_call(self, req: RenderRequest, timesteps=None) -> UNetCall:
+        """How ``req``'s denoise loop runs the UNet: in full every call, or with DeepCache's feature
+        caching (``req.cache_interval`` > 1; ``timesteps``: the scheduler's, which it counts by)."""
+        if req.cache_interval > 1:
+            from zoomq.render.deepcache import DeepCacheUNet
+
+            self.check_cache(req.cache_interval, req.cache_branch)
+            return DeepCacheUNet(self.parts, req.cache_interval, req.cache_branch, timesteps)
         return PlainUNet(self.parts)
+
+    def check_cache(self, interval, branch) -> None:
+        """``InvalidParameter`` for DeepCache options this model cannot run (one prepared without
+        the branch, saying how to prepare it again)."""
+        check_cache(interval, branch, self.manifest.cache_branches, self.manifest.prepare_command())
 
     @property
     def decoders(self) -> tuple[str, ...]:
@@ -171,6 +182,7 @@ class Renderer:
         req = validate(request.with_seed(), self.task, self.kind["native_size"], self.latent_factor,
                        self.defaults, latent_blend)
         check_decoder(req.decoder, self.decoders)  # before any work: a model without TAESD says how to add it
+        self.check_cache(req.cache_interval, req.cache_branch)  # and one without DeepCache's parts
         warnings: list[str] = []
         generator = torch.Generator("cpu").manual_seed(req.seed)
         cfg = req.guidance > 1.0  # as diffusers: guidance ≤ 1 runs the UNet on the prompt alone, batch 1
@@ -229,7 +241,7 @@ class Renderer:
                     conditioning = torch.cat([mask, masked_latents], dim=1)
 
         # 4. denoise
-        unet = self.unet_call(req)
+        unet = self.unet_call(req, scheduler.timesteps)
         if wrap_unet is not None:
             unet = wrap_unet(unet)
         step_kwargs = {}
@@ -285,6 +297,8 @@ class Renderer:
             "guidance": req.guidance,
             "guidance_cutoff": req.guidance_cutoff,
             "decoder": req.decoder,
+            "cache_interval": req.cache_interval,
+            "cache_branch": req.cache_branch,
             "scheduler": req.scheduler,
             "size": f"{req.width}x{req.height}",
             "eta": req.eta,

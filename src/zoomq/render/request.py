@@ -43,6 +43,8 @@ class RenderRequest:
     mask: Image.Image | None = field(default=None, repr=False)
     guidance_cutoff: float = 1.0  # fraction of the steps that use guidance; later steps run batch 1
     decoder: str = "full"  # "tiny": TAESD, when the model carries it (faster, less fine detail)
+    cache_interval: int = 1  # DeepCache: the whole UNet every N-th call, its shallow branch between; 1 = off
+    cache_branch: int = 0  # DeepCache's branch: which layers run fresh on cached calls (render.deepcache)
 
     @property
     def mode(self) -> str:
@@ -149,6 +151,49 @@ def check_decoder(value, available: tuple[str, ...] = DECODERS) -> str:
     return value
 
 
+#: DeepCache's limits: an interval past this leaves one full UNet call in any sensible render;
+#: branches are ``block * 3 + layer`` over SD2's four blocks (``model_prep.deepcache``).
+MAX_CACHE_INTERVAL = 50
+CACHE_BRANCHES = 12
+
+
+def check_cache_interval(value) -> int:
+    interval = number("cache_interval", value, int)
+    if not 1 <= interval <= MAX_CACHE_INTERVAL:
+        raise InvalidParameter("cache_interval", interval,
+                               f"must be between 1 (off) and {MAX_CACHE_INTERVAL}: the whole UNet runs every "
+                               "N-th step, its shallow branch from cached features in between (DeepCache)")
+    return interval
+
+
+def check_cache_branch(value) -> int:
+    branch = number("cache_branch", value, int)
+    if not 0 <= branch < CACHE_BRANCHES:
+        raise InvalidParameter("cache_branch", branch,
+                               f"must be between 0 and {CACHE_BRANCHES - 1} (DeepCache's branch: block × 3 + "
+                               "layer; 0, the default, runs the fewest layers fresh)")
+    return branch
+
+
+def check_cache(interval, branch, available: tuple[int, ...] | None = None, prepare: str | None = None) -> None:
+    """DeepCache's options against a model carrying the branches ``available`` (``Manifest.cache_branches``;
+    None: not known here); ``prepare`` is the command that prepares that model again."""
+    interval = check_cache_interval(interval)
+    branch = check_cache_branch(branch)
+    if interval == 1 or available is None:
+        return
+    again = prepare or "zoomq prepare --model SOURCE --out MODEL_DIR"
+    if not available:
+        raise InvalidParameter("cache_interval", interval,
+                               f"this model was prepared without DeepCache's parts (by an older zoomq); prepare it "
+                               f"again for this option: `{again}`")
+    if branch not in available:
+        carried = ", ".join(map(str, available))
+        raise InvalidParameter("cache_branch", branch,
+                               f"this model carries DeepCache branch {carried} only; add this one with "
+                               f"`{again} --cache-branches {','.join(map(str, sorted({*available, branch})))}`")
+
+
 def _check_images(request: RenderRequest, task: str, latent_blend: bool = False) -> None:
     if task == "inpainting" and request.mask is None:
         raise InvalidParameter(
@@ -188,6 +233,8 @@ def validate(request: RenderRequest, task: str, native_size: int, latent_factor:
     eta = checks(check_eta, request.eta)
     checks(check_seed, request.seed)
     checks(check_decoder, request.decoder)
+    cache_interval = checks(check_cache_interval, request.cache_interval)
+    cache_branch = checks(check_cache_branch, request.cache_branch)
     scheduler = checks(schedulers.check_name, model["scheduler"] if request.scheduler is None else request.scheduler)
     checks(_check_images, request, task, latent_blend)
     strength = request.strength
@@ -211,7 +258,7 @@ def validate(request: RenderRequest, task: str, native_size: int, latent_factor:
         )
     return replace(
         request, steps=steps, guidance=guidance, guidance_cutoff=cutoff, eta=eta, strength=strength, width=width,
-        height=height, scheduler=scheduler,
+        height=height, scheduler=scheduler, cache_interval=cache_interval, cache_branch=cache_branch,
     )
 
 

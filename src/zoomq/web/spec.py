@@ -87,6 +87,22 @@ def _models(models: Mapping[str, dict], image: dict, zoom: dict) -> None:
                 "if": {"required": ["model"], "properties": {"model": {"enum": no_tiny}}},
                 "then": {"properties": {"decoder": {"enum": ["full", None]}}},
             })
+    carried: dict[tuple, list[str]] = {}  # DeepCache's branches (None: not said, an older worker) → models
+    for n in names:
+        if models[n].get("cache_branches") is not None:
+            carried.setdefault(tuple(models[n]["cache_branches"]), []).append(n)
+    for branches, which in carried.items():
+        for job in (image, zoom):
+            if "cache_interval" not in job["properties"]:
+                continue
+            cached = {"required": ["model", "cache_interval"],
+                      "properties": {"model": {"enum": which}, "cache_interval": {"type": "integer", "minimum": 2}}}
+            if branches:  # with caching on, only the branches the model carries (null: branch 0)
+                allowed = [*branches, None] if 0 in branches else list(branches)
+                job.setdefault("allOf", []).append({"if": cached, "then": {"properties": {"cache_branch": {"enum": allowed}}}})
+            else:  # prepared without DeepCache's parts: caching off only
+                job.setdefault("allOf", []).append({"if": {"required": ["model"], "properties": {"model": {"enum": which}}},
+                                                    "then": {"properties": {"cache_interval": {"enum": [1, None]}}}})
     no_mask = {"properties": {"mask": {"type": "null"}}}
     if inpainting:
         image["allOf"].append({

@@ -26,12 +26,13 @@ MAX_PIXELS = 4096 * 4096
 IMAGE_FIELDS = {
     "negative_prompt": str, "steps": int, "guidance": float, "guidance_cutoff": float, "seed": int,
     "scheduler": str, "width": int, "height": int, "strength": float, "eta": float, "decoder": str,
+    "cache_interval": int, "cache_branch": int,
 }
 ZOOM_FIELDS = {
     "negative_prompt": str, "keyframes": int, "size": int, "mask_width": int, "interpolation_frames": int,
     "fps": int, "direction": str, "seed": int, "steps": int, "guidance": float, "guidance_cutoff": float,
     "scheduler": str,
-    "seam": int, "gif": bool, "decoder": str,
+    "seam": int, "gif": bool, "decoder": str, "cache_interval": int, "cache_branch": int,
 }
 UPLOADS = {"image": ("init_image", "mask"), "zoom": ("init_image",)}
 

@@ -57,6 +57,7 @@ def describe_models(folders: list[Path]) -> dict[str, dict]:
             "native_size": m.kind["native_size"],
             "latent_factor": m.latent_factor,
             "decoders": list(m.decoders),  # ["full", "tiny"] when it carries TAESD (--tiny-autoencoder)
+            "cache_branches": list(m.cache_branches),  # DeepCache's branches; [] for a model to prepare again
             "variant": m.variant,
             "defaults": m.defaults,  # steps, guidance, scheduler: the producer fills requests with them
         }

@@ -41,6 +41,7 @@ def render_zoom(renderer: Renderer, settings: ZoomSettings, out: Path, progress:
     check_model(renderer)
     settings = validate(settings, renderer.defaults)
     check_decoder(settings.decoder, renderer.decoders)  # before any keyframe is written
+    renderer.check_cache(settings.cache_interval, settings.cache_branch)  # DeepCache's parts, likewise
     out = Path(out)
     kf_dir = keyframes_dir(out)
     kf_dir.mkdir(parents=True, exist_ok=True)

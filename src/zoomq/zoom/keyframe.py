@@ -70,6 +70,7 @@ def render_keyframe(
             guidance_cutoff=settings.guidance_cutoff,
             seed=settings.keyframe_seed(k), scheduler=settings.scheduler, width=side, height=side,
             init_image=canvas, mask=mask, strength=1.0, decoder=settings.decoder,
+            cache_interval=settings.cache_interval, cache_branch=settings.cache_branch,
         )
         result = renderer.render(request, progress, texts, latent_blend=True, preview=preview)
         image = result.image

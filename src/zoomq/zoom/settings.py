@@ -17,6 +17,8 @@ from zoomq.errors import Checks, InvalidParameter
 from zoomq.render import schedulers
 from zoomq.render.request import (
     STANDARD_DEFAULTS,
+    check_cache_branch,
+    check_cache_interval,
     check_decoder,
     check_guidance,
     check_guidance_cutoff,
@@ -66,6 +68,8 @@ class ZoomSettings:
     guidance_cutoff: float = 1.0
     scheduler: str = "default"
     decoder: str = "full"  # of every keyframe: "tiny" (TAESD) when the model carries it
+    cache_interval: int = 1  # of every keyframe: DeepCache's interval (1 = off; render.deepcache)
+    cache_branch: int = 0
     seam: int | None = DEFAULT_SEAM  # None, too, means the default
     schedule: tuple[PromptChange, ...] = ()
     gif: bool = False
@@ -220,6 +224,8 @@ def validate(s: ZoomSettings, defaults: dict | None = None) -> ZoomSettings:
     cutoff = checks(check_guidance_cutoff, s.guidance_cutoff)
     checks(schedulers.check_name, s.scheduler)
     checks(check_decoder, s.decoder)
+    cache_interval = checks(check_cache_interval, s.cache_interval)
+    cache_branch = checks(check_cache_branch, s.cache_branch)
     seam, notes = None, ()
     if mask_width is not None:
         seam, notes = checks(_seam, s.seam, size, mask_width) or (None, ())
@@ -229,6 +235,6 @@ def validate(s: ZoomSettings, defaults: dict | None = None) -> ZoomSettings:
     checks.raise_errors()
     return replace(
         s, keyframes=keyframes, size=size, mask_width=mask_width, interpolation_frames=frames, fps=fps,
-        steps=steps, guidance=guidance, guidance_cutoff=cutoff, seam=seam,
-        warnings=tuple(dict.fromkeys((*s.warnings, *notes))),  # validating again adds nothing
+        steps=steps, guidance=guidance, guidance_cutoff=cutoff, seam=seam, cache_interval=cache_interval,
+        cache_branch=cache_branch, warnings=tuple(dict.fromkeys((*s.warnings, *notes))),  # validating again adds nothing
     ).with_seed()
