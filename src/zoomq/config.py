@@ -59,6 +59,13 @@ VARIABLES: tuple[Variable, ...] = (
         "every few steps of an image or keyframe; `off`: never.",
     ),
     Variable(
+        "ZOOMQ_GUIDANCE_SPLIT",
+        "on",
+        "`on`: a guided image or keyframe that starts while another worker of its model is idle shares its "
+        "guided steps with it, each running one half of the batch; the worker also helps others that way when "
+        "idle; `off`: neither.",
+    ),
+    Variable(
         "ZOOMQ_REDIS_URL",
         "redis://127.0.0.1:6379/0",
         "Redis for the queue, job records and artifacts; with a password `redis://:PASSWORD@HOST:PORT/DB` (an ACL "
@@ -211,6 +218,7 @@ class Settings:
     compile_cache: bool = False
     warmup: bool = True
     previews: bool = True
+    guidance_split: bool = True  # share guided steps with an idle worker (worker.split)
     log_format: str = "text"
     redis_ca: str = ""  # CA file for rediss:// (zoomq.connection)
     health_file: str = ""
@@ -341,8 +349,12 @@ def settings() -> Settings:
     previews = _get("ZOOMQ_PREVIEWS").lower()
     if previews not in ("on", "off"):
         raise InvalidParameter("ZOOMQ_PREVIEWS", previews, "must be on or off")
+    split = _get("ZOOMQ_GUIDANCE_SPLIT").lower()
+    if split not in ("on", "off"):
+        raise InvalidParameter("ZOOMQ_GUIDANCE_SPLIT", split, "must be on or off")
     return Settings(
         log_format=log_format(),
+        guidance_split=split == "on",
         warmup=warmup == "on",
         previews=previews == "on",
         compile_cache=cache == "on" or (cache == "auto" and device.upper() != "CPU"),

@@ -23,6 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the harness's own test
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="report (default docs/benchmarks.md)")
     p.set_defaults(run=run_render)
+    p = what.add_parser("split", help="a zoom keyframe on two workers sharing its guided steps, against one "
+                        "(full-size inpainting model)")
+    p.add_argument("--repeats", type=int, default=1, help="runs of each setup (default 1; medians are reported)")
+    p.add_argument("--steps", type=int, help="steps per keyframe (default the model's: 20)")
+    p.add_argument("--models-dir", type=Path, help="where the full-size models are cached "
+                   "(default $ZOOMQ_CACHE_DIR/bench-models)")
+    p.add_argument("--tiny", action="store_true", help="the miniature inpainting model: checks the benchmark itself")
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="report (default docs/benchmarks.md)")
+    p.set_defaults(run=run_split)
     p = what.add_parser("deepcache", help="DeepCache's feature caching: the shallow branch's share of the UNet, "
                         "text-to-image and a zoom keyframe at --cache-interval 1, 2, 3, 5 (full-size models)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each figure (default 1; medians are reported)")
@@ -59,6 +68,23 @@ def run_render(args: argparse.Namespace) -> int:
     if "fast" in result:
         e2e = result["fast"]["worker"]
         print(f"fast tier: request to PNG in a warm worker, median {e2e['median']:.2f} s, best {e2e['best']:.2f} s")
+    print(f"written to {args.out}")
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from zoomq.bench import split
+    from zoomq.errors import InvalidParameter
+
+    if args.repeats < 1:
+        raise InvalidParameter("repeats", args.repeats, "must be at least 1")
+    if args.steps is not None and args.steps < 1:
+        raise InvalidParameter("steps", args.steps, "must be at least 1")
+    result = split.run(args.out, tiny=args.tiny, repeats=args.repeats, steps=args.steps, models_dir=args.models_dir,
+                       say=lambda m: print(f"zoomq: {m}", flush=True))
+    f = result["figures"]
+    print(f"one worker {f['one_worker_s']:.2f} s, two workers {f['two_workers_s']:.2f} s ({f['ratio']:.2f}x), "
+          f"exchange {100 * f['exchange_share']:.1f} % of the keyframe")
     print(f"written to {args.out}")
     return 0
 

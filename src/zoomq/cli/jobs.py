@@ -123,6 +123,9 @@ def run_status(args: argparse.Namespace) -> int:
         age = time.time() - float(record.get("heartbeat") or 0)
         alive = "alive" if record.get("worker_alive") else "NOT SEEN"
         lines.append(("worker", f"{record['worker']} ({alive}; last heartbeat {age:.0f} s ago)"))
+    if record.get("split_with"):  # the guidance split: an idle worker ran half of the guided steps
+        note = f"; {record['split_note']}" if record.get("split_note") else ""
+        lines.append(("split with", f"{record['split_with']} ({record.get('split_piece')}{note})"))
     for key in ("error", "warning", "result"):
         if record.get(key):
             lines.append((key, record[key]))

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from zoomq.config import settings
     from zoomq.worker import registry
-    from zoomq.worker.app import ENCODE_QUEUE, RENDER_QUEUE, render_queue
+    from zoomq.worker.app import ENCODE_QUEUE, RENDER_QUEUE, render_queue, split_queue
 
     kinds = [q.strip() for q in args.queues.split(",") if q.strip()]
     if not kinds or set(kinds) - {RENDER_QUEUE, ENCODE_QUEUE}:
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     models = registry.describe_models(folders)  # fails here, clearly, on a bad folder
     queues = ([render_queue(name) for name in models] if render else []) + (
         [ENCODE_QUEUE] if ENCODE_QUEUE in kinds else [])
+    if render and s.guidance_split:  # offers to run half of another worker's guided render
+        queues += [split_queue(name) for name in models]
     threads = args.threads or s.threads or None  # the option, else ZOOMQ_THREADS
     plan = sizing.for_worker(folders if render else [], s.inference_precision, processes, threads)
     log.info("worker: %s%s", plan.describe(), " (--concurrency auto)" if processes is None else "")

@@ -18,6 +18,8 @@ RENDER_QUEUE, ENCODE_QUEUE = "render", "encode"
 TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH = (
     "zoomq.image", "zoomq.keyframe", "zoomq.segment", "zoomq.stitch",
 )
+#: An offer to run the unconditional half of a guided render (``worker.split``).
+TASK_SPLIT = "zoomq.split"
 ROUTES = {
     TASK_IMAGE: RENDER_QUEUE,
     TASK_KEYFRAME: RENDER_QUEUE,
@@ -29,6 +31,12 @@ ROUTES = {
 def render_queue(model: str) -> str:
     """The queue of render tasks for one model: only workers holding that model listen to it."""
     return f"render.{model}"
+
+
+def split_queue(model: str) -> str:
+    """The queue of guidance-split offers for one model: every worker of that model consumes it,
+    and an idle one takes an offer at once (``worker.split``)."""
+    return f"split.{model}"
 
 
 def make_app(s: Settings | None = None) -> Celery:

@@ -36,6 +36,7 @@ from zoomq.render.ov_models import CompiledParts
 from zoomq.render.request import RenderRequest
 from zoomq.repeating import repeating
 from zoomq.store import ArtifactStore
+from zoomq.worker import split
 from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, render_queue
 from zoomq.zoom.keyframe import keyframe_name, render_keyframe
 from zoomq.zoom.segment import render_segment, segment_name
@@ -272,8 +273,9 @@ def run_image(ctx: Context, job_id: str) -> None:
                     params[name] = Image.open(io.BytesIO(data)).convert("L" if name == "mask" else "RGB")
             request = RenderRequest(**params)
             renderer = ctx.renderer(job["model"])
-            result = renderer.render(request, _progress(ctx, job_id, "image", "denoising"),
-                                     preview=_preview(ctx, job_id, "image"))
+            with split.leading(ctx, job_id, "image", job["model"], params) as wrap_unet:
+                result = renderer.render(request, _progress(ctx, job_id, "image", "denoising"),
+                                         preview=_preview(ctx, job_id, "image"), wrap_unet=wrap_unet)
             lease.check()
             ctx.store.put(key, png.encode(result.image, result.recipe))
             ctx.jobs.update(job_id, recipe=json.dumps(result.recipe), warnings=json.dumps(result.warnings))
@@ -343,9 +345,10 @@ def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
                                                    "init_image": str(_fetch(ctx, settings.init_image, tmp))})
             out = tmp / keyframe_name(k)
             stage = f"keyframe {k + 1}/{settings.keyframes}"
-            render_keyframe(ctx.renderer(job["model"]), settings, k, previous, out,
-                            _progress(ctx, job_id, f"keyframe:{k}", stage), JobTexts(ctx.store, job_id),
-                            _preview(ctx, job_id, f"keyframe:{k}"))
+            with split.leading(ctx, job_id, f"keyframe:{k}", job["model"], settings.to_dict()) as wrap_unet:
+                render_keyframe(ctx.renderer(job["model"]), settings, k, previous, out,
+                                _progress(ctx, job_id, f"keyframe:{k}", stage), JobTexts(ctx.store, job_id),
+                                _preview(ctx, job_id, f"keyframe:{k}"), wrap_unet=wrap_unet)
             lease.check()
             ctx.store.put_file(key, out)
     ctx.jobs.progress(job_id, f"keyframe:{k}", settings.steps)

@@ -24,8 +24,8 @@ from zoomq import logs, stats
 from zoomq.config import settings as current_settings
 from zoomq.errors import RenderCancelled, ZoomqError
 from zoomq.store import ArtifactStoreUnreachable, open_store
-from zoomq.worker import pieces, registry, warmup, watchdog
-from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, make_app
+from zoomq.worker import pieces, registry, split, warmup, watchdog
+from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_SPLIT, TASK_STITCH, make_app
 
 log = logging.getLogger("zoomq.worker")
 app = make_app()
@@ -126,6 +126,19 @@ def segment(self, job_id: str, k: int) -> None:
 @app.task(name=TASK_STITCH, **_OPTIONS)
 def stitch(self, job_id: str) -> None:
     _run(self, TASK_STITCH, job_id)
+
+
+@app.task(name=TASK_SPLIT)
+def split_help(sid: str) -> None:
+    """Run the unconditional halves of another worker's render (``worker.split``). Best effort:
+    on any failure the leader goes on alone, so nothing is retried."""
+    ctx = context()
+    if not ctx.settings.guidance_split:
+        return
+    try:
+        split.help_render(ctx, sid)
+    except Exception:  # noqa: BLE001 — the leader notices and carries on alone; this worker lives on
+        log.exception("helping split %s failed", sid)
 
 
 # -- the worker's main process: announce models, watch for lost pieces -------------------------

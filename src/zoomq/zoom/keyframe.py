@@ -20,6 +20,7 @@ from zoomq.zoom.settings import ZoomSettings
 if TYPE_CHECKING:  # the web front end names keyframes without loading torch
     from zoomq.render.pipeline import Progress, Renderer, TextCache
     from zoomq.render.preview import Preview
+    from zoomq.render.unet_call import WrapUNet
 
 
 def keyframe_name(k: int) -> str:
@@ -47,9 +48,11 @@ def render_keyframe(
     progress: Progress | None = None,
     texts: TextCache | None = None,
     preview: Preview | None = None,
+    wrap_unet: WrapUNet | None = None,
 ) -> dict:
     """Render keyframe ``k`` into the PNG ``out`` (``previous`` is keyframe k-1's file) and return
-    its recipe; ``texts`` shares the job's prompt embeddings between workers."""
+    its recipe; ``texts`` shares the job's prompt embeddings between workers; ``wrap_unet`` runs
+    the UNet another way (a worker's guidance split)."""
     check_model(renderer)
     prompt, negative = settings.prompts(k)
     zoom = {"keyframe": k, "job_seed": settings.seed, "mask_width": settings.mask_width, "seam": settings.seam}
@@ -72,7 +75,7 @@ def render_keyframe(
             init_image=canvas, mask=mask, strength=1.0, decoder=settings.decoder,
             cache_interval=settings.cache_interval, cache_branch=settings.cache_branch,
         )
-        result = renderer.render(request, progress, texts, latent_blend=True, preview=preview)
+        result = renderer.render(request, progress, texts, latent_blend=True, preview=preview, wrap_unet=wrap_unet)
         image = result.image
         if inner is not None:
             image = geometry.finish_keyframe(image, inner, settings.mask_width, settings.seam)

@@ -99,6 +99,12 @@
     $("stage").textContent = job.stage || "";
     $("queue").textContent = job.queue_position || "–";
     $("eta").textContent = duration(job.eta_seconds);
+    // A render shared with an idle worker (guidance split): with whom, and whether it ended alone.
+    $("split-label").hidden = $("split").hidden = !job.split_with;
+    if (job.split_with) {
+      $("split").textContent = job.split_with + " (" + job.split_piece + ": guided steps shared, each worker running half)"
+        + (job.split_note ? "; " + job.split_note : "");
+    }
     $("warning").hidden = !job.warning;
     $("warning").textContent = job.warning || "";
     $("error").hidden = !job.error;

@@ -1,0 +1,28 @@
+"""`zoomq bench split` end to end on the miniature inpainting model: real workers, one against two
+sharing each keyframe's guided steps, and its section of the report."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import run_cli
+
+
+@pytest.mark.slow
+def test_bench_split_writes_its_section(tmp_path, capsys):
+    out = tmp_path / "docs" / "benchmarks.md"
+    out.parent.mkdir()
+    out.write_text("# Benchmarks\n\n<!-- bench:queue -->\nqueue figures\n<!-- /bench:queue -->\n")
+    code, stdout, _ = run_cli("bench", "split", "--tiny", "--steps", "6", "--models-dir", str(tmp_path / "models"),
+                              "--out", str(out), capsys=capsys)
+    assert code == 0, stdout
+    report = out.read_text()
+    assert "queue figures" in report and "<!-- bench:split -->" in report
+    assert "these figures check the benchmark itself" in report
+    assert re.search(r"two workers sharing its guided steps \| [0-9.]+ s \([0-9.]+×", report), report
+    assert "| keyframes split / runs | 2 / 1 |" in report  # both keyframes of the zoom were split
+    share = float(re.search(r"\(([0-9.]+) % of the keyframe", report).group(1))
+    assert 0 < share < 100
+    psnr = re.search(r"keyframe 0 / 1\) \| (\S+) / (\S+) dB", report)
+    assert all(p == "inf" or float(p) >= 40 for p in psnr.groups()), psnr.groups()
