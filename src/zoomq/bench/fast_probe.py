@@ -43,6 +43,12 @@ class _Clock:
         return call
 
 
+def _figures(render: float, png: float, clock: _Clock) -> dict:
+    """One render's figures; ``rest`` (outside the networks) per render, so its median is a real one."""
+    parts = {p: clock.spent.get(p, 0.0) for p in (*PARTS, "encoder")}
+    return {"render": render, "png": png, **parts, "rest": render - sum(parts.values())}
+
+
 def _medians(runs: list[dict]) -> dict:
     return {key: statistics.median(r.get(key, 0.0) for r in runs) for key in runs[0]}
 
@@ -80,8 +86,7 @@ def _zoomq(spec: dict) -> dict:
         result = renderer.render(request(f"{PROMPT}, take {r}"), latent_blend=keyframe)
         rendered = time.perf_counter()
         png.encode(result.image, result.recipe)
-        runs.append({"render": rendered - t0, "png": time.perf_counter() - rendered,
-                     **{p: clock.spent.get(p, 0.0) for p in (*PARTS, "encoder")}})
+        runs.append(_figures(rendered - t0, time.perf_counter() - rendered, clock))
     return {"first_render": first, **_medians(runs)}
 
 
@@ -118,8 +123,7 @@ def _diffusers(spec: dict) -> dict:
             image = pipe(f"{PROMPT}, take {r}", **kwargs, generator=torch.Generator().manual_seed(SEED)).images[0]
             rendered = time.perf_counter()
             image.save(io.BytesIO(), format="PNG")
-            runs.append({"render": rendered - t0, "png": time.perf_counter() - rendered,
-                         **{p: clock.spent.get(p, 0.0) for p in (*PARTS, "encoder")}})
+            runs.append(_figures(rendered - t0, time.perf_counter() - rendered, clock))
     return {"first_render": first, **_medians(runs)}
 
 

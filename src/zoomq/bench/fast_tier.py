@@ -139,7 +139,7 @@ def _report(out: Path, result: dict, quick: bool) -> None:
         ref = medians[f"{peers[0]}|{w.name}"]["render"]
         for engine in peers:
             m = medians[f"{engine}|{w.name}"]
-            rest = m["render"] - sum(m[p] for p in ("text", "unet", "decoder", "encoder"))
+            rest = m.get("rest", m["render"] - sum(m[p] for p in ("text", "unet", "decoder", "encoder")))
             encoder = f" (+ encoder {m['encoder']:.2f})" if m.get("encoder", 0) > 0.0005 else ""
             rows.append(f"| {w.name} | {engine} | {m['render']:.2f} ({m['render'] / ref:.2f}×) | {m['text']:.3f} | "
                         f"{m['unet']:.2f} | {m['decoder']:.3f} | {rest:.3f}{encoder} | {m['first_render']:.1f} | "
