@@ -165,13 +165,7 @@ Rerun: `zoomq bench deepcache` (full-size models, cached in `$ZOOMQ_CACHE_DIR/be
     write_section(out, "deepcache", body)
 
 
-def main(argv: list[str]) -> int:
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    print("ZOOMQ-PROBE " + json.dumps(probe(json.loads(argv[1]))), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    from zoomq.bench.probe import main
+
+    sys.exit(main(sys.argv, probe))

@@ -13,7 +13,6 @@ UNet).
 from __future__ import annotations
 
 import io
-import json
 import os
 import statistics
 import sys
@@ -133,13 +132,7 @@ def run(spec: dict) -> dict:
     return out
 
 
-def main(argv: list[str]) -> int:
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    print("ZOOMQ-PROBE " + json.dumps(run(json.loads(argv[1]))), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    from zoomq.bench.probe import main
+
+    sys.exit(main(sys.argv, run))
