@@ -72,14 +72,20 @@ def run_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_split(args: argparse.Namespace) -> int:
-    from zoomq.bench import split
+def _check_counts(args: argparse.Namespace) -> None:
+    """``InvalidParameter`` for a --repeats or --steps below 1."""
     from zoomq.errors import InvalidParameter
 
-    if args.repeats < 1:
-        raise InvalidParameter("repeats", args.repeats, "must be at least 1")
-    if args.steps is not None and args.steps < 1:
-        raise InvalidParameter("steps", args.steps, "must be at least 1")
+    for name in ("repeats", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InvalidParameter(name, value, "must be at least 1")
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from zoomq.bench import split
+
+    _check_counts(args)
     result = split.run(args.out, tiny=args.tiny, repeats=args.repeats, steps=args.steps, models_dir=args.models_dir,
                        say=lambda m: print(f"zoomq: {m}", flush=True))
     f = result["figures"]
@@ -91,12 +97,8 @@ def run_split(args: argparse.Namespace) -> int:
 
 def run_deepcache(args: argparse.Namespace) -> int:
     from zoomq.bench import deepcache
-    from zoomq.errors import InvalidParameter
 
-    if args.repeats < 1:
-        raise InvalidParameter("repeats", args.repeats, "must be at least 1")
-    if args.steps is not None and args.steps < 1:
-        raise InvalidParameter("steps", args.steps, "must be at least 1")
+    _check_counts(args)
     result = deepcache.run(args.out, tiny=args.tiny, repeats=args.repeats, steps=args.steps,
                            models_dir=args.models_dir, say=lambda m: print(f"zoomq: {m}", flush=True))
     m = result["medians"]
