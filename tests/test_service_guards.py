@@ -232,11 +232,11 @@ def test_dry_run_answers_the_work_and_enqueues_nothing(client):
     body = image.get_json()
     assert body["dry_run"] is True and body["expected_seconds"] is None and "no rate" in body["basis"]
     assert body["work"] == {"unet_evaluations": 15, "denoising_steps": 10, "images": 1, "frames": 0,
-                            "megapixels": 128 * 64 / 1e6}
+                            "megapixels": 128 * 64 / 1e6, "shallow_evaluations": 0}
     zoom = client.post("/api/jobs?dry_run=1", json={**ZOOM, "keyframes": 3, "steps": 4, "interpolation_frames": 5,
                                                      "guidance": 1.0}).get_json()
     assert zoom["work"] == {"unet_evaluations": 12, "denoising_steps": 12, "images": 3, "frames": 11,
-                            "megapixels": 128 * 128 / 1e6}
+                            "megapixels": 128 * 128 / 1e6, "shallow_evaluations": 0}
     assert snapshot(client) == before
 
     bad = client.post("/api/jobs?dry_run=1", json={**IMAGE, "steps": 0})
@@ -253,6 +253,40 @@ def test_dry_run_estimates_from_the_rates_workers_measured(client):
     # Same guidance, twice the pixels: 20 steps at 2 × 0.5 s.
     assert estimate["expected_seconds"] == pytest.approx(20.0, rel=1e-3)
     assert estimate["queued_ahead"] == 1 and "per UNet evaluation" in estimate["basis"]
+
+
+def test_dry_run_counts_the_calls_deepcache_answers_with_its_shallow_branch():
+    from zoomq.estimate import expected_seconds, image_work, zoom_work
+    from zoomq.render.request import RenderRequest
+    from zoomq.zoom.settings import ZoomSettings
+
+    # 10 steps, guided for the first 5: evaluations 2,2,2,2,2,1,1,1,1,1; full at steps 0, 3, 6, 9.
+    size = dict(width=512, height=512)
+    work = image_work(RenderRequest("x", steps=10, guidance=7.5, guidance_cutoff=0.5, cache_interval=3, **size))
+    assert (work.unet_evaluations, work.shallow_evaluations) == (15, 2 + 2 + 2 + 1 + 1 + 1)
+    assert image_work(RenderRequest("x", steps=10, guidance=7.5, **size)).shallow_evaluations == 0
+    zoom = zoom_work(ZoomSettings("x", keyframes=3, steps=4, guidance=7.5, cache_interval=2), has_init_image=True)
+    assert (zoom.unet_evaluations, zoom.shallow_evaluations) == (2 * 8, 2 * 4)  # steps 1 and 3 of each keyframe
+    seconds, basis = expected_seconds(work, "m", {"unet": 1.0})
+    assert seconds == round(15 * work.megapixels, 1) and "9 of the 15 evaluations" in basis and "upper bound" in basis
+
+
+def test_only_plain_renders_feed_the_rate_dry_runs_use(client):
+    from zoomq import stats
+
+    jobs = client.producer.jobs
+    plain = client.post("/api/jobs", json={**IMAGE, "steps": 8, "width": 128, "height": 128}).get_json()["id"]
+    cached = client.post("/api/jobs", json={**IMAGE, "steps": 8, "width": 128, "height": 128,
+                                            "cache_interval": 2}).get_json()["id"]
+    split = client.post("/api/jobs", json={**IMAGE, "steps": 8, "width": 128, "height": 128}).get_json()["id"]
+    jobs.update(split, split_with="w2")  # what the leader records when a helper claims its offer
+    jobs.measure(plain, "step", 0.5)
+    jobs.measure(cached, "step", 0.1)
+    jobs.measure(split, "step", 0.2)
+    rate = stats.read_rates(client.producer.redis, IMAGE["model"])["unet"]
+    assert rate == pytest.approx(0.5 / 2 / (128 * 128 / 1e6)), rate  # the plain job's alone
+    assert jobs.get(cached)["cache_interval"] == 2
+    assert jobs.get(cached)["seconds_per_step"] == 0.1 and jobs.get(split)["seconds_per_step"] == 0.2
 
 
 def test_zoomq_submit_dry_run(server, tiny_inpaint, capsys, monkeypatch):

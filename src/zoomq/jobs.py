@@ -142,12 +142,16 @@ class Jobs:
 
     def measure(self, job_id: str, what: str, seconds_per_unit: float) -> None:
         """Fold a measured time per step (``what`` = "step") or per frame into the job's average,
-        and into its model's cluster-wide rate per megapixel (what dry runs estimate from)."""
+        and into its model's cluster-wide rate per megapixel (what dry runs estimate from). Steps
+        of a render with DeepCache or split with another worker are left out of the rate: they
+        do not cost one whole UNet evaluation per counted one on this worker."""
         field = f"seconds_per_{what}"
-        old, model, unet_per_step, megapixels = self.r.hmget(_key(job_id), field, "model", "unet_per_step", "megapixels")
+        old, model, unet_per_step, megapixels, cached, split_with = self.r.hmget(
+            _key(job_id), field, "model", "unet_per_step", "megapixels", "cache_interval", "split_with")
         value = seconds_per_unit if old is None else (1 - _EMA) * float(old) + _EMA * seconds_per_unit
         self._set_while_live(job_id, {field: value})
-        if model and megapixels and float(megapixels) > 0:
+        plain = what != "step" or (int(cached or 1) <= 1 and not split_with)
+        if model and megapixels and float(megapixels) > 0 and plain:
             per_unit = seconds_per_unit / (float(unet_per_step or 1) if what == "step" else 1.0)
             stats.observe_rate(self.r, model.decode(), "unet" if what == "step" else what, per_unit / float(megapixels))
 
@@ -285,7 +289,7 @@ def _enc(value) -> str | float | int:
 _NUMBERS = {
     "created", "updated", "started", "finished", "heartbeat", "work_total", "work_done", "frames_total",
     "keyframes_total", "keyframes_done", "seconds_per_step", "seconds_per_frame", "worker_pid",
-    "encode_worker_pid", "unet_per_step", "megapixels", "preview_step",
+    "encode_worker_pid", "unet_per_step", "megapixels", "preview_step", "cache_interval",
 }
 
 

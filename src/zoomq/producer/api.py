@@ -121,7 +121,8 @@ class Producer:
             params["mask"] = self._put_image(job_id, "mask", request.mask)
         work = estimate.image_work(request)
         self._call(self.jobs.create, job_id, "image", model, params, work.denoising_steps, owner=owner,
-                   submitter=submitter, unet_per_step=work.unet_per_step, megapixels=work.megapixels)
+                   submitter=submitter, unet_per_step=work.unet_per_step, megapixels=work.megapixels,
+                   cache_interval=request.cache_interval)
         self._call(self._send, TASK_IMAGE, [job_id], render_queue(model))
         return job_id
 
@@ -182,7 +183,7 @@ class Producer:
         self._call(self.jobs.create, job_id, "zoom", model, {"zoom": settings.to_dict()},
                    work.denoising_steps + settings.total_frames, owner=owner, submitter=submitter,
                    unet_per_step=work.unet_per_step, megapixels=work.megapixels,
-                   keyframes_total=settings.keyframes, frames_total=settings.total_frames, keyframes_done=0)
+                   cache_interval=settings.cache_interval, keyframes_total=settings.keyframes, frames_total=settings.total_frames, keyframes_done=0)
         self._call(self._send, TASK_KEYFRAME, [job_id, 0], render_queue(model))
         return job_id
 
