@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 # s3server: fixtures moto_server and s3_bucket, a real S3-compatible server; webapp: server, make_client
-pytest_plugins = ["s3server", "webapp"]
+pytest_plugins = ["cluster", "s3server", "webapp"]
 
 
 def pytest_configure(config):

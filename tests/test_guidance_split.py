@@ -7,15 +7,13 @@ The workers run with a 1 s heartbeat, so a silent peer is given up after 2 s (pr
 from __future__ import annotations
 
 import io
-import os
 import re
-import signal
 import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from cluster import RedisServer, Worker, wait_for
+from cluster import wait_for
 from conftest import psnr, run_cli
 from PIL import Image
 
@@ -29,32 +27,11 @@ SLOW_IMAGE = dict(steps=30, width=512, height=512)  # a few seconds on the minia
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    srv = RedisServer(tmp_path / "redis")
-    monkeypatch.setenv("ZOOMQ_REDIS_URL", srv.url)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def cluster(server, tmp_path, tiny_t2i, tiny_inpaint):
-    """Start workers with ``cluster(name, **options)``; all are stopped afterwards."""
-    started = []
-
-    def start(name, models=(tiny_t2i, tiny_inpaint), env=None, **options):
-        env = {"ZOOMQ_GUIDANCE_SPLIT": "on", **(env or {})}  # the queue tests' workers have it off
-        worker = Worker(name, server.url, list(models), tmp_path, env=env, **options)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        if worker.proc.poll() is None:
-            try:
-                os.killpg(worker.proc.pid, signal.SIGCONT)  # one a test stopped
-            except ProcessLookupError:
-                pass
-        worker.stop()
+def cluster(cluster):
+    """``cluster.cluster`` with the guidance split on (the queue tests' workers have it off)."""
+    def start(name, env=None, **options):
+        return cluster(name, env={"ZOOMQ_GUIDANCE_SPLIT": "on", **(env or {})}, **options)
+    return start
 
 
 def one_thread(precision: str = "f32"):

@@ -26,29 +26,6 @@ SMALL_ZOOM = dict(size=128, mask_width=32, interpolation_frames=6, steps=3, seed
 SLOW_ZOOM = dict(size=512, mask_width=128, interpolation_frames=4, steps=30, seed=8)  # ~6 s a keyframe
 
 
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    srv = RedisServer(tmp_path / "redis")
-    monkeypatch.setenv("ZOOMQ_REDIS_URL", srv.url)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def cluster(server, tmp_path, tiny_t2i, tiny_inpaint):
-    """Start workers with ``cluster(name, **options)``; all are stopped afterwards."""
-    started = []
-
-    def start(name, models=(tiny_t2i, tiny_inpaint), **options):
-        worker = Worker(name, server.url, list(models), tmp_path, **options)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
-
-
 def decoded(data: bytes, folder) -> list[np.ndarray]:
     path = folder / f"video-{time.monotonic_ns()}.mp4"
     path.write_bytes(data)

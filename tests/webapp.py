@@ -1,5 +1,5 @@
-"""Fixtures for tests of the web front end (a pytest plugin, see conftest.py): a private
-redis-server, and test clients of apps on it where a worker serving the miniature models is
+"""Fixtures for tests of the web front end (a pytest plugin, see conftest.py): test clients of apps
+on the private redis-server (``cluster.server``) where a worker serving the miniature models is
 announced in the real registry (no worker process is needed to accept or queue a job)."""
 
 from __future__ import annotations
@@ -7,18 +7,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from cluster import RedisServer
 
 from zoomq.config import settings
 from zoomq.web import create_app
 from zoomq.worker import registry
-
-
-@pytest.fixture
-def server(tmp_path):
-    srv = RedisServer(tmp_path / "redis")
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
