@@ -281,6 +281,10 @@ class Renderer:
                 if preview is not None:
                     preview.after_step(self, latents, done, n_steps)
 
+        close = getattr(unet, "close", None)
+        if close is not None:  # a worker sharing the loop (a guidance split) is free before the decode
+            close("denoising ended")
+
         # 5. decode
         pixels = self.decode(latents, req.decoder)
         image = Image.fromarray((pixels * 255).round().astype(np.uint8))

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 class UNetCall(Protocol):
     """One noise prediction: ``sample`` is the scaled model input (batch 2 when guided: the
-    unconditional half first, as ``embeds``), ``call`` counts the loop's UNet calls from 0."""
+    unconditional half first, as ``embeds``), ``call`` counts the loop's UNet calls from 0.
+    One that holds something beyond the loop may also have ``close(reason)``: the renderer calls
+    it once the loop ends, before decoding (a guidance split frees its helper there)."""
 
     def __call__(self, sample: torch.Tensor, t: torch.Tensor, embeds: np.ndarray, call: int) -> torch.Tensor: ...
 

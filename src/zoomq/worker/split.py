@@ -12,10 +12,11 @@ How it goes (``render.guidance_split`` has the render's side):
 3. Each guided call the leader pushes the unconditional model input onto ``…:ask`` (the
    unconditional embeddings once), runs its conditional half, and pops the helper's prediction
    from ``…:answer`` (BLPOP). The leader keeps the scheduler, so the two cannot diverge.
-4. The leader pushes ``stop`` when the render ends, is cancelled, or goes on alone. A helper that
-   hears nothing from its leader for its patience, sees the job cancelled, or sees work waiting
-   in its own render queues (throughput first) stops, in the last case saying so (``leave``), so
-   the leader goes on alone at once instead of waiting.
+4. The leader pushes ``stop`` when its denoising loop ends (before decoding), when the render
+   is cancelled, or when it goes on alone. A helper that hears nothing from its leader for its
+   patience, sees the job cancelled, or sees work waiting in its own render queues (throughput
+   first) stops, in the last case saying so (``leave``), so the leader goes on alone at once
+   instead of waiting.
 Messages are a JSON header and raw float32 arrays, never pickles: 64 KiB a way per step at 512 px
 (the 9-channel inpainting input: 144 KiB towards the helper).
 """
