@@ -170,6 +170,46 @@ def test_helper_lost_mid_render_the_leader_finishes_alone(cluster, tiny_t2i):
     assert figure >= 40, figure
 
 
+def test_split_with_deepcache_matches_the_unsplit_cached_render(cluster, tiny_t2i):
+    """Each side keeps the features of its own half: the split cached render is the unsplit one."""
+    w1, w2 = cluster("w1"), cluster("w2")
+    producer = Producer()
+    warm(producer, "t2i")
+    both_idle(producer, "t2i")
+    request = dict(prompt="a castle", negative_prompt="fog", steps=7, seed=4, guidance=7.5, width=512, height=512,
+                   cache_interval=3)
+    job = producer.submit_image(model="t2i", **request)
+    record = producer.wait(job, timeout=120)
+    assert record["state"] == "done", record.get("error")
+    assert record["split_with"] in (w1.name, w2.name) and record["split_note"] == "", record
+    image = png_pixels(producer.result(job))
+    cached = psnr(image, unsplit_image(tiny_t2i, **request))
+    uncached = psnr(image, unsplit_image(tiny_t2i, **{**request, "cache_interval": 1}))
+    print(f"\nsplit with DeepCache 3 against unsplit with it, f32: {cached:.1f} dB (against no cache: {uncached:.1f})")
+    assert cached >= 40 and uncached < cached - 10, (cached, uncached)
+
+
+def test_helper_leaves_when_work_arrives_and_takes_it(cluster, tiny_t2i):
+    w1, w2 = cluster("w1"), cluster("w2")
+    producer = Producer()
+    warm(producer, "t2i")
+    both_idle(producer, "t2i")
+    request = dict(prompt="a lighthouse", negative_prompt="fog", seed=10, guidance=7.5, **SLOW_IMAGE)
+    job = producer.submit_image(model="t2i", **request)
+    record = _split_under_way(producer, job)
+    helper = w1 if record["split_with"] == w1.name else w2
+    other = producer.submit_image("a harbour", model="t2i", steps=3, seed=11, guidance=7.5)
+    second, first = producer.wait(other, timeout=120), producer.wait(job, timeout=180)
+    assert first["state"] == "done" and second["state"] == "done", (first.get("error"), second.get("error"))
+    # Throughput first: the helper left for the waiting job and ran it while the leader went on alone.
+    assert second["worker"] == helper.name and second["started"] < first["finished"], (second, first)
+    assert "alone" in first["split_note"] and "work is waiting" in first["split_note"], first["split_note"]
+    assert re.search(r"split help ended: .*reason=work is waiting in its render queue", log_of(helper))
+    figure = psnr(png_pixels(producer.result(job)), unsplit_image(tiny_t2i, **request))
+    print(f"\nhelper left mid-render, against unsplit, f32: {figure:.1f} dB")
+    assert figure >= 40, figure
+
+
 def test_leader_vanishes_the_helper_stops_and_is_idle_again(cluster):
     w1, w2 = cluster("w1"), cluster("w2")
     producer = Producer()
