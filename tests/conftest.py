@@ -12,14 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# s3server: fixtures moto_server and s3_bucket, a real S3-compatible server; webapp: server, make_client
+# cluster: server and cluster (a private redis-server and workers on it); s3server: moto_server and
+# s3_bucket, a real S3-compatible server; webapp: make_client
 pytest_plugins = ["cluster", "s3server", "webapp"]
 
 
 def pytest_configure(config):
     # Parity is defined at f32 inference precision; tests that need another set it themselves.
     os.environ["ZOOMQ_INFERENCE_PRECISION"] = "f32"
-    os.environ.setdefault("ZOOMQ_CACHE_DIR", str(Path(config.rootpath) / "build" / "test-cache"))
+    # One cache per pytest-xdist process: two never write the same compile blob or precision file.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    os.environ.setdefault("ZOOMQ_CACHE_DIR", str(Path(config.rootpath) / "build" / "test-cache" / worker))
 
 
 def diffusers_pipelines(model: Path):
