@@ -23,10 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the harness's own test
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="report (default docs/benchmarks.md)")
     p.set_defaults(run=run_render)
-    p = what.add_parser("split", help="a zoom keyframe on two workers sharing its guided steps, against one "
-                        "(full-size inpainting model)")
+    p = what.add_parser("split", help="a zoom keyframe on two workers sharing its guided steps, against one, "
+                        "alone and with DeepCache; a whole 5-keyframe video likewise (full-size inpainting model)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each setup (default 1; medians are reported)")
     p.add_argument("--steps", type=int, help="steps per keyframe (default the model's: 20)")
+    p.add_argument("--frames", type=int, help="the whole video's frames between keyframes (default 30)")
     p.add_argument("--models-dir", type=Path, help="where the full-size models are cached "
                    "(default $ZOOMQ_CACHE_DIR/bench-models)")
     p.add_argument("--tiny", action="store_true", help="the miniature inpainting model: checks the benchmark itself")
@@ -73,11 +74,11 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def _check_counts(args: argparse.Namespace) -> None:
-    """``InvalidParameter`` for a --repeats or --steps below 1."""
+    """``InvalidParameter`` for a --repeats, --steps or --frames below 1."""
     from zoomq.errors import InvalidParameter
 
-    for name in ("repeats", "steps"):
-        value = getattr(args, name)
+    for name in ("repeats", "steps", "frames"):
+        value = getattr(args, name, None)
         if value is not None and value < 1:
             raise InvalidParameter(name, value, "must be at least 1")
 
@@ -87,10 +88,12 @@ def run_split(args: argparse.Namespace) -> int:
 
     _check_counts(args)
     result = split.run(args.out, tiny=args.tiny, repeats=args.repeats, steps=args.steps, models_dir=args.models_dir,
-                       say=lambda m: print(f"zoomq: {m}", flush=True))
-    f = result["figures"]
-    print(f"one worker {f['one_worker_s']:.2f} s, two workers {f['two_workers_s']:.2f} s ({f['ratio']:.2f}x), "
+                       say=lambda m: print(f"zoomq: {m}", flush=True), frames=args.frames)
+    f, whole = result["figures"], result["whole"]
+    print(f"keyframe: one worker {f['one_worker_s']:.2f} s, two workers {f['two_workers_s']:.2f} s ({f['ratio']:.2f}x), "
+          f"with DeepCache {split.CACHE} {f['both_s']:.2f} s ({f['both_ratio']:.2f}x); "
           f"exchange {100 * f['exchange_share']:.1f} % of the keyframe")
+    print(f"whole {split.WHOLE}-keyframe video: one worker {whole['one']:.1f} s, two with both {whole['two']:.1f} s")
     print(f"written to {args.out}")
     return 0
 
