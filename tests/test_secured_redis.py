@@ -180,7 +180,7 @@ def test_password_redis_serves_a_real_worker(pw_server, clean_env, tiny_t2i, tmp
     (f":{WRONG}", "refused the user name or password"),
     (f"{ACL_USER}:{WRONG}", "refused the user name or password"),
     ("", "wants a password"),
-])
+], ids=["wrong-password", "wrong-acl-password", "no-password"])  # fixed: pytest-xdist processes collect alike
 def test_wrong_or_missing_password_is_one_line(pw_server, clean_env, capsys, userinfo, says):
     clean_env(url_of(pw_server, userinfo))
     code, _, err = run_cli("submit", "image", "x", "--model", "t2i", capsys=capsys)
