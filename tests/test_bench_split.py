@@ -21,7 +21,7 @@ def test_bench_split_writes_its_section(tmp_path, capsys):
     assert "queue figures" in report and "<!-- bench:split -->" in report
     assert "these figures check the benchmark itself" in report
     assert re.search(r"two workers sharing its guided steps \| [0-9.]+ s \([0-9.]+×", report), report
-    assert re.search(r"with DeepCache 3 \| [0-9.]+ s \([0-9.]+×; goal ≤ 0.4×", report), report
+    assert re.search(r"DeepCache interval 3 \| [0-9.]+ s \([0-9.]+×; goal ≤ 0.4×", report), report
     # both keyframes of the zoom were split, without DeepCache and with it
     assert "| keyframes split / runs, without DeepCache; with | 2 / 1; 2 / 1 |" in report
     share = float(re.search(r"\(([0-9.]+) % of the keyframe", report).group(1))
