@@ -175,9 +175,9 @@ def test_up_serves_stops_cleanly_and_resumes_after_a_restart(tmp_path, models):
 def test_up_killed_outright_resumes_its_jobs_at_once(tmp_path, models):
     """Power loss: every process of the stack SIGKILLed mid-keyframe. The next `zoomq up` releases
     the dead workers' leases and requeues their unacknowledged tasks at once, rather than after
-    the stale time (45 s here) or the visibility timeout (hours)."""
+    the stale time (120 s here) or the visibility timeout (hours)."""
     data = tmp_path / "data"
-    up = Up(data, models, web_port(), env={"ZOOMQ_STALE_AFTER": "45"})
+    up = Up(data, models, web_port(), env={"ZOOMQ_STALE_AFTER": "120"})
     status, body = http("POST", f"{up.url}/api/jobs", SLOW_ZOOM)
     zoom = json.loads(body)["id"]
     wait_running(up, zoom, 3)
@@ -188,12 +188,16 @@ def test_up_killed_outright_resumes_its_jobs_at_once(tmp_path, models):
     psutil.wait_procs(everything, timeout=10)
     assert_all_gone(everything)
 
-    again = Up(data, models, web_port(), env={"ZOOMQ_STALE_AFTER": "45"})
+    again = Up(data, models, web_port(), env={"ZOOMQ_STALE_AFTER": "120"})
     try:
         resumed = time.monotonic()
         assert again.said("resuming 1 job(s) left queued or running (1 task(s) requeued, 1 piece(s) released)")
-        wait_done(again, zoom, 40)  # the whole rest of the job in less than the stale time
-        print(f"killed job done {time.monotonic() - resumed:.0f} s after the restart")
+        before = job_of(again, zoom)["work_done"]
+        # Steps go on well before the stale time: released at once, not found stale. Measured by
+        # progress, not by the whole rest of the job, which other tests' load can stretch.
+        wait_for(lambda: job_of(again, zoom)["work_done"] > before, 100, "the killed job's steps to go on")
+        print(f"killed job stepping again {time.monotonic() - resumed:.0f} s after the restart")
+        wait_done(again, zoom, 300)
     finally:
         again.stop()
 
