@@ -42,6 +42,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tiny", action="store_true", help="the miniature models: checks the benchmark itself")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="report (default docs/benchmarks.md)")
     p.set_defaults(run=run_deepcache)
+    p = what.add_parser("scaling", help="the full-size UNet's call by thread count: batch 2 against 1 (the guidance "
+                        "split), whole against DeepCache's shallow branch, and two half-size workers side by side")
+    p.add_argument("--threads", type=_thread_counts, help="comma-separated thread counts (default 1, 2, 4, ... "
+                   "up to this machine's CPUs)")
+    p.add_argument("--repeats", type=int, default=3, help="calls timed per figure, the best reported (default 3)")
+    p.add_argument("--models-dir", type=Path, help="where the UNet is cached (default $ZOOMQ_CACHE_DIR/bench-models)")
+    p.add_argument("--tiny", action="store_true", help="the miniature UNet: checks the benchmark itself")
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="report (default docs/benchmarks.md)")
+    p.set_defaults(run=run_scaling)
+
+
+def _thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of counts >= 1, "
+                                         "e.g. 16,8,4")
+    return counts
 
 
 def run_queue(args: argparse.Namespace) -> int:
@@ -107,5 +127,18 @@ def run_deepcache(args: argparse.Namespace) -> int:
     m = result["medians"]
     print(f"shallow branch {100 * m['shallow_share']:.0f} % of the UNet call; text-to-image at interval 3: "
           f"{deepcache.ratio(m, 't2i', 3):.2f}x, keyframe {deepcache.ratio(m, 'keyframe', 3):.2f}x")
+    print(f"written to {args.out}")
+    return 0
+
+
+def run_scaling(args: argparse.Namespace) -> int:
+    from zoomq.bench import scaling
+
+    _check_counts(args)
+    result = scaling.run(args.out, threads=args.threads, repeats=args.repeats, tiny=args.tiny,
+                         models_dir=args.models_dir, say=lambda m: print(f"zoomq: {m}", flush=True))
+    for threads, row in result["rows"].items():
+        print(f"{threads} threads: split bound {scaling.split_bound(row):.2f}x, with DeepCache {scaling.CACHE} "
+              f"{scaling.both_bound(row):.2f}x, shallow share {row['shallow_2'] / row['full_2']:.2f}")
     print(f"written to {args.out}")
     return 0

@@ -131,6 +131,15 @@ def _text_encoder(full: bool) -> CLIPTextModel:
     return CLIPTextModel(config).eval()
 
 
+def build_random_unet(folder: Path, *, full: bool, inpainting: bool, size: int, seed: int = 0,
+                      latent_factor: int = 8) -> None:
+    """Save only the UNet of ``build_random_pipeline``'s pipeline (the same weights for the same
+    arguments) as ``folder/unet``: for benchmarks of the UNet alone, without the other parts' cost."""
+    torch.manual_seed(seed)
+    _unet(full, 9 if inpainting else 4, size // latent_factor).save_pretrained(Path(folder) / "unet",
+                                                                               safe_serialization=True)
+
+
 def build_random_pipeline(
     folder: Path,
     *,
