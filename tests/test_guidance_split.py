@@ -144,22 +144,27 @@ def test_helper_never_comes_the_leader_renders_alone(cluster, tiny_t2i, server):
     assert psnr(png_pixels(producer.result(job)), unsplit_image(tiny_t2i, **request)) >= 40
 
 
-def _split_under_way(producer, job, min_steps=3):
-    def check():
-        record = producer.jobs.get(job)
-        return record if record.get("split_with") and record["work_done"] >= min_steps else None
-    return wait_for(check, 120, "a split render to be under way")
-
-
-def test_helper_lost_mid_render_the_leader_finishes_alone(cluster, tiny_t2i):
+def start_split(cluster, **request):
+    """Two warm idle workers and a slow guided image split between them, three steps in:
+    (producer, job, leader, helper)."""
     w1, w2 = cluster("w1"), cluster("w2")
     producer = Producer()
     warm(producer, "t2i")
     both_idle(producer, "t2i")
-    request = dict(prompt="a lighthouse", negative_prompt="fog", seed=7, guidance=7.5, **SLOW_IMAGE)
     job = producer.submit_image(model="t2i", **request)
-    record = _split_under_way(producer, job)
-    helper = w1 if record["split_with"] == w1.name else w2
+
+    def under_way():
+        record = producer.jobs.get(job)
+        return record if record.get("split_with") and record["work_done"] >= 3 else None
+
+    record = wait_for(under_way, 120, "a split render to be under way")
+    leader, helper = (w2, w1) if record["split_with"] == w1.name else (w1, w2)
+    return producer, job, leader, helper
+
+
+def test_helper_lost_mid_render_the_leader_finishes_alone(cluster, tiny_t2i):
+    request = dict(prompt="a lighthouse", negative_prompt="fog", seed=7, guidance=7.5, **SLOW_IMAGE)
+    producer, job, _, helper = start_split(cluster, **request)
     helper.kill_node()
     record = producer.wait(job, timeout=180)
     assert record["state"] == "done", record.get("error")
@@ -190,14 +195,8 @@ def test_split_with_deepcache_matches_the_unsplit_cached_render(cluster, tiny_t2
 
 
 def test_helper_leaves_when_work_arrives_and_takes_it(cluster, tiny_t2i):
-    w1, w2 = cluster("w1"), cluster("w2")
-    producer = Producer()
-    warm(producer, "t2i")
-    both_idle(producer, "t2i")
     request = dict(prompt="a lighthouse", negative_prompt="fog", seed=10, guidance=7.5, **SLOW_IMAGE)
-    job = producer.submit_image(model="t2i", **request)
-    record = _split_under_way(producer, job)
-    helper = w1 if record["split_with"] == w1.name else w2
+    producer, job, _, helper = start_split(cluster, **request)
     other = producer.submit_image("a harbour", model="t2i", steps=3, seed=11, guidance=7.5)
     second, first = producer.wait(other, timeout=120), producer.wait(job, timeout=180)
     assert first["state"] == "done" and second["state"] == "done", (first.get("error"), second.get("error"))
@@ -211,13 +210,7 @@ def test_helper_leaves_when_work_arrives_and_takes_it(cluster, tiny_t2i):
 
 
 def test_leader_vanishes_the_helper_stops_and_is_idle_again(cluster):
-    w1, w2 = cluster("w1"), cluster("w2")
-    producer = Producer()
-    warm(producer, "t2i")
-    both_idle(producer, "t2i")
-    job = producer.submit_image("a lighthouse", model="t2i", seed=8, guidance=7.5, **SLOW_IMAGE)
-    record = _split_under_way(producer, job)
-    leader, helper = (w1, w2) if record["worker"] == w1.name else (w2, w1)
+    producer, job, leader, helper = start_split(cluster, prompt="a lighthouse", seed=8, guidance=7.5, **SLOW_IMAGE)
     leader.kill_node()
     lost = time.monotonic()
     wait_for(lambda: "split help ended" in log_of(helper), 30, "the helper to stop")
@@ -231,14 +224,8 @@ def test_leader_vanishes_the_helper_stops_and_is_idle_again(cluster):
 
 
 def test_cancel_during_a_split_stops_both_within_one_step(cluster):
-    w1, w2 = cluster("w1"), cluster("w2")
-    producer = Producer()
-    warm(producer, "t2i")
-    both_idle(producer, "t2i")
-    job = producer.submit_image("a lighthouse", model="t2i", seed=9, guidance=7.5, **SLOW_IMAGE)
-    record = _split_under_way(producer, job)
+    producer, job, _, helper = start_split(cluster, prompt="a lighthouse", seed=9, guidance=7.5, **SLOW_IMAGE)
     per_step = float(producer.jobs.get(job)["seconds_per_step"])
-    helper = w1 if record["split_with"] == w1.name else w2
     assert producer.cancel(job)
     cancelled = time.monotonic()
     wait_for(lambda: not producer.redis.exists(f"zoomq:lease:{job}:image"), 30, "the leader to stop")
