@@ -138,7 +138,7 @@ def run_scaling(args: argparse.Namespace) -> int:
     result = scaling.run(args.out, threads=args.threads, repeats=args.repeats, tiny=args.tiny,
                          models_dir=args.models_dir, say=lambda m: print(f"zoomq: {m}", flush=True))
     for threads, row in result["rows"].items():
-        print(f"{threads} threads: split bound {scaling.split_bound(row):.2f}x, with DeepCache {scaling.CACHE} "
+        print(f"{threads} thread(s): split bound {scaling.split_bound(row):.2f}x, with DeepCache {scaling.CACHE} "
               f"{scaling.both_bound(row):.2f}x, shallow share {row['shallow_2'] / row['full_2']:.2f}")
     print(f"written to {args.out}")
     return 0
