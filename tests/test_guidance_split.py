@@ -238,7 +238,8 @@ def test_cancel_during_a_split_stops_both_within_one_step(cluster):
 
 
 def test_nothing_splits_while_jobs_wait(cluster):
-    w1, w2 = cluster("w1"), cluster("w2")
+    for name in ("w1", "w2"):
+        cluster(name)
     producer = Producer()
     warm(producer, "t2i")
     both_idle(producer, "t2i")

@@ -31,6 +31,7 @@ TEXT_LEN = 77
 
 def _share(renderer, size: int, branch: int, repeats: int = 3) -> dict:
     """Seconds of one full UNet call and one shallow-branch call at batch 2, best of ``repeats``."""
+    from zoomq.bench.probe import best_seconds
     from zoomq.model_prep.deepcache import feature_output_name, shallow_part_name
 
     channels = renderer.kind["unet_in_channels"]
@@ -42,17 +43,8 @@ def _share(renderer, size: int, branch: int, repeats: int = 3) -> dict:
               "encoder_hidden_states": np.concatenate([text, text]).astype(np.float32)}
     _, feature = renderer.parts.run_outputs("unet", (feature_output_name(branch),), **inputs)  # compiles too
 
-    def best(fn) -> float:
-        fn()  # first-inference allocations
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    full = best(lambda: renderer.parts.run("unet", **inputs))
-    shallow = best(lambda: renderer.parts.run(shallow_part_name(branch), **inputs, feature=feature))
+    full = best_seconds(lambda: renderer.parts.run("unet", **inputs), repeats)
+    shallow = best_seconds(lambda: renderer.parts.run(shallow_part_name(branch), **inputs, feature=feature), repeats)
     return {"unet_full": full, "unet_shallow": shallow, "shallow_share": shallow / full}
 
 

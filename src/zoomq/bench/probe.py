@@ -38,6 +38,18 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def best_seconds(fn, repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn``, after one untimed call (the first
+    inference allocates)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def _keyframe_inputs(size: int, mask_width: int):
     """The canvas and mask of keyframe 1, made from a seeded random keyframe 0."""
     from PIL import Image
@@ -168,13 +180,7 @@ def _matmul(spec: dict) -> dict:
     b = rng.standard_normal((n, n), dtype=np.float32)
 
     def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return flop / min(times) / 1e9
+        return flop / best_seconds(fn, repeats) / 1e9
 
     out = {}
     x = ops.parameter([n, n], np.float32)

@@ -81,18 +81,9 @@ def _inputs(batch: int, latent: int, hidden: int) -> dict[str, np.ndarray]:
             "encoder_hidden_states": rng.standard_normal([batch, TEXT_LEN, hidden], dtype=np.float32)}
 
 
-def _best(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # the first inference allocates
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def measure(folder: Path, threads: int, precision: str, *, latent: int, hidden: int, repeats: int) -> dict:
     """Best-of-``repeats`` seconds of one call: ``full_B`` and ``shallow_B`` for batch B = 2, 1."""
+    from zoomq.bench.probe import best_seconds
     from zoomq.config import settings
     from zoomq.model_prep.deepcache import feature_output_name, shallow_part_name
     from zoomq.render.ov_models import CompiledParts
@@ -103,8 +94,8 @@ def measure(folder: Path, threads: int, precision: str, *, latent: int, hidden: 
     for batch in (2, 1):
         inputs = _inputs(batch, latent, hidden)
         _, feature = compiled.run_outputs("unet", (feature_output_name(BRANCH),), **inputs)
-        figures[f"full_{batch}"] = _best(lambda: compiled.run("unet", **inputs), repeats)
-        figures[f"shallow_{batch}"] = _best(
+        figures[f"full_{batch}"] = best_seconds(lambda: compiled.run("unet", **inputs), repeats)
+        figures[f"shallow_{batch}"] = best_seconds(
             lambda: compiled.run(shallow_part_name(BRANCH), **inputs, feature=feature), repeats)
     return figures
 
