@@ -117,6 +117,15 @@ def run_cli(*args: str, capsys=None) -> tuple[int, str, str]:
     return code, out, err
 
 
+def report_beside_another(tmp_path: Path) -> Path:
+    """A ``docs/benchmarks.md`` holding another benchmark's section ("queue figures"), which a
+    benchmark writing its own section must leave as it is."""
+    out = tmp_path / "docs" / "benchmarks.md"
+    out.parent.mkdir()
+    out.write_text("# Benchmarks\n\n<!-- bench:queue -->\nqueue figures\n<!-- /bench:queue -->\n")
+    return out
+
+
 #: Miniature models whose VAE downsamples by 2, not SD2's 8, to show nothing assumes 8. At 128 px
 #: native (64 latents), since the VAE's attention over all latent pixels grows with their square.
 F2_SIZE = 128

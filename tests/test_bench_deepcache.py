@@ -7,16 +7,14 @@ import json
 import re
 
 import pytest
-from conftest import run_cli
+from conftest import report_beside_another, run_cli
 
 from zoomq.bench.deepcache import INTERVALS
 
 
 @pytest.mark.slow
 def test_bench_deepcache_writes_its_section(tmp_path, capsys):
-    out = tmp_path / "docs" / "benchmarks.md"
-    out.parent.mkdir()
-    out.write_text("# Benchmarks\n\n<!-- bench:queue -->\nqueue figures\n<!-- /bench:queue -->\n")
+    out = report_beside_another(tmp_path)
     code, stdout, err = run_cli("bench", "deepcache", "--tiny", "--models-dir", str(tmp_path / "models"),
                                 "--out", str(out), capsys=capsys)
     assert code == 0, err

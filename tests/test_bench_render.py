@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import run_cli
+from conftest import report_beside_another, run_cli
 from PIL import Image
 
 from zoomq.bench.fast_tier import WORKLOADS
@@ -16,9 +16,7 @@ from zoomq.bench.fast_tier import WORKLOADS
 
 @pytest.mark.slow
 def test_bench_render_writes_the_report(tmp_path, capsys):
-    out = tmp_path / "docs" / "benchmarks.md"
-    out.parent.mkdir()
-    out.write_text("# Benchmarks\n\n<!-- bench:queue -->\nqueue figures\n<!-- /bench:queue -->\n")
+    out = report_beside_another(tmp_path)
     code, stdout, _ = run_cli("bench", "render", "--tiny", "--quick", "--models-dir", str(tmp_path / "models"),
                               "--out", str(out), capsys=capsys)
     assert code == 0

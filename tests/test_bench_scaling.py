@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import report_beside_another, run_cli
 
 from zoomq.bench import scaling
 
@@ -46,9 +46,7 @@ def test_bad_thread_counts_are_refused_by_name(capsys):
 
 @pytest.mark.slow
 def test_bench_scaling_writes_its_section(tmp_path, capsys):
-    out = tmp_path / "docs" / "benchmarks.md"
-    out.parent.mkdir()
-    out.write_text("# Benchmarks\n\n<!-- bench:queue -->\nqueue figures\n<!-- /bench:queue -->\n")
+    out = report_beside_another(tmp_path)
     code, stdout, err = run_cli("bench", "scaling", "--tiny", "--threads", "1", "--repeats", "1",
                                 "--models-dir", tmp_path / "models", "--out", out, capsys=capsys)
     assert code == 0, err

@@ -6,14 +6,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import run_cli
+from conftest import report_beside_another, run_cli
 
 
 @pytest.mark.slow
 def test_bench_split_writes_its_section(tmp_path, capsys):
-    out = tmp_path / "docs" / "benchmarks.md"
-    out.parent.mkdir()
-    out.write_text("# Benchmarks\n\n<!-- bench:queue -->\nqueue figures\n<!-- /bench:queue -->\n")
+    out = report_beside_another(tmp_path)
     code, stdout, _ = run_cli("bench", "split", "--tiny", "--steps", "6", "--frames", "3",
                               "--models-dir", str(tmp_path / "models"), "--out", str(out), capsys=capsys)
     assert code == 0, stdout
