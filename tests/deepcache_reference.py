@@ -6,7 +6,7 @@ works with today's diffusers (checked against 0.42). Only ``reset_states`` is ca
 by the tests, as ``enable`` does.
 """
 # ----------------------------------------------------------------------------------------------
-class DeepCacheSDHelper(object):
+class DeepCacheSDHelper:
     def __init__(self, pipe=None):
         if pipe is not None: self.pipe = pipe
 
@@ -18,7 +18,7 @@ class DeepCacheSDHelper(object):
     def disable(self):
         self.unwrap_modules()
         self.reset_states()
-    
+
     def set_params(self,cache_interval=1, cache_branch_id=0, skip_mode='uniform'):
         cache_layer_id = cache_branch_id % 3
         cache_block_id = cache_branch_id // 3
@@ -39,7 +39,7 @@ class DeepCacheSDHelper(object):
             return True
         if block_i < cache_block_id: return False
         return layer_i >= cache_layer_id if blocktype == 'down' else layer_i > cache_layer_id
-        
+
     def is_enter_position(self, block_i, layer_i):
         return block_i == self.params['cache_block_id'] and layer_i == self.params['cache_layer_id']
 

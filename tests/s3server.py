@@ -13,9 +13,9 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
-from cluster import wait_for
 
-from zoomq.localstack import free_port
+from cluster import wait_for
+from zoomq.node.processes import free_port
 
 _AWS_VARIABLES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_REGION",
                   "AWS_ENDPOINT_URL_S3", "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
@@ -101,6 +101,6 @@ def s3_bucket(moto_server, tmp_path, monkeypatch) -> Bucket:
 
 
 def s3_store(bucket: Bucket, prefix: str = ""):
-    from zoomq.s3store import S3Store
+    from zoomq.storage.s3 import S3Store
 
     return S3Store(bucket.name, prefix)

@@ -7,8 +7,8 @@ import json
 import re
 
 import pytest
-from conftest import report_beside_another, run_cli
 
+from conftest import report_beside_another, run_cli
 from zoomq.bench.deepcache import INTERVALS
 
 

@@ -8,9 +8,9 @@ import json
 import re
 
 import pytest
-from conftest import report_beside_another, run_cli
 from PIL import Image
 
+from conftest import report_beside_another, run_cli
 from zoomq.bench.fast_tier import WORKLOADS
 
 

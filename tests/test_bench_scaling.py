@@ -8,8 +8,8 @@ import re
 
 import pytest
 import torch
-from conftest import report_beside_another, run_cli
 
+from conftest import report_beside_another, run_cli
 from zoomq.bench import scaling
 
 

@@ -14,9 +14,9 @@ import re
 import tempfile
 
 import pytest
-from conftest import run_cli
 
-from zoomq.manifest import FORMAT, MANIFEST
+from conftest import run_cli
+from zoomq.model.manifest import FORMAT, MANIFEST
 
 LINE = re.compile(r"zoomq: internal error in zoomq render image: KeyError: 'kind' \(at manifest\.py:\d+[^)]*\); "
                   r"the full traceback is in (?P<path>.+); rerun as `zoomq --debug render image \.\.\.` to see it here")

@@ -11,18 +11,18 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import diffusers_pipelines, psnr, run_cli
-from deepcache_reference import DeepCacheSDHelper
 from PIL import Image
 
-from zoomq import manifest as mf
+from conftest import diffusers_pipelines, psnr, run_cli
+from deepcache_reference import DeepCacheSDHelper
 from zoomq.errors import InvalidParameter
-from zoomq.model_prep.deepcache import shallow_part_name
+from zoomq.model import manifest as mf
+from zoomq.model.manifest import shallow_part_name
+from zoomq.queue import registry
 from zoomq.render import png, schedulers
-from zoomq.render.deepcache import DeepCacheUNet
+from zoomq.render.deepcache_unet import DeepCacheUNet
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest
-from zoomq.worker import registry
 
 PARITY_DB = 40.0
 STEPS = 8
@@ -320,7 +320,6 @@ def test_queue_runs_an_image_job_cached(tmp_path, monkeypatch, tiny_t2i, tiny_in
     import io
 
     from cluster import RedisServer, Worker
-
     from zoomq.producer import Producer
 
     server = RedisServer(tmp_path / "redis")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cluster import RedisServer, Worker, wait_for
 
-from zoomq import sizing
+from cluster import RedisServer, Worker, wait_for
 from zoomq.config import VARIABLES
-from zoomq.worker.app import render_queue
+from zoomq.node import sizing
+from zoomq.queue.celery_app import render_queue
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 K8S = DOCKER / "k8s"

@@ -8,8 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from cluster import RedisServer, Worker, wait_for
-
-from zoomq.localstack import free_port
+from zoomq.node.processes import free_port
 from zoomq.producer import Producer
 
 

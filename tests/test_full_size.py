@@ -8,9 +8,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import peak_rss_of_zoomq
 
-from zoomq import manifest as mf
+from conftest import peak_rss_of_zoomq
+from zoomq.model import manifest as mf
 from zoomq.render import png
 
 pytestmark = pytest.mark.slow

@@ -16,14 +16,15 @@ from traceback import format_exception
 
 import pytest
 import schemathesis
-from browser import serving
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import events, from_schema
 from schemathesis.openapi.checks import RejectedPositiveData, UseAfterFree
 from werkzeug.serving import make_server
 
+from browser import serving
 from zoomq.render.request import MAX_SIDE
 from zoomq.web import spec as spec_mod
 from zoomq.web.submission import IMAGE_FIELDS, KINDS, UPLOADS, ZOOM_FIELDS

@@ -13,15 +13,15 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from cluster import wait_for
-from conftest import psnr, run_cli
 from PIL import Image
 
+from cluster import wait_for
+from conftest import psnr, run_cli
 from zoomq.config import settings
 from zoomq.producer import Producer
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest
-from zoomq.worker import split
+from zoomq.worker import guidance_split_redis as split
 
 SLOW_IMAGE = dict(steps=30, width=512, height=512)  # a few seconds on the miniature model
 
@@ -119,7 +119,7 @@ def test_split_zoom_keyframes_match_the_unsplit_render(cluster, tiny_inpaint, tm
 
 
 def test_helper_never_comes_the_leader_renders_alone(cluster, tiny_t2i, server):
-    from zoomq.worker import registry
+    from zoomq.queue import registry
 
     w1 = cluster("w1")
     producer = Producer()

@@ -11,15 +11,16 @@ import shutil
 
 import pytest
 import torch
-from conftest import F2_SIZE, psnr
 from PIL import Image
 
-from zoomq import manifest as mf
+from conftest import F2_SIZE, psnr
 from zoomq.errors import InvalidParameter
-from zoomq.render import schedulers, warmup
+from zoomq.model import manifest as mf
+from zoomq.queue import registry
+from zoomq.render import precompile as warmup
+from zoomq.render import schedulers
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest, validate
-from zoomq.worker import registry
 
 PARITY_DB = 40.0  # as in test_parity
 STEPS = 5

@@ -12,19 +12,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from cluster import RedisServer, Worker
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from zoomq import logs, stats
+from cluster import RedisServer, Worker
+from zoomq import logs
 from zoomq.config import settings
 from zoomq.errors import InvalidParameter
-from zoomq.jobs import Jobs
-from zoomq.localstack import free_port
+from zoomq.node.processes import free_port
 from zoomq.producer import Producer
+from zoomq.queue import stats
+from zoomq.queue.celery_app import TASK_KEYFRAME, render_queue
+from zoomq.queue.job_records import Jobs
 from zoomq.web import create_app
-from zoomq.worker import pieces, watchdog
-from zoomq.worker.app import TASK_KEYFRAME, render_queue
+from zoomq.worker import lease, watchdog
 
 
 def scrape(client) -> dict[str, dict[tuple, float]]:
@@ -129,7 +130,7 @@ def test_counters_follow_job_states_and_the_watchdog(tmp_path):
         assert jobs.cancel("image-1") and not jobs.cancel("image-1")  # ended once, counted once
         # The zoom's worker vanished mid-keyframe: its piece is listed as running, without a lease.
         entry = {"task": TASK_KEYFRAME, "args": ["zoom-1", 0], "queue": render_queue("inpaint"), "worker": "lost@node"}
-        r.hset(pieces.RUNNING, pieces.running_field("zoom-1", "keyframe:0"), json.dumps(entry))
+        r.hset(lease.RUNNING_PIECES, lease.running_field("zoom-1", "keyframe:0"), json.dumps(entry))
         sent = []
         assert watchdog.scan(r, jobs, lambda *task: sent.append(task), 8, "me", 2) == ["zoom-1|keyframe:0"]
         assert sent == [(TASK_KEYFRAME, ["zoom-1", 0], "render.inpaint")]

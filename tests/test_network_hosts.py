@@ -13,10 +13,10 @@ import sys
 import time
 
 import pytest
+
 from cluster import wait_for
 from netns import Network, available
-
-from zoomq.localstack import redis_server_binary
+from zoomq.node.processes import redis_server_binary
 
 SMALL_ZOOM = {"kind": "zoom", "prompt": "a spiral", "model": "inpaint", "keyframes": 4, "size": 128,
               "mask_width": 32, "interpolation_frames": 6, "steps": 3, "seed": 21}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import diffusers_pipelines, psnr
 
+from conftest import diffusers_pipelines, psnr
 from zoomq.render import schedulers
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest

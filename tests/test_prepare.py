@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 
-from zoomq import manifest as mf
+from conftest import run_cli
 from zoomq.errors import ModelError
+from zoomq.model import manifest as mf
 from zoomq.model_prep.detect import detect
 from zoomq.model_prep.prepare import prepare_random
 
@@ -176,9 +176,9 @@ def test_int8_hybrid_quantizes_the_unet_calibrated_on_itself(tmp_path, tiny_inpa
     import collections
 
     import openvino as ov
-    from conftest import psnr
     from PIL import Image
 
+    from conftest import psnr
     from zoomq.render.pipeline import Renderer
     from zoomq.render.request import RenderRequest
 
@@ -204,10 +204,10 @@ def test_unet_feed_forward_projects_value_and_gate_apart_with_the_same_numbers(t
     import torch
     from diffusers import UNet2DConditionModel
 
-    from zoomq.model_prep.convert import _UNet
+    from zoomq.model_prep.export import ExportUNet
 
     unet = UNet2DConditionModel.from_pretrained(tiny_t2i / "diffusers", subfolder="unet").eval()
-    split = _UNet(copy.deepcopy(unet))
+    split = ExportUNet(copy.deepcopy(unet))
     g = torch.Generator().manual_seed(3)
     sample, text = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 32, generator=g)
     with torch.no_grad():

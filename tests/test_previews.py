@@ -12,14 +12,15 @@ import pytest
 import redis
 from PIL import Image
 
-from zoomq import manifest as mf
 from zoomq.config import settings
-from zoomq.jobs import PREVIEW_NAME, Jobs, watched_key
+from zoomq.model import manifest as mf
+from zoomq.queue import registry
+from zoomq.queue.job_records import PREVIEW_NAME, Jobs, watched_key
 from zoomq.render.pipeline import Renderer
 from zoomq.render.preview import LATENT_RGB_FACTORS, Preview, linear_rgb
 from zoomq.render.request import RenderRequest
-from zoomq.store import open_store
-from zoomq.worker import pieces, registry
+from zoomq.storage import open_store
+from zoomq.worker import pieces
 
 
 def _collect(renderer: Renderer, request: RenderRequest, **options):

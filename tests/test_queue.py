@@ -11,10 +11,11 @@ import time
 
 import numpy as np
 import pytest
-from cluster import RedisServer, Worker, wait_for
-from conftest import run_cli
 from PIL import Image
 
+from cluster import RedisServer, Worker, wait_for
+from conftest import run_cli
+from zoomq.errors import LeaseLost
 from zoomq.producer import Producer
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest
@@ -279,7 +280,7 @@ def test_plain_celery_command_serves_jobs(server, tmp_path, tiny_t2i):
 def test_duplicate_deliveries_do_no_work_twice(cluster, tmp_path):
     """Tasks delivered again (as Redis does after a visibility timeout) find their result or the
     piece's lease and end; every piece still runs exactly once."""
-    from zoomq.worker.app import TASK_KEYFRAME, TASK_SEGMENT
+    from zoomq.queue.celery_app import TASK_KEYFRAME, TASK_SEGMENT
 
     cluster("w1")
     cluster("w2")
@@ -318,12 +319,13 @@ def test_redis_restart_during_a_keyframe_is_survived(tmp_path, monkeypatch, tiny
 def test_a_zoom_encodes_each_prompt_once_across_workers(server, tiny_inpaint):
     """Keyframes of one job rendered by two workers: the prompt and the negative prompt go through
     the text encoder once for the whole job; the second worker loads the first one's embeddings."""
-    from zoomq.config import settings
-    from zoomq.jobs import Jobs
-    from zoomq.store import open_store
-    from zoomq.worker import pieces, registry
-
     import redis
+
+    from zoomq.config import settings
+    from zoomq.queue import registry
+    from zoomq.queue.job_records import Jobs
+    from zoomq.storage import open_store
+    from zoomq.worker import pieces
 
     producer = Producer()
     job = producer.submit_zoom("a spiral", model="inpaint", keyframes=3, negative_prompt="fog", **SMALL_ZOOM)
@@ -353,12 +355,13 @@ def test_a_worker_that_lost_its_lease_writes_nothing(server, tiny_inpaint):
     """Cut off long enough for the watchdog to hand its keyframe to another worker, a worker that
     finishes anyway must not write its result, nor send the pieces after it, nor free the new
     holder's lease or running entry."""
-    from zoomq.config import settings
-    from zoomq.jobs import Jobs
-    from zoomq.store import open_store
-    from zoomq.worker import pieces, registry
-
     import redis
+
+    from zoomq.config import settings
+    from zoomq.queue import registry
+    from zoomq.queue.job_records import Jobs
+    from zoomq.storage import open_store
+    from zoomq.worker import lease, pieces
 
     producer = Producer()
     job = producer.submit_zoom("a spiral", model="inpaint", keyframes=2, **SMALL_ZOOM)
@@ -370,22 +373,22 @@ def test_a_worker_that_lost_its_lease_writes_nothing(server, tiny_inpaint):
                          send=lambda *task: sent.append(task))
     renderer = ctx.renderer("inpaint")
     run, calls = renderer.parts.run, []
-    lease, field = pieces.lease_key(job, "keyframe:0"), pieces.running_field(job, "keyframe:0")
+    key, field = lease.lease_key(job, "keyframe:0"), lease.running_field(job, "keyframe:0")
 
     def taken_over_midway(part, **inputs):
         calls.append(part)
         if calls.count("unet") == 2:  # the watchdog gave the piece to another worker meanwhile
-            client.set(lease, "other@node:1:1")
-            client.hset(pieces.RUNNING, field, '{"worker": "other@node"}')
+            client.set(key, "other@node:1:1")
+            client.hset(lease.RUNNING_PIECES, field, '{"worker": "other@node"}')
         return run(part, **inputs)
 
     renderer.parts.run = taken_over_midway
-    with pytest.raises(pieces.LeaseLost):
+    with pytest.raises(LeaseLost):
         pieces.run_keyframe(ctx, job, 0)
     assert calls[-1] == "vae_decoder"  # it rendered to the end, then checked its lease
     assert not producer.store.exists(pieces.keyframe_key(job, 0))
     assert sent == []
-    assert client.get(lease) == b"other@node:1:1" and client.hexists(pieces.RUNNING, field)
+    assert client.get(key) == b"other@node:1:1" and client.hexists(lease.RUNNING_PIECES, field)
 
 
 def test_an_ended_job_record_is_final(server):

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import psnr, run_cli
 from PIL import Image
 
+from conftest import psnr, run_cli
 from zoomq.errors import InvalidParameter, RenderCancelled
 from zoomq.render import png
 from zoomq.render.pipeline import Renderer

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import boto3
 import pytest
+
 from cluster import RedisServer, Worker
 from s3server import MotoServer, aws_env, raw_client, s3_store, use_aws_env
-
 from zoomq.config import settings
 from zoomq.errors import InvalidParameter, ZoomqError
-from zoomq.localstack import free_port
+from zoomq.node.processes import free_port
 
 SMALL_ZOOM = dict(size=128, mask_width=32, interpolation_frames=6, steps=3, seed=21)
 
@@ -61,15 +61,15 @@ def test_malformed_s3_locations_are_refused(monkeypatch, value, says):
 
 
 def test_boto3_loads_only_where_s3_is_configured():
-    code = ("import sys, zoomq.store, zoomq.producer, zoomq.worker.tasks, zoomq.web.app; "
+    code = ("import sys, zoomq.storage, zoomq.producer, zoomq.worker.tasks, zoomq.web.app; "
             "print(sorted(m for m in ('boto3', 'botocore') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_open_store_makes_no_connection_until_used(monkeypatch, tmp_path):
-    from zoomq.s3store import S3Store
-    from zoomq.store import open_store
+    from zoomq.storage import open_store
+    from zoomq.storage.s3 import S3Store
 
     use_aws_env(monkeypatch, aws_env(f"http://127.0.0.1:{free_port()}", tmp_path))  # nothing listens
     monkeypatch.setenv("ZOOMQ_ARTIFACTS", "s3://videos/cluster-a/")
@@ -166,7 +166,7 @@ def test_large_files_stream_in_parts(s3_bucket, tmp_path):
 # -- errors a person can act on -------------------------------------------------------------
 
 def test_a_missing_bucket_is_named_and_not_created(s3_bucket, monkeypatch):
-    from zoomq.store import open_store
+    from zoomq.storage import open_store
 
     monkeypatch.setenv("ZOOMQ_ARTIFACTS", "s3://no-such-videos/zoomq")
     store = open_store(settings(), None)
@@ -180,7 +180,8 @@ def test_a_missing_bucket_is_named_and_not_created(s3_bucket, monkeypatch):
 
 
 def test_an_unreachable_endpoint_is_named(monkeypatch, tmp_path):
-    from zoomq.s3store import ArtifactStoreUnreachable, S3Store
+    from zoomq.errors import ArtifactStoreUnreachable
+    from zoomq.storage.s3 import S3Store
 
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     use_aws_env(monkeypatch, aws_env(endpoint, tmp_path))
@@ -195,7 +196,7 @@ def test_an_unreachable_endpoint_is_named(monkeypatch, tmp_path):
 
 
 def test_a_malformed_endpoint_is_named(monkeypatch, tmp_path):
-    from zoomq.s3store import S3Store
+    from zoomq.storage.s3 import S3Store
 
     use_aws_env(monkeypatch, aws_env("not-a-url", tmp_path))
     with pytest.raises(ZoomqError, match=r"^ZOOMQ_ARTIFACTS=s3://videos: the S3 endpoint 'not-a-url' is not usable"):
@@ -203,7 +204,7 @@ def test_a_malformed_endpoint_is_named(monkeypatch, tmp_path):
 
 
 def test_missing_credentials_are_named(s3_bucket, monkeypatch):
-    from zoomq.s3store import S3Store
+    from zoomq.storage.s3 import S3Store
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -216,7 +217,7 @@ def test_missing_credentials_are_named(s3_bucket, monkeypatch):
 
 def test_wrong_credentials_are_named(tmp_path, monkeypatch):
     """On a moto server that checks signatures: the right key works, a wrong secret or key does not."""
-    from zoomq.s3store import S3Store
+    from zoomq.storage.s3 import S3Store
 
     server = MotoServer(tmp_path, env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"})  # the 4 set-up calls below
     try:

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from cluster import RedisServer, Worker, wait_for
-from conftest import run_cli
 from PIL import Image
 
+from cluster import RedisServer, Worker, wait_for
+from conftest import run_cli
 from zoomq.config import settings
-from zoomq.connection import redacted
-from zoomq.localstack import TLSFiles, free_port
+from zoomq.node.processes import TLSFiles, free_port
 from zoomq.producer import Producer
+from zoomq.queue.connection import redacted
 from zoomq.web import create_app
 
 PASSWORD = "pw-" + secrets.token_hex(8)  # random, so any copy of it is found wherever it leaks
@@ -215,7 +215,7 @@ def test_the_broker_verifies_the_certificate_too(tls_server, certs, clean_env):
     Celery app must get the clients' TLS options, so a CA that did not sign the server fails."""
     from kombu.exceptions import OperationalError
 
-    from zoomq.worker.app import make_app
+    from zoomq.queue.celery_app import make_app
 
     def broker(db: int, ca: Path):  # a database each: kombu shares pooled connections by URL, TLS aside
         s = replace(settings(), redis_url=tls_server.url.replace("/0", f"/{db}"), redis_ca=str(ca))

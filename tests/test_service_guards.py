@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from zoomq import keys as keys_mod
 from zoomq.errors import InvalidParameter
-from zoomq.jobs import Jobs
+from zoomq.queue.job_records import Jobs
+from zoomq.web import api_keys as keys_mod
 
 IMAGE = {"kind": "image", "prompt": "a lighthouse", "model": "t2i", "steps": 2}
 ZOOM = {"kind": "zoom", "prompt": "a spiral", "model": "inpaint", "size": 128, "mask_width": 32, "steps": 2}
@@ -205,9 +205,8 @@ def test_limits_are_the_operators(make_client):
 def test_zoomq_submit_is_bound_by_limits_and_render_is_not(server, tiny_t2i, tiny_inpaint, tmp_path, capsys,
                                                              monkeypatch):
     from conftest import run_cli
-
     from zoomq.producer import Producer
-    from zoomq.worker import registry
+    from zoomq.queue import registry
 
     monkeypatch.setenv("ZOOMQ_REDIS_URL", server.url)
     monkeypatch.setenv("ZOOMQ_MAX_STEPS", "2")
@@ -256,7 +255,7 @@ def test_dry_run_estimates_from_the_rates_workers_measured(client):
 
 
 def test_dry_run_counts_the_calls_deepcache_answers_with_its_shallow_branch():
-    from zoomq.estimate import expected_seconds, image_work, zoom_work
+    from zoomq.producer.estimate import expected_seconds, image_work, zoom_work
     from zoomq.render.request import RenderRequest
     from zoomq.zoom.settings import ZoomSettings
 
@@ -272,7 +271,7 @@ def test_dry_run_counts_the_calls_deepcache_answers_with_its_shallow_branch():
 
 
 def test_only_plain_renders_feed_the_rate_dry_runs_use(client):
-    from zoomq import stats
+    from zoomq.queue import stats
 
     jobs = client.producer.jobs
     plain = client.post("/api/jobs", json={**IMAGE, "steps": 8, "width": 128, "height": 128}).get_json()["id"]
@@ -291,9 +290,8 @@ def test_only_plain_renders_feed_the_rate_dry_runs_use(client):
 
 def test_zoomq_submit_dry_run(server, tiny_inpaint, capsys, monkeypatch):
     from conftest import run_cli
-
     from zoomq.producer import Producer
-    from zoomq.worker import registry
+    from zoomq.queue import registry
 
     monkeypatch.setenv("ZOOMQ_REDIS_URL", server.url)
     producer = Producer()

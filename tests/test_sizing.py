@@ -4,9 +4,9 @@ memory estimate per process, and container limits read from cgroup files."""
 from __future__ import annotations
 
 import pytest
-from conftest import run_cli
 
-from zoomq import sizing
+from conftest import run_cli
+from zoomq.node import sizing
 
 GiB = 2**30
 

@@ -4,11 +4,11 @@ real server on loopback; the S3-only tests are in test_s3.py)."""
 from __future__ import annotations
 
 import pytest
+
 from cluster import RedisServer
 from s3server import s3_store
-
 from zoomq.errors import InvalidParameter
-from zoomq.store import DirectoryStore, RedisStore
+from zoomq.storage import DirectoryStore, RedisStore
 
 
 @pytest.fixture(params=["redis", "directory", "s3"])

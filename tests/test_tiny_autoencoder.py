@@ -10,10 +10,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import psnr, run_cli
 
-from zoomq import manifest as mf
+from conftest import psnr, run_cli
 from zoomq.errors import InvalidParameter, ModelError
+from zoomq.model import manifest as mf
 from zoomq.model_prep import tiny_autoencoder as taesd
 from zoomq.model_prep.prepare import prepare_random
 from zoomq.render import png, schedulers
@@ -125,7 +125,8 @@ def test_both_conversion_routes_give_the_same_tiny_decoder(taesd_dir, tmp_path):
     import openvino as ov
     from diffusers import AutoencoderTiny
 
-    from zoomq.model_prep.convert import convert_part, tiny_decoder_part
+    from zoomq.model_prep.convert import tiny_decoder_part
+    from zoomq.model_prep.export import convert_part
 
     latents = torch.randn(1, 4, 20, 12, generator=torch.Generator().manual_seed(2)) * 2
     with torch.no_grad():
@@ -220,7 +221,8 @@ def test_decoder_values_are_checked():
         validate(RenderRequest("x", decoder="medium"), "text-to-image", 256)
     assert e.value.param == "decoder" and "full or tiny" in e.value.rule
     assert validate(RenderRequest("x", decoder="tiny"), "text-to-image", 256).decoder == "tiny"
-    from zoomq.zoom.settings import ZoomSettings, validate as validate_zoom
+    from zoomq.zoom.settings import ZoomSettings
+    from zoomq.zoom.settings import validate as validate_zoom
 
     with pytest.raises(InvalidParameter) as e:
         validate_zoom(ZoomSettings("x", decoder=["tiny"]))
@@ -285,9 +287,8 @@ def test_zoom_keyframes_decode_with_the_tiny_decoder(tiny_inpaint, tmp_path):
 def test_producer_refuses_the_tiny_decoder_for_a_model_announced_without_it(tiny_t2i, tiny_t2i_taesd, tmp_path,
                                                                            monkeypatch):
     from cluster import RedisServer
-
     from zoomq.producer import Producer
-    from zoomq.worker import registry
+    from zoomq.queue import registry
 
     server = RedisServer(tmp_path / "redis")
     try:

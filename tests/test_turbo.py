@@ -10,13 +10,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import diffusers_pipelines, psnr, run_cli
 from PIL import Image
 
-from zoomq import manifest as mf
+from conftest import diffusers_pipelines, psnr, run_cli
 from zoomq.errors import InvalidParameter
+from zoomq.model import manifest as mf
+from zoomq.model.kind import DEFAULTS, variant_of
 from zoomq.model_prep.architectures import TURBO_SCHEDULER
-from zoomq.model_prep.detect import DEFAULTS, detect, variant_of
+from zoomq.model_prep.detect import detect
 from zoomq.render import png, schedulers
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest, fewest_steps
@@ -225,9 +226,8 @@ def test_producer_fills_requests_with_the_served_models_defaults(tmp_path, monke
     """The workers' registry carries each model's defaults; the producer validates with them, so a
     queued job renders what the same request renders in process."""
     from cluster import RedisServer
-
     from zoomq.producer import Producer
-    from zoomq.worker import registry
+    from zoomq.queue import registry
 
     server = RedisServer(tmp_path / "redis")
     try:

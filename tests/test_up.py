@@ -19,11 +19,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from cluster import RedisServer, wait_for
 from conftest import run_cli
-
-from zoomq.jobs import Jobs
-from zoomq.localstack import port_is_free
+from zoomq.node.processes import port_is_free
+from zoomq.queue.job_records import Jobs
 
 REPO = Path(__file__).resolve().parents[1]
 SLOW_ZOOM = {"kind": "zoom", "prompt": "a spiral", "model": "inpaint", "keyframes": 3, "size": 512,
@@ -229,7 +229,7 @@ def test_up_without_models_says_how_to_make_them(tmp_path, monkeypatch, capsys):
 
 def test_up_finds_the_models_in_the_default_folder(tmp_path, monkeypatch, models):
     from zoomq.config import settings
-    from zoomq.worker.registry import find_models
+    from zoomq.queue.registry import find_models
 
     folder = tmp_path / "models"
     folder.mkdir()

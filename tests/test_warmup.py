@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cluster import RedisServer, Worker, wait_for
 
-from zoomq import manifest as mf
+from cluster import RedisServer, Worker, wait_for
 from zoomq.config import settings
-from zoomq.render import precision, warmup
+from zoomq.model import manifest as mf
+from zoomq.queue import registry
+from zoomq.render import precision
+from zoomq.render import precompile as warmup
 from zoomq.render.ov_models import CompiledParts
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest
-from zoomq.worker import pieces, registry
+from zoomq.worker import pieces
 from zoomq.worker import warmup as worker_warmup
 
 

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from zoomq.config import settings
-from zoomq.jobs import Jobs
-from zoomq.localstack import free_port
-from zoomq.store import open_store
+from zoomq.node.processes import free_port
+from zoomq.queue.job_records import Jobs
+from zoomq.storage import open_store
 from zoomq.web import create_app
 
 
@@ -343,7 +343,7 @@ def test_servers_share_sessions_across_processes(server, tmp_path, gunicorn):
     import urllib.parse
     import urllib.request
 
-    from zoomq.localstack import WebProcess
+    from zoomq.node.processes import WebProcess
 
     web = WebProcess(server.url, tmp_path, gunicorn=gunicorn)
     try:

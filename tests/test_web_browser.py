@@ -12,10 +12,10 @@ import urllib.request
 from types import SimpleNamespace
 
 import pytest
+
 from browser import ARTIFACTS, chromium
 from cluster import RedisServer, Worker
-
-from zoomq.localstack import WebProcess
+from zoomq.node.processes import WebProcess
 from zoomq.zoom import video
 
 JOB_PAGE = re.compile(r"/jobs/[0-9a-f-]{36}$")

@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import peak_rss_of_zoomq, psnr, run_cli
 from PIL import Image
 
+from conftest import peak_rss_of_zoomq, psnr, run_cli
 from zoomq.errors import RenderCancelled
 from zoomq.render import png
 from zoomq.render.pipeline import Renderer

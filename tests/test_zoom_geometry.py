@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import psnr
 from PIL import Image
 
+from conftest import psnr
 from zoomq.zoom import geometry
 from zoomq.zoom.segment import frame_indices
 from zoomq.zoom.settings import ZoomSettings

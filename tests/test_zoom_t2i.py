@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from cluster import RedisServer, Worker
-from conftest import psnr, run_cli
 from PIL import Image
 
+from cluster import RedisServer, Worker
+from conftest import psnr, run_cli
 from zoomq.errors import InvalidParameter
 from zoomq.render import png, schedulers
 from zoomq.render.pipeline import Renderer

@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 
 from zoomq.config import settings
+from zoomq.queue import registry
 from zoomq.web import create_app
-from zoomq.worker import registry
 
 
 @pytest.fixture

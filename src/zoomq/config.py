@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from zoomq.errors import InvalidParameter
 
@@ -183,6 +184,10 @@ VARIABLES: tuple[Variable, ...] = (
     ),
 )
 
+URL_FORMS = ("redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS (with ZOOMQ_REDIS_CA), "
+             "or unix://[[USER]:PASSWORD@]PATH")
+
+
 _PRECISIONS = ("auto", "f32", "bf16", "f16")
 LOG_FORMATS = ("text", "json")
 
@@ -220,7 +225,7 @@ class Settings:
     previews: bool = True
     guidance_split: bool = True  # share guided steps with an idle worker (worker.split)
     log_format: str = "text"
-    redis_ca: str = ""  # CA file for rediss:// (zoomq.connection)
+    redis_ca: str = ""  # CA file for rediss:// (zoomq.queue.connection)
     health_file: str = ""
     models_dir: Path = Path("models")
     data_dir: Path = Path("~/.local/share/zoomq").expanduser()
@@ -312,10 +317,22 @@ def _redis_url() -> str:
     """``ZOOMQ_REDIS_URL``, with a scheme redis-py knows; a bad one is refused without its password."""
     url = _get("ZOOMQ_REDIS_URL")
     if url.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
-        from zoomq.connection import URL_FORMS, redacted
-
         raise InvalidParameter("ZOOMQ_REDIS_URL", redacted(url), f"must be {URL_FORMS}")
     return url
+
+
+def redacted(url: str) -> str:
+    """The URL with its password (in the address, or a ``password=`` query) shown as ``***``."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return url.partition("://")[0] + "://***"
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        # Without a colon the one word may well be a password written in the user's place.
+        url = url.replace(netloc, f"{user}:***@{host}" if colon else f"***@{host}", 1)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
 
 
 def is_set(name: str) -> bool:

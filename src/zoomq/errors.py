@@ -91,3 +91,41 @@ class QueueFull(ZoomqError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class BrokerUnavailable(ZoomqError):
+    """Redis cannot be reached, or refuses zoomq (see ``BrokerRefused``)."""
+
+
+class BrokerRefused(BrokerUnavailable):
+    """Redis answers but refuses zoomq's password or TLS: waiting will not help, a setting must change."""
+
+
+class Unauthorized(ZoomqError):
+    """Keys are configured and the request carries no valid one (401)."""
+
+
+class PieceBusy(ZoomqError):
+    """Another live worker holds this piece's lease; try again later."""
+
+
+class LeaseLost(PieceBusy):
+    """This worker lost the piece's lease (cut off from Redis long enough for the watchdog to hand
+    the piece to another worker): its result is dropped, never written over the other's."""
+
+
+class LinkLost(ZoomqError):
+    """The helper is gone (never came, lost, left, or too slow): the leader carries on alone."""
+
+
+class ArtifactStoreError(ZoomqError):
+    """The store cannot be used as configured: no bucket, no access, no endpoint."""
+
+
+class ArtifactStoreUnreachable(ArtifactStoreError):
+    """The store did not answer (after its client's own retries): perhaps only for a while, so
+    tasks retry with backoff and the web answers 503."""
+
+
+class VideoError(ZoomqError):
+    """ffmpeg failed; the message carries its last lines."""

@@ -14,10 +14,10 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -32,7 +32,7 @@ TEXT_LEN = 77
 def _share(renderer, size: int, branch: int, repeats: int = 3) -> dict:
     """Seconds of one full UNet call and one shallow-branch call at batch 2, best of ``repeats``."""
     from zoomq.bench.probe import best_seconds
-    from zoomq.model_prep.deepcache import feature_output_name, shallow_part_name
+    from zoomq.model.manifest import feature_output_name, shallow_part_name
 
     channels = renderer.kind["unet_in_channels"]
     text = renderer.encode_text("")

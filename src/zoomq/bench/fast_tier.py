@@ -14,10 +14,10 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Callable
 
 from zoomq.bench.probe import PROMPT
 from zoomq.bench.report import machine, write_section
@@ -58,7 +58,7 @@ def prepare_model(folder: Path, say: Callable[[str], None], full: bool = True) -
 def _worker_e2e(model: Path, cache: Path, say: Callable[[str], None], jobs: int, size: int) -> dict:
     """Seconds from ``submit_image`` to the PNG's bytes, with a warm worker: the median and best
     over ``jobs`` jobs (each a new prompt), after one job that warms it."""
-    from zoomq.localstack import RedisServer, WorkerProcess
+    from zoomq.node.processes import RedisServer, WorkerProcess
     from zoomq.producer import Producer
 
     with tempfile.TemporaryDirectory(prefix="zoomq-bench-fast-") as tmp:

@@ -122,8 +122,8 @@ def _zoomq(spec: dict) -> dict:
 # -- diffusers -----------------------------------------------------------------------------------
 
 def _diffusers(spec: dict) -> dict:
-    import torch
     import diffusers
+    import torch
 
     torch.set_num_threads(spec.get("threads") or os.cpu_count())
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if spec["precision"] == "bf16" else nullcontext()

@@ -17,7 +17,7 @@ from datetime import date
 from pathlib import Path
 
 from zoomq.bench.report import machine, write_section
-from zoomq.localstack import RedisServer, WorkerProcess
+from zoomq.node.processes import RedisServer, WorkerProcess
 
 
 def _models(cache: Path) -> tuple[Path, Path]:

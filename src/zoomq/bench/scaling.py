@@ -18,10 +18,10 @@ import queue
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -51,8 +51,9 @@ def unet_model(models_dir: Path, *, tiny: bool, say: Callable[[str], None]) -> P
     whole inpainting model the other benchmarks prepare, or else the UNet alone, built once (the
     folder appears only when complete)."""
     from zoomq.model_prep.architectures import build_random_unet
-    from zoomq.model_prep.convert import convert_part, parts
-    from zoomq.model_prep.deepcache import convert_shallow_parts
+    from zoomq.model_prep.convert import parts
+    from zoomq.model_prep.deepcache_export import convert_shallow_parts
+    from zoomq.model_prep.export import convert_part
 
     label = "tiny" if tiny else "full"
     out = Path(models_dir) / label / "inpaint-unet"
@@ -85,7 +86,7 @@ def measure(folder: Path, threads: int, precision: str, *, latent: int, hidden: 
     """Best-of-``repeats`` seconds of one call: ``full_B`` and ``shallow_B`` for batch B = 2, 1."""
     from zoomq.bench.probe import best_seconds
     from zoomq.config import settings
-    from zoomq.model_prep.deepcache import feature_output_name, shallow_part_name
+    from zoomq.model.manifest import feature_output_name, shallow_part_name
     from zoomq.render.ov_models import CompiledParts
 
     s = replace(settings(), threads=threads, inference_precision=precision, compile_cache=False)

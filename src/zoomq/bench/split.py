@@ -20,14 +20,14 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from zoomq.bench.report import machine, write_section
-from zoomq.localstack import RedisServer, WorkerProcess, wait_for
+from zoomq.node.processes import RedisServer, WorkerProcess, wait_for
 
 PROMPT = "an endless spiral library, oil painting"
 SIZE, MASK = 512, 128
@@ -86,8 +86,8 @@ def run(out: Path, tiny: bool = False, repeats: int = 1, steps: int | None = Non
         say: Callable[[str], None] = print, frames: int | None = None) -> dict:
     """Measure and write the report's section; ``frames``: the whole video's frames between two
     keyframes (default the zoom's own, 30)."""
-    from zoomq import manifest as mf
     from zoomq.config import settings
+    from zoomq.model import manifest as mf
     from zoomq.producer import Producer
     from zoomq.render import png
     from zoomq.zoom.settings import ZoomSettings
@@ -136,7 +136,7 @@ def run(out: Path, tiny: bool = False, repeats: int = 1, steps: int | None = Non
 
             say("two workers, one thread each: warming up")
             pair = [start("lead"), start("help")]
-            from zoomq.worker import split
+            from zoomq.worker import guidance_split_redis as split
 
             def idle_pair(timeout: float) -> None:
                 wait_for(lambda: len(split.idle_helpers(producer.redis, model)) == 2, timeout, "two idle workers")

@@ -17,10 +17,10 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from zoomq.localstack import RedisServer, WorkerProcess, wait_for
+from zoomq.node.processes import RedisServer, WorkerProcess, wait_for
 
 PROMPT = "a lighthouse on a cliff at sunset, oil painting"
 

@@ -66,7 +66,7 @@ def run_submit(args: argparse.Namespace) -> int:
 
 def follow(producer, job_id: str, out: Path | None) -> int:
     """Show a job's progress as a bar until it ends, then write its result to ``out``; the exit code."""
-    from zoomq.cli.render import Bar
+    from zoomq.cli.progress import Bar
 
     bar = Bar("unit")
     shown_warning = [None]

@@ -6,9 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from zoomq import keys
 from zoomq.config import settings
 from zoomq.errors import InvalidParameter
+from zoomq.web import api_keys as keys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -16,16 +16,8 @@ import warnings
 from pathlib import Path
 
 from zoomq import __version__
+from zoomq.cli.options import option_name
 from zoomq.errors import InvalidParameter, ZoomqError
-
-# Parameters whose CLI option is not simply --name-with-dashes.
-_OPTIONS = {"width": "--size", "height": "--size", "prompt": "PROMPT", "job_id": "JOB_ID"}
-
-
-def option_name(param: str) -> str:
-    if param.startswith("ZOOMQ_"):
-        return param  # a setting (environment variable), not an option
-    return _OPTIONS.get(param, "--" + param.replace("_", "-"))
 
 
 def _quiet_libraries(now: bool) -> None:

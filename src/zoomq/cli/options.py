@@ -120,3 +120,14 @@ def zoom_options(args: argparse.Namespace) -> dict:
 def check_out(path: Path | None, suffix: str) -> None:
     if path is not None and path.suffix.lower() != suffix:
         raise InvalidParameter("out", str(path), f"must end in {suffix}")
+
+
+# Parameters whose CLI option is not simply --name-with-dashes.
+_OPTIONS = {"width": "--size", "height": "--size", "prompt": "PROMPT", "job_id": "JOB_ID"}
+
+
+def option_name(param: str) -> str:
+    """The option (or setting) a user writes for an error's parameter name."""
+    if param.startswith("ZOOMQ_"):
+        return param  # a setting (environment variable), not an option
+    return _OPTIONS.get(param, "--" + param.replace("_", "-"))

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from zoomq.cli.options import add_image_options, add_zoom_options, check_out, image_options, zoom_options
+from zoomq.cli.options import add_image_options, add_zoom_options, check_out, image_options, option_name, zoom_options
+from zoomq.cli.progress import Bar
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,30 +38,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_zoom)
 
 
-class Bar:
-    """A tqdm bar made on the first report, so bad input fails before any bar appears."""
-
-    def __init__(self, unit: str):
-        self.unit = unit
-        self.bar = None
-
-    def update(self, done: int, total: int, stage: str | None = None, postfix: str | None = None) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=total, unit=self.unit, file=sys.stderr, dynamic_ncols=True)
-        self.bar.total = total
-        if stage:
-            self.bar.set_description(stage, refresh=False)
-        if postfix is not None:
-            self.bar.set_postfix_str(postfix, refresh=False)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_image(args: argparse.Namespace) -> int:
     from zoomq.render import png
     from zoomq.render.pipeline import Renderer
@@ -84,8 +61,6 @@ def run_image(args: argparse.Namespace) -> int:
 def as_option(warning: str) -> str:
     """``seam: ...`` → ``--seam: ...``: a warning that starts with a parameter names the option
     the user would change, as the CLI's error lines do."""
-    from zoomq.cli.main import option_name
-
     param, sep, rest = warning.partition(": ")
     if not sep or not param.isidentifier():
         return warning
@@ -93,8 +68,8 @@ def as_option(warning: str) -> str:
 
 
 def run_zoom(args: argparse.Namespace) -> int:
-    from zoomq import manifest
     from zoomq.errors import ModelError
+    from zoomq.model import manifest
     from zoomq.render.pipeline import Renderer
     from zoomq.zoom.compose import render_zoom
     from zoomq.zoom.keyframe import BLEND_NOTE

@@ -73,10 +73,10 @@ class StopRequests:
 
 
 def _stack(args: argparse.Namespace, port_fallback: bool):
-    from zoomq import sizing
     from zoomq.config import is_set, settings
-    from zoomq.stack import Stack, StackOptions
-    from zoomq.worker.registry import describe_models, find_models
+    from zoomq.node import sizing
+    from zoomq.node.stack import Stack, StackOptions
+    from zoomq.queue.registry import describe_models, find_models
 
     s = settings()
     processes = sizing.parse_concurrency(args.concurrency)
@@ -105,7 +105,7 @@ def _stopping(stack, stops: StopRequests) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from zoomq.connection import redacted
+    from zoomq.queue.connection import redacted
 
     stack = _stack(args, port_fallback=False)
     with StopRequests() as stops:
@@ -129,9 +129,9 @@ DEMO_ZOOM = dict(prompt="an endless spiral library, fantasy art", keyframes=4, s
 def run_demo(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from zoomq import manifest as mf
     from zoomq.cli.jobs import follow, write_file
     from zoomq.errors import ModelError
+    from zoomq.model import manifest as mf
     from zoomq.producer import Producer
 
     stack = _stack(args, port_fallback=True)

@@ -9,8 +9,8 @@ import socket
 import uuid
 from pathlib import Path
 
-from zoomq import sizing
 from zoomq.errors import InvalidParameter
+from zoomq.node import sizing
 
 log = logging.getLogger("zoomq.worker")
 
@@ -36,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from zoomq.config import settings
-    from zoomq.worker import registry
-    from zoomq.worker.app import ENCODE_QUEUE, RENDER_QUEUE, render_queue, split_queue
+    from zoomq.queue import registry
+    from zoomq.queue.celery_app import ENCODE_QUEUE, RENDER_QUEUE, render_queue, split_queue
 
     kinds = [q.strip() for q in args.queues.split(",") if q.strip()]
     if not kinds or set(kinds) - {RENDER_QUEUE, ENCODE_QUEUE}:
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.update(ZOOMQ_WORKER_NAME=name, ZOOMQ_WORKER_QUEUES=",".join(queues),
                       ZOOMQ_WORKER_CONCURRENCY=str(plan.processes))
 
-    from zoomq.connection import check
+    from zoomq.queue.connection import check
 
     check(s)  # a wrong password or TLS stops here, in one line; an unreachable Redis is waited for
     from zoomq.worker.tasks import app  # after the environment is set: the app reads it

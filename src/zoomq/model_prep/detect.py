@@ -8,61 +8,12 @@ whether it is a few-step distilled model (SD-Turbo), whose defaults differ from 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from zoomq.errors import ModelError
-from zoomq.manifest import latent_factor_of
+from zoomq.model.kind import DEFAULTS, ModelKind, latent_factor_of, variant_of
 
 _REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-#: What a render of a model uses for the parameters a request leaves out, by variant. Recorded in
-#: the manifest's kind when a model is prepared, so the render core, the producer and the web all
-#: read them from the model (``Manifest.defaults``, the workers' registry).
-DEFAULTS = {
-    "standard": {"steps": 20, "guidance": 7.5, "scheduler": "default"},
-    # SD-Turbo (adversarial diffusion distillation): one step, no guidance, its own Euler scheduler.
-    "turbo": {"steps": 1, "guidance": 0.0, "scheduler": "default"},
-}
-_FEW_STEP_SCHEDULERS = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
-
-
-def variant_of(scheduler: dict) -> str:
-    """``turbo`` for a few-step distilled model, else ``standard``, from its scheduler config.
-
-    SD-Turbo ships the SD 2.1 UNet, text encoder and autoencoder unchanged: only its scheduler
-    tells it apart, an Euler scheduler with ``trailing`` timestep spacing (which starts sampling
-    from the very last training timestep, as distillation trained it to) and epsilon prediction.
-    SD 2 models ship DDIM or PNDM with leading spacing; zero-terminal-SNR fine-tunes use trailing
-    spacing too, but with DDIM, ``rescale_betas_zero_snr`` and v-prediction, and are not few-step.
-    """
-    few_step = (
-        scheduler.get("_class_name") in _FEW_STEP_SCHEDULERS
-        and scheduler.get("timestep_spacing") == "trailing"
-        and scheduler.get("prediction_type", "epsilon") == "epsilon"
-        and not scheduler.get("rescale_betas_zero_snr", False)
-        and not scheduler.get("use_karras_sigmas", False)
-    )
-    return "turbo" if few_step else "standard"
-
-
-@dataclass(frozen=True)
-class ModelKind:
-    task: str  # "text-to-image" or "inpainting"
-    family: str  # "sd2", "sd2-miniature" or "sd1"
-    prediction_type: str
-    native_size: int
-    latent_channels: int
-    unet_in_channels: int
-    vae_scale_factor: int
-    vae_scaling_factor: float
-    text_hidden_size: int
-    variant: str = "standard"  # "turbo": a few-step distilled model (see variant_of)
-    defaults: dict = field(default_factory=lambda: dict(DEFAULTS["standard"]))  # steps, guidance, scheduler
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def _read(folder: Path, rel: str) -> dict:
     path = folder / rel

@@ -11,9 +11,9 @@ and ``zoomq bench render``), which is why this is an opt-in weight format.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -86,7 +86,7 @@ def quantize_unet(folder: Path, samples: int = 32, size: int | None = None,
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
-    from zoomq import manifest as mf
+    from zoomq.model import manifest as mf
 
     nncf.set_log_level(logging.ERROR)  # it lists every node it skips; our report says what happens
     native = mf.read(folder).kind["native_size"]

@@ -14,15 +14,17 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from zoomq import __version__
-from zoomq import manifest as mf
 from zoomq.errors import ModelError, PrepareError, ZoomqError
-from zoomq.model_prep import hub, tiny_autoencoder as taesd
-from zoomq.model_prep.detect import ModelKind, detect
+from zoomq.model import manifest as mf
+from zoomq.model.kind import ModelKind
+from zoomq.model_prep import hub
+from zoomq.model_prep import tiny_autoencoder as taesd
+from zoomq.model_prep.detect import detect
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +174,9 @@ def _convert(
     """Convert the diffusers folder ``source_dir`` into ``stage``; the manifest comes last.
     ``tiny`` converts a tiny autoencoder into a folder and returns its manifest record;
     ``cache_branches``: the DeepCache branches to carry (``model_prep.deepcache``)."""
-    from zoomq.model_prep import deepcache
-    from zoomq.model_prep.convert import CONVERSION, convert_part, parts
+    from zoomq.model_prep import deepcache_export as deepcache
+    from zoomq.model_prep.convert import CONVERSION, parts
+    from zoomq.model_prep.export import convert_part
 
     report(f"{source}: {kind.family} {kind.task}, {kind.native_size} px, {kind.prediction_type}")
     for sub in ("tokenizer", "scheduler"):
@@ -257,7 +260,8 @@ def _tiny_converter(spec: str, seed: int, asked: bool, latent_channels: int, lat
         fetch()
 
     def convert(dest: Path) -> dict:
-        from zoomq.model_prep.convert import convert_part, tiny_decoder_part
+        from zoomq.model_prep.convert import tiny_decoder_part
+        from zoomq.model_prep.export import convert_part
 
         with tempfile.TemporaryDirectory(prefix="zoomq-taesd-", dir=dest) as work:
             if spec != taesd.RANDOM:

@@ -5,6 +5,6 @@
     producer.status(job_id)["progress"]
 """
 
-from zoomq.producer.api import Producer, cancel, result, status, submit_image, submit_zoom
+from zoomq.producer.producer import Producer, cancel, result, status, submit_image, submit_zoom
 
 __all__ = ["Producer", "submit_image", "submit_zoom", "status", "cancel", "result"]

@@ -12,21 +12,18 @@ on, and the render completes alone. Render core only: no Redis, no Celery (see `
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from zoomq.errors import ZoomqError
+from zoomq.errors import LinkLost
 
 if TYPE_CHECKING:  # torch is imported by the render itself: a worker's tasks module must not need it
     import torch
 
     from zoomq.render.unet_call import UNetCall
-
-
-class LinkLost(ZoomqError):
-    """The helper is gone (never came, lost, left, or too slow): the leader carries on alone."""
 
 
 class Link(Protocol):

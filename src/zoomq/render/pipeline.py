@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,9 +24,10 @@ from PIL import Image
 from transformers import CLIPTokenizer
 
 from zoomq import __version__
-from zoomq import manifest as mf
-from zoomq.config import Settings, settings as current_settings
+from zoomq.config import Settings
+from zoomq.config import settings as current_settings
 from zoomq.errors import RenderCancelled
+from zoomq.model import manifest as mf
 from zoomq.render import precision, schedulers
 from zoomq.render.blend import LatentBlend
 from zoomq.render.ov_models import CompiledParts
@@ -141,7 +143,7 @@ class Renderer:
         """How ``req``'s denoise loop runs the UNet: in full every call, or with DeepCache's feature
         caching (``req.cache_interval`` > 1; ``timesteps``: the scheduler's, which it counts by)."""
         if req.cache_interval > 1:
-            from zoomq.render.deepcache import DeepCacheUNet
+            from zoomq.render.deepcache_unet import DeepCacheUNet
 
             self.check_cache(req.cache_interval, req.cache_branch)
             return DeepCacheUNet(self.parts, req.cache_interval, req.cache_branch, timesteps)

@@ -52,7 +52,7 @@ class RenderRequest:
             return "inpainting"
         return "image-to-image" if self.init_image is not None else "text-to-image"
 
-    def with_seed(self) -> "RenderRequest":
+    def with_seed(self) -> RenderRequest:
         """This request with a concrete seed (a random one when none was given)."""
         return self if self.seed is not None else replace(self, seed=secrets.randbelow(2**32))
 
@@ -145,7 +145,7 @@ def check_decoder(value, available: tuple[str, ...] = DECODERS) -> str:
     if not isinstance(value, str) or value not in DECODERS:
         raise InvalidParameter("decoder", value, "must be full or tiny")
     if value not in available:
-        from zoomq.manifest import TINY_HINT
+        from zoomq.model.manifest import TINY_HINT
 
         raise InvalidParameter("decoder", value, f"this model has no tiny decoder (TAESD); {TINY_HINT}")
     return value

@@ -33,7 +33,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def make(name: str, config: dict) -> "SchedulerMixin":
+def make(name: str, config: dict) -> SchedulerMixin:
     """A fresh scheduler called ``name`` configured from the model's ``scheduler_config.json``."""
     import diffusers
 

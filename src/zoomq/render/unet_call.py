@@ -8,7 +8,8 @@ beside the loop, the way diffusers swaps attention processors without touching i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch

@@ -7,11 +7,10 @@ import io
 
 from flask import Blueprint, Response, abort, jsonify, request, send_file, url_for
 
-from zoomq import jobs as jobs_mod
-from zoomq.errors import InvalidParameter, InvalidParameters
-from zoomq.producer.api import BrokerUnavailable
+from zoomq.errors import BrokerUnavailable, InvalidParameter, InvalidParameters
+from zoomq.queue import job_records as jobs_mod
 from zoomq.web import present, security, spec, submission
-from zoomq.web.app import caller, job_or_404, web
+from zoomq.web.context import caller, job_or_404, web
 from zoomq.zoom.keyframe import keyframe_name
 
 bp = Blueprint("api", __name__, url_prefix="/api")

@@ -4,66 +4,24 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
 
 import redis
-from flask import Flask, abort, current_app, jsonify, render_template, request
+from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from zoomq.config import Settings, settings as current_settings
-from zoomq.errors import InvalidParameter, QueueFull, ZoomqError
-from zoomq.keys import KeyRing
-from zoomq.producer.api import BrokerUnavailable, Producer
-from zoomq.store import ArtifactStoreUnreachable
-from zoomq.web import security
+from zoomq.config import Settings
+from zoomq.config import settings as current_settings
+from zoomq.errors import ArtifactStoreUnreachable, BrokerUnavailable, QueueFull, Unauthorized, ZoomqError
+from zoomq.producer.producer import Producer
+from zoomq.web import api, metrics, pages, security
+from zoomq.web.api_keys import KeyRing
+from zoomq.web.context import Web, web
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Web:
-    """What the views share: settings, the producer, the API keys and the rate limit."""
-
-    settings: Settings
-    producer: Producer
-    rate_limit: security.RateLimit
-    keys: KeyRing
-
-
-def web() -> Web:
-    return current_app.extensions["zoomq"]
-
-
-class Unauthorized(ZoomqError):
-    """Keys are configured and the request carries no valid one (401)."""
-
-
-def caller() -> security.Caller:
-    """Who makes this request; raises ``Unauthorized`` (401) when a key is needed and missing."""
-    found = security.identify(request, web().keys)
-    if found is None:
-        raise Unauthorized("this server needs an API key: send Authorization: Bearer <key>, "
-                           "or enter it on the submit form")
-    return found
-
-
-def job_or_404(job_id: str) -> dict:
-    """The job's status record, or 404 for an unknown, expired or malformed id, and for another
-    key's job (a 403 would confirm that the id exists)."""
-    who = caller()
-    try:
-        record = web().producer.status(job_id)
-    except InvalidParameter:
-        abort(404)
-    if not who.sees(record):
-        abort(404)
-    return record
-
-
 def create_app(s: Settings | None = None) -> Flask:
-    from zoomq.web import api, metrics, pages
-
     s = s or current_settings()
     app = Flask(__name__)
     if s.trusted_proxies:

@@ -2,7 +2,7 @@
 
 The web app runs as several processes (gunicorn), so nothing is counted in process memory: a
 collector on a registry of the app's own reads queues, jobs, workers and the counters in
-``zoomq.stats`` at every scrape, in four round trips to Redis (pipelined) plus the scan for render
+``zoomq.queue.stats`` at every scrape, in four round trips to Redis (pipelined) plus the scan for render
 queues that ``/api/health`` does too. When Redis cannot be reached the scrape still answers, with
 ``zoomq_redis_up 0``.
 """
@@ -18,11 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from zoomq import stats
-from zoomq.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Jobs
-from zoomq.producer.api import Producer
+from zoomq.producer.producer import Producer
+from zoomq.queue import registry, stats
+from zoomq.queue.job_records import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Jobs
 from zoomq.web import present
-from zoomq.worker import registry
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)

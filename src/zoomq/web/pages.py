@@ -11,13 +11,12 @@ from dataclasses import MISSING, fields
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 
-from zoomq.errors import InvalidParameter, InvalidParameters, QueueFull
-from zoomq.jobs import ENDED
-from zoomq.producer.api import BrokerUnavailable
+from zoomq.errors import BrokerUnavailable, InvalidParameter, InvalidParameters, QueueFull
+from zoomq.queue.job_records import ENDED
 from zoomq.render.request import RenderRequest
 from zoomq.render.schedulers import NAMES as SCHEDULERS
 from zoomq.web import present, security, submission
-from zoomq.web.app import job_or_404, web
+from zoomq.web.context import job_or_404, web
 from zoomq.zoom.settings import DIRECTIONS, DefaultSeam, ZoomSettings
 
 bp = Blueprint("pages", __name__)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import redis
 from flask import url_for
 
-from zoomq.connection import redacted, unavailable
-from zoomq.jobs import DONE, RUNNING
-from zoomq.producer.api import Producer
-from zoomq.worker.app import ENCODE_QUEUE, render_queue
+from zoomq.producer.producer import Producer
+from zoomq.queue.celery_app import ENCODE_QUEUE, render_queue
+from zoomq.queue.connection import redacted, unavailable
+from zoomq.queue.job_records import DONE, RUNNING
 
 # Fields of a job record that are internal bookkeeping, not for clients.
 _HIDDEN = ("worker_pid", "encode_worker_pid", "heartbeat")

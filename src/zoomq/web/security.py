@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import redis
 from flask import Request, request, session
 
-from zoomq.keys import Key, KeyRing, digest
+from zoomq.web.api_keys import Key, KeyRing, digest
 
 SECRET_KEY = "zoomq:web:secret"
 CSRF_FIELD = "csrf_token"

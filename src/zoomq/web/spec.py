@@ -8,9 +8,9 @@ import copy
 import json
 import math
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
-from typing import Mapping
 
 from zoomq.config import Settings
 from zoomq.render.request import MAX_SIDE
@@ -32,7 +32,7 @@ def spec(settings: Settings, models: Mapping[str, dict] | None = None) -> dict:
     schemas = doc["components"]["schemas"]
     image, zoom = schemas["ImageJob"], schemas["ZoomJob"]
     _limits(settings, image, zoom)
-    if settings.api_keys_file or settings.api_token:  # every job route needs a key (see zoomq.keys)
+    if settings.api_keys_file or settings.api_token:  # every job route needs a key (see zoomq.web.api_keys)
         for operations in doc["paths"].values():
             for operation in operations.values():
                 if isinstance(operation, dict) and "security" in operation:

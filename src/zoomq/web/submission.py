@@ -11,8 +11,8 @@ import base64
 import binascii
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from PIL import Image
 

@@ -12,32 +12,35 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import logging
+import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
 from PIL import Image
 
-from zoomq import logs, stats
-from zoomq import manifest as mf
+from zoomq import logs
 from zoomq.config import Settings
-from zoomq.errors import RenderCancelled, ZoomqError
-from zoomq.jobs import CANCELLED, ENDED, PREVIEW_NAME, Jobs, watched_key
+from zoomq.errors import LeaseLost, PieceBusy, RenderCancelled, ZoomqError
+from zoomq.model import manifest as mf
+from zoomq.queue import stats
+from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, render_queue
+from zoomq.queue.job_records import CANCELLED, ENDED, PREVIEW_NAME, Jobs, watched_key
 from zoomq.render import png, precision
 from zoomq.render.ov_models import CompiledParts
 from zoomq.render.request import RenderRequest
 from zoomq.repeating import repeating
-from zoomq.store import ArtifactStore
-from zoomq.worker import split
-from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, render_queue
+from zoomq.storage.base import ArtifactStore
+from zoomq.worker import guidance_split_redis as split
+from zoomq.worker.lease import Lease
 from zoomq.zoom.keyframe import keyframe_name, render_keyframe
 from zoomq.zoom.segment import render_segment, segment_name
 from zoomq.zoom.settings import ZoomSettings
@@ -48,56 +51,6 @@ if TYPE_CHECKING:
     from zoomq.render.preview import Preview
 
 log = logging.getLogger(__name__)
-
-RUNNING = "zoomq:running"
-
-
-class PieceBusy(ZoomqError):
-    """Another live worker holds this piece's lease; try again later."""
-
-
-class LeaseLost(PieceBusy):
-    """This worker lost the piece's lease (cut off from Redis long enough for the watchdog to hand
-    the piece to another worker): its result is dropped, never written over the other's."""
-
-
-class Lease:
-    """A worker's claim on a piece. ``check()`` before writing results: only the holder writes."""
-
-    # Release only a lease that is still ours, and only then the piece's running entry (the next
-    # holder's entry has the same field).
-    _RELEASE = """
-    if redis.call('GET', KEYS[1]) == ARGV[1] then
-        redis.call('DEL', KEYS[1])
-        redis.call('HDEL', KEYS[2], ARGV[2])
-        return 1
-    end
-    return 0
-    """
-
-    def __init__(self, client: redis.Redis, job_id: str, piece: str, holder: str):
-        self.client, self.job_id, self.piece, self.holder = client, job_id, piece, holder
-        self.key = lease_key(job_id, piece)
-
-    def held(self) -> bool:
-        return self.client.get(self.key) == self.holder.encode()
-
-    def check(self) -> None:
-        if not self.held():
-            raise LeaseLost(f"{self.piece} of job {self.job_id} was handed to another worker; this result is dropped")
-
-    def release(self) -> bool:
-        return bool(self.client.eval(self._RELEASE, 2, self.key, RUNNING, self.holder,
-                                     running_field(self.job_id, self.piece)))
-
-
-def lease_key(job_id: str, piece: str) -> str:
-    return f"zoomq:lease:{job_id}:{piece}"
-
-
-def running_field(job_id: str, piece: str) -> str:
-    return f"{job_id}|{piece}"
-
 
 @dataclass
 class Context:
@@ -179,11 +132,9 @@ def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
 
 @contextmanager
 def _leased(ctx: Context, job_id: str, piece: str, task: str, args: list, queue: str) -> Iterator[Lease]:
-    lease = Lease(ctx.redis, job_id, piece, f"{ctx.worker}:{threading.get_native_id()}:{time.time()}")
-    if not ctx.redis.set(lease.key, lease.holder, nx=True, ex=ctx.settings.stale_after):
-        raise PieceBusy(f"{piece} of job {job_id} is being rendered elsewhere")
+    holder = f"{ctx.worker}:{threading.get_native_id()}:{time.time()}"
     entry = {"task": task, "args": args, "queue": queue, "worker": ctx.worker, "since": time.time()}
-    ctx.redis.hset(RUNNING, running_field(job_id, piece), json.dumps(entry))
+    lease = Lease.claim(ctx.redis, job_id, piece, holder, ctx.settings.stale_after, entry)
     # Segments encode beside the keyframe being rendered; they report their worker apart, so the
     # record's worker stays the one rendering (as its stage does).
     encoding = piece.startswith("segment")

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zoomq import connection
 from zoomq.config import Settings
-from zoomq.jobs import Jobs
-from zoomq.worker import registry
+from zoomq.queue import connection, registry
+from zoomq.queue.job_records import Jobs
 
 
 @dataclass(frozen=True)
@@ -26,13 +25,13 @@ class Recovered:
 
 def recover(s: Settings) -> Recovered:
     """Release stale leases and requeue unacknowledged tasks; call before any worker starts."""
-    from zoomq.worker.app import make_app
-    from zoomq.worker.pieces import RUNNING, lease_key
+    from zoomq.queue.celery_app import make_app
+    from zoomq.worker.lease import RUNNING_PIECES, lease_key
 
     client = connection.client(s)
     for name in client.smembers(registry.NAMES):  # announced by workers now dead: not alive, not ready
         registry.withdraw(client, name.decode())
-    fields = [f.decode() for f in client.hkeys(RUNNING)]
+    fields = [f.decode() for f in client.hkeys(RUNNING_PIECES)]
     leases = client.delete(*(lease_key(*f.split("|", 1)) for f in fields)) if fields else 0
     tasks = 0
     with make_app(s).connection_for_write() as broker:

@@ -18,14 +18,15 @@ import redis
 from celery import signals
 from kombu.exceptions import OperationalError
 
-from zoomq import connection
-from zoomq import jobs as jobs_mod
-from zoomq import logs, stats
+from zoomq import logs
 from zoomq.config import settings as current_settings
-from zoomq.errors import RenderCancelled, ZoomqError
-from zoomq.store import ArtifactStoreUnreachable, open_store
-from zoomq.worker import pieces, registry, split, warmup, watchdog
-from zoomq.worker.app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_SPLIT, TASK_STITCH, make_app
+from zoomq.errors import ArtifactStoreUnreachable, RenderCancelled, ZoomqError
+from zoomq.queue import connection, registry, stats
+from zoomq.queue import job_records as jobs_mod
+from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_SPLIT, TASK_STITCH, make_app
+from zoomq.storage import open_store
+from zoomq.worker import guidance_split_redis as split
+from zoomq.worker import pieces, warmup, watchdog
 
 log = logging.getLogger("zoomq.worker")
 app = make_app()

@@ -15,9 +15,9 @@ import os
 import threading
 import time
 
-from zoomq import manifest as mf
-from zoomq.render import warmup
-from zoomq.worker.app import render_queue
+from zoomq.model import manifest as mf
+from zoomq.queue.celery_app import render_queue
+from zoomq.render import precompile as warmup
 from zoomq.worker.pieces import Context
 
 log = logging.getLogger(__name__)

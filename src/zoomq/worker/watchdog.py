@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import redis
 
-from zoomq import stats
-from zoomq.jobs import ENDED, Jobs
-from zoomq.worker.pieces import RUNNING, lease_key
+from zoomq.queue import stats
+from zoomq.queue.job_records import ENDED, Jobs
+from zoomq.worker.lease import RUNNING_PIECES, lease_key
 
 log = logging.getLogger(__name__)
 LOCK = "zoomq:watchdog"
@@ -29,12 +29,12 @@ def scan(client: redis.Redis, jobs: Jobs, send: Callable[[str, list, str], None]
     if not client.set(LOCK, me, nx=True, ex=max(1, int(interval))):
         return []
     resent = []
-    for field, raw in client.hgetall(RUNNING).items():
+    for field, raw in client.hgetall(RUNNING_PIECES).items():
         field = field.decode()
         job_id, piece = field.split("|", 1)
         state = jobs.state(job_id)
         if state is None or state in ENDED:
-            client.hdel(RUNNING, field)
+            client.hdel(RUNNING_PIECES, field)
             continue
         if client.exists(lease_key(job_id, piece)):
             continue
@@ -42,7 +42,7 @@ def scan(client: redis.Redis, jobs: Jobs, send: Callable[[str, list, str], None]
         if time.time() - entry.get("resent", 0) < stale_after:
             continue  # sent again recently; give that task time to start
         entry["resent"] = time.time()
-        client.hset(RUNNING, field, json.dumps(entry))
+        client.hset(RUNNING_PIECES, field, json.dumps(entry))
         log.warning("%s of job %s lost its worker %s; sending it again", piece, job_id, entry.get("worker"))
         send(entry["task"], entry["args"], entry["queue"])
         stats.count_piece_resent(client, piece)

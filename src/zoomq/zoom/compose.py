@@ -7,9 +7,9 @@ each segment holds just its two keyframes while its frames stream into the encod
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from zoomq.errors import RenderCancelled
 from zoomq.render.pipeline import Renderer

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from PIL import Image
 
@@ -38,7 +38,7 @@ def render_segment(
     settings: ZoomSettings,
     k: int,
     out: Path,
-    progress: Callable[[int, int], "bool | None"] | None = None,
+    progress: Callable[[int, int], bool | None] | None = None,
 ) -> int:
     """Encode segment k (keyframe files k and k+1) into ``out``; returns the number of frames."""
     with Image.open(inner_path) as f:

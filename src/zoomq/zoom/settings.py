@@ -76,7 +76,7 @@ class ZoomSettings:
     init_image: str | None = field(default=None)  # path of keyframe 0, when given
     warnings: tuple[str, ...] = ()  # what validate() changed on its own; travels with the job
 
-    def with_seed(self) -> "ZoomSettings":
+    def with_seed(self) -> ZoomSettings:
         return self if self.seed is not None else replace(self, seed=secrets.randbelow(2**32))
 
     @property
@@ -105,7 +105,7 @@ class ZoomSettings:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ZoomSettings":
+    def from_dict(cls, data: dict) -> ZoomSettings:
         data = dict(data)
         data["schedule"] = tuple(PromptChange(**c) for c in data.get("schedule", ()))
         data["warnings"] = tuple(data.get("warnings", ()))

@@ -12,21 +12,17 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
-from zoomq.errors import ZoomqError
+from zoomq.errors import VideoError
 
 CRF = 18  # visually lossless for this kind of material; the same for every segment
-
-
-class VideoError(ZoomqError):
-    """ffmpeg failed; the message carries its last lines."""
 
 
 def _ffmpeg(*args: str) -> None:

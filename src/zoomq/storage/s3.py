@@ -12,8 +12,8 @@ import contextlib
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import boto3
@@ -22,7 +22,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
-from zoomq.store import ArtifactStore, ArtifactStoreError, ArtifactStoreUnreachable, check_key
+from zoomq.errors import ArtifactStoreError, ArtifactStoreUnreachable
+from zoomq.storage.base import ArtifactStore, check_key
 
 # Parts of 8 MiB, four at a time, and at most 16 chunks of 256 KiB waiting to be written on a
 # download: a video streams through about 10 MiB of memory, whatever its size.

@@ -28,19 +28,21 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
 
 from zoomq import logs
 from zoomq.config import Settings
-from zoomq.jobs import CANCELLED
-from zoomq.render.guidance_split import LinkLost, Patience, SplitUNet
-from zoomq.worker import registry
-from zoomq.worker.app import TASK_SPLIT, render_queue, split_queue
+from zoomq.errors import LinkLost, RenderCancelled
+from zoomq.queue import registry
+from zoomq.queue.celery_app import TASK_SPLIT, render_queue, split_queue
+from zoomq.queue.job_records import CANCELLED
+from zoomq.render.guidance_split import Patience, SplitUNet
 
 if TYPE_CHECKING:
     import torch
@@ -118,13 +120,13 @@ def idle_helpers(client: redis.Redis, model: str) -> list[str]:
     """Live workers that could help a render of ``model`` now: they consume ``split.<model>``,
     have a process to spare (their concurrency less their running pieces and helps), and nothing
     waits in the render queue of any model they serve (they will take that first: throughput)."""
-    from zoomq.worker.pieces import RUNNING
+    from zoomq.worker.lease import RUNNING_PIECES
 
     queue = split_queue(model)
     candidates = [w for w in registry.live_workers(client) if queue in w.get("queues", [])]
     if not candidates:
         return []
-    busy = Counter(json.loads(raw).get("worker") for raw in client.hvals(RUNNING))
+    busy = Counter(json.loads(raw).get("worker") for raw in client.hvals(RUNNING_PIECES))
     busy.update(helping(client))
     waiting_in = sorted({render_queue(m) for w in candidates for m in w.get("models", {})})
     with client.pipeline(transaction=False) as p:
@@ -179,7 +181,7 @@ class Leader:
         self.split: SplitUNet | None = None
 
     @classmethod
-    def offer(cls, client: redis.Redis, send, model: str, about: dict, **options) -> "Leader":
+    def offer(cls, client: redis.Redis, send, model: str, about: dict, **options) -> Leader:
         """Post an offer for ``model`` (``about``: the job, piece, leader and UNet options the
         helper needs) and send the task that lets an idle worker claim it."""
         sid = uuid.uuid4().hex
@@ -316,7 +318,7 @@ def leading(ctx: Context, job_id: str, piece: str, model: str, options: dict) ->
     try:
         yield leader
     except BaseException as e:
-        reason = "render cancelled" if type(e).__name__ == "RenderCancelled" else f"render stopped: {type(e).__name__}"
+        reason = "render cancelled" if isinstance(e, RenderCancelled) else f"render stopped: {type(e).__name__}"
         raise
     finally:
         leader.close(reason)

@@ -14,16 +14,17 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import redis
 
-from zoomq import connection, sizing
 from zoomq.config import Settings
 from zoomq.errors import InvalidParameter, ZoomqError
-from zoomq.localstack import RedisServer, WebProcess, WorkerProcess, free_port, port_is_free
+from zoomq.node import sizing
+from zoomq.node.processes import RedisServer, WebProcess, WorkerProcess, free_port, port_is_free
+from zoomq.queue import connection
 
 RESTARTS = 3          # a part that exits this often ...
 RESTART_WINDOW = 120  # ... within this many seconds stops the stack instead of being started again
@@ -37,7 +38,7 @@ class StackOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     port_fallback: bool = False   # take a free port when ``port`` is taken (the demo), instead of failing
-    processes: int | None = None  # None: auto (zoomq.sizing)
+    processes: int | None = None  # None: auto (zoomq.node.sizing)
     threads: int | None = None
     grace: float = 30.0           # seconds running pieces get to finish at a stop before they are requeued
     web_workers: int = 2

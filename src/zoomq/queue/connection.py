@@ -12,41 +12,15 @@ from __future__ import annotations
 import os
 import re
 import ssl
-from urllib.parse import urlsplit
 
 import redis
 
-from zoomq.config import Settings
-from zoomq.errors import ZoomqError
-
-URL_FORMS = ("redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS (with ZOOMQ_REDIS_CA), "
-             "or unix://[[USER]:PASSWORD@]PATH")
-
-
-class BrokerUnavailable(ZoomqError):
-    """Redis cannot be reached, or refuses zoomq (see ``BrokerRefused``)."""
-
-
-class BrokerRefused(BrokerUnavailable):
-    """Redis answers but refuses zoomq's password or TLS: waiting will not help, a setting must change."""
+from zoomq.config import Settings, redacted
+from zoomq.errors import BrokerRefused, BrokerUnavailable
 
 
 def uses_tls(url: str) -> bool:
     return url.lower().startswith("rediss://")
-
-
-def redacted(url: str) -> str:
-    """The URL with its password (in the address, or a ``password=`` query) shown as ``***``."""
-    try:
-        netloc = urlsplit(url).netloc
-    except ValueError:
-        return url.partition("://")[0] + "://***"
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, colon, _ = userinfo.partition(":")
-        # Without a colon the one word may well be a password written in the user's place.
-        url = url.replace(netloc, f"{user}:***@{host}" if colon else f"***@{host}", 1)
-    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
 
 
 def _has_password(url: str) -> bool:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from zoomq.config import Settings, settings as current_settings
-from zoomq.connection import celery_options
+from zoomq.config import Settings
+from zoomq.config import settings as current_settings
+from zoomq.queue.connection import celery_options
 
 RENDER_QUEUE, ENCODE_QUEUE = "render", "encode"
 

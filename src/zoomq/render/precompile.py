@@ -8,7 +8,7 @@ diffusers: a worker runs this while its render core is still being imported.
 
 from __future__ import annotations
 
-from zoomq import manifest as mf
+from zoomq.model import manifest as mf
 from zoomq.render.ov_models import CompiledParts
 
 

@@ -15,7 +15,8 @@ feature carries on; a worker running one half of a guided batch keeps just its o
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ class DeepCacheUNet:
 
     def __init__(self, parts: CompiledParts, interval: int, branch: int = 0,
                  timesteps: Sequence[float] | None = None):
-        from zoomq.model_prep.deepcache import feature_output_name, shallow_part_name
+        from zoomq.model.manifest import feature_output_name, shallow_part_name
 
         if interval < 2:
             raise ValueError(f"DeepCache interval {interval}: 1 is the plain UNet; use PlainUNet")

@@ -25,7 +25,7 @@ class Limits:
     prompt: int
 
     @classmethod
-    def of(cls, s: Settings) -> "Limits":
+    def of(cls, s: Settings) -> Limits:
         return cls(s.max_steps, s.max_pixels, s.max_keyframes, s.max_interpolation_frames, s.max_frames, s.max_prompt)
 
 

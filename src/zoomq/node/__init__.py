@@ -1,0 +1,1 @@
+"""Processes on one machine: a private Redis and workers (`zoomq up`, tests), and how to size them."""
