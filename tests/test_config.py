@@ -1,20 +1,23 @@
-"""Configuration: one table of variables, documented in the README, checked on read."""
+"""Configuration: one table of variables, documented in docs/configuration.md, checked on read."""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
 
-from zoomq.config import VARIABLES, settings
+from zoomq.config import VARIABLES, Settings, WorkerIdentity, is_set, log_format, settings, worker_identity
 from zoomq.errors import InvalidParameter
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CONFIGURATION_DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
-def test_readme_documents_exactly_the_variables():
-    documented = set(re.findall(r"^\| `(ZOOMQ_[A-Z_]+)` \|", README.read_text(), flags=re.M))
+def test_configuration_doc_documents_exactly_the_variables():
+    documented = set(re.findall(r"^\| `(ZOOMQ_[A-Z_]+)` \|", CONFIGURATION_DOC.read_text(), flags=re.M))
     assert documented == {v.name for v in VARIABLES}
 
 
@@ -56,3 +59,73 @@ def test_a_bad_setting_is_named_as_written_not_as_an_option(monkeypatch, capsys)
     code, _, err = run_cli("status", "0f1e2d3c-0000-4000-8000-000000000000", capsys=capsys)
     assert code == 2
     assert err.startswith("zoomq: error: ZOOMQ_ARTIFACTS: bucket name 'x' is not valid") and "--ZOOMQ" not in err
+
+
+@pytest.fixture
+def bare(monkeypatch):
+    """No ZOOMQ_* variable set: every one at its default."""
+    for name in [n for n in os.environ if n.startswith("ZOOMQ_")]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_the_defaults_are_those_of_the_variables_parsed_as_the_environment_is(bare):
+    assert Settings.defaults() == settings()
+    for v in VARIABLES:  # a default written out in the environment reads as leaving the variable unset
+        if v.default:
+            bare.setenv(v.name, v.default)
+    assert settings() == Settings.defaults()
+    assert settings().max_queued == int(next(v.default for v in VARIABLES if v.name == "ZOOMQ_MAX_QUEUED"))
+
+
+def test_settings_ignore_the_environment_for_their_defaults(bare):
+    defaults = Settings.defaults()
+    bare.setenv("ZOOMQ_MAX_QUEUED", "7")
+    bare.setenv("ZOOMQ_RATE_LIMIT", "0")
+    assert Settings.defaults() == defaults
+    assert (settings().max_queued, settings().rate_limit) == (7, (0, 0))
+
+
+def test_no_field_repeats_a_default():
+    assert [f.name for f in fields(Settings) if f.default is not MISSING or f.default_factory is not MISSING] == []
+    assert [f.name for f in fields(WorkerIdentity) if f.default is not MISSING] == []
+
+
+def test_every_variable_is_one_field_and_every_field_one_variable():
+    read = {f"ZOOMQ_{f.name.upper()}" for f in fields(Settings)} | {
+        f"ZOOMQ_WORKER_{f.name.upper()}" for f in fields(WorkerIdentity)}
+    names = [v.name for v in VARIABLES]
+    assert len(names) == len(set(names))
+    assert read == set(names)
+
+
+def test_the_worker_identity_is_read_from_its_variables(bare):
+    assert worker_identity() == WorkerIdentity(f"zoomq-{os.getpid()}@{socket.gethostname()}", (), 0)
+    bare.setenv("ZOOMQ_WORKER_QUEUES", "a,b")
+    assert worker_identity().queues == ("a", "b")
+    bare.setenv("ZOOMQ_WORKER_QUEUES", " render.t2i , ,encode ")
+    assert worker_identity().queues == ("render.t2i", "encode")
+    given = WorkerIdentity("w1@host", ("render.t2i", "split.t2i", "encode"), 3)
+    for name, value in given.environment().items():
+        bare.setenv(name, value)
+    assert worker_identity() == given
+
+
+@pytest.mark.parametrize("value", ["many", "-1", "2.5"])
+def test_a_bad_worker_concurrency_names_the_variable(bare, value):
+    bare.setenv("ZOOMQ_WORKER_CONCURRENCY", value)
+    with pytest.raises(InvalidParameter) as e:
+        worker_identity()
+    assert e.value.param == "ZOOMQ_WORKER_CONCURRENCY" and value in str(e.value) and "whole number" in str(e.value)
+
+
+def test_is_set_and_the_log_format(bare):
+    assert not is_set("ZOOMQ_LOG_FORMAT") and log_format() == "text"
+    bare.setenv("ZOOMQ_LOG_FORMAT", "  ")
+    assert not is_set("ZOOMQ_LOG_FORMAT") and log_format() == "text"
+    bare.setenv("ZOOMQ_LOG_FORMAT", "JSON")
+    assert is_set("ZOOMQ_LOG_FORMAT") and log_format() == "json" and settings().log_format == "json"
+    bare.setenv("ZOOMQ_LOG_FORMAT", "xml")
+    with pytest.raises(InvalidParameter) as e:
+        log_format()
+    assert e.value.param == "ZOOMQ_LOG_FORMAT" and "xml" in str(e.value) and "text or json" in str(e.value)

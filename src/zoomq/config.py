@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -86,7 +88,9 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("ZOOMQ_ARTIFACT_TTL", "604800", "Seconds artifacts are kept in Redis (7 days)."),
     Variable("ZOOMQ_JOB_TTL", "604800", "Seconds a job record is kept after the job ends (7 days)."),
-    Variable("ZOOMQ_MODELS", "", "Model folders a worker serves, separated by `:` (`zoomq worker --models` overrides)."),
+    Variable(
+        "ZOOMQ_MODELS", "", "Model folders a worker serves, separated by `:` (`zoomq worker --models` overrides)."
+    ),
     Variable(
         "ZOOMQ_MODELS_DIR",
         "models",
@@ -182,6 +186,26 @@ VARIABLES: tuple[Variable, ...] = (
         "How zoomq processes log: `text`, readable lines, or `json`, one JSON object per line (`time`, "
         "`level`, `event`, and for pieces `job`, `piece`, `worker`, `seconds`, `outcome`).",
     ),
+    # Set by `zoomq worker` for its Celery pool processes (WorkerIdentity.environment), rarely by hand.
+    Variable(
+        "ZOOMQ_WORKER_NAME",
+        "",
+        "The worker's name in the worker registry, its logs and its leases; empty: `zoomq-<pid>@<host>`. "
+        "Set by `zoomq worker` (from `--name`) for its pool processes; rarely set by hand.",
+    ),
+    Variable(
+        "ZOOMQ_WORKER_QUEUES",
+        "",
+        "The queues the worker listens to, separated by `,`: announced in the registry, and its pool processes "
+        "warm up only the models of those queues; empty: not known, every served model is warmed up. Set by "
+        "`zoomq worker` for its pool processes; rarely set by hand.",
+    ),
+    Variable(
+        "ZOOMQ_WORKER_CONCURRENCY",
+        "0",
+        "The worker's number of pool processes, announced in the registry; 0: not known. Set by `zoomq worker` "
+        "for its pool processes; rarely set by hand.",
+    ),
 )
 
 URL_FORMS = ("redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS (with ZOOMQ_REDIS_CA), "
@@ -192,8 +216,17 @@ _PRECISIONS = ("auto", "f32", "bf16", "f16")
 LOG_FORMATS = ("text", "json")
 
 
+Environment = Mapping[str, str]
+
+
 @dataclass(frozen=True)
 class Settings:
+    """The parsed ``ZOOMQ_*`` variables, one field per variable (``ZOOMQ_`` + the field's name in capitals).
+
+    The fields have no defaults of their own: ``VARIABLES`` holds them, and ``Settings.defaults()``
+    parses them as ``settings()`` parses the environment.
+    """
+
     device: str
     inference_precision: str
     threads: int
@@ -206,29 +239,34 @@ class Settings:
     visibility_timeout: int
     heartbeat: int
     stale_after: int
-    api_token: str = ""
-    secret_key: str = ""
-    rate_limit: tuple[int, int] = (30, 60)  # (submissions, per seconds); (0, 0) is off
-    max_upload: int = 16 * 2**20
-    max_prompt: int = 1000
-    api_keys_file: str = ""
-    trusted_proxies: int = 0
-    max_queued: int = 1000  # 0: no cap
-    max_queued_per_key: int = 20
-    max_steps: int = 150
-    max_pixels: int = 1024 * 1024
-    max_keyframes: int = 120
-    max_interpolation_frames: int = 240
-    max_frames: int = 9000
-    compile_cache: bool = False
-    warmup: bool = True
-    previews: bool = True
-    guidance_split: bool = True  # share guided steps with an idle worker (worker.split)
-    log_format: str = "text"
-    redis_ca: str = ""  # CA file for rediss:// (zoomq.queue.connection)
-    health_file: str = ""
-    models_dir: Path = Path("models")
-    data_dir: Path = Path("~/.local/share/zoomq").expanduser()
+    api_token: str
+    secret_key: str
+    rate_limit: tuple[int, int]  # (submissions, per seconds); (0, 0) is off
+    max_upload: int
+    max_prompt: int
+    api_keys_file: str
+    trusted_proxies: int
+    max_queued: int  # 0: no cap
+    max_queued_per_key: int
+    max_steps: int
+    max_pixels: int
+    max_keyframes: int
+    max_interpolation_frames: int
+    max_frames: int
+    compile_cache: bool
+    warmup: bool
+    previews: bool
+    guidance_split: bool  # share guided steps with an idle worker (worker.split)
+    log_format: str
+    redis_ca: str  # CA file for rediss:// (zoomq.queue.connection)
+    health_file: str
+    models_dir: Path
+    data_dir: Path
+
+    @classmethod
+    def defaults(cls) -> Settings:
+        """Every variable at its default from ``VARIABLES``, whatever the environment holds."""
+        return _parse({})
 
     @property
     def ov_cache_dir(self) -> Path:
@@ -238,13 +276,28 @@ class Settings:
         return self.cache_dir / "ov-cache" / f"{self.device}-{self.inference_precision}".lower()
 
 
-def _get(name: str) -> str:
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """What ``zoomq worker`` tells its pool processes about the worker they belong to (``ZOOMQ_WORKER_*``)."""
+
+    name: str
+    queues: tuple[str, ...]  # empty: not known (a plain `celery worker`)
+    concurrency: int  # 0: not known
+
+    def environment(self) -> dict[str, str]:
+        """The variables that hand this identity to child processes: ``worker_identity()`` reads them back."""
+        return {"ZOOMQ_WORKER_NAME": self.name, "ZOOMQ_WORKER_QUEUES": ",".join(self.queues),
+                "ZOOMQ_WORKER_CONCURRENCY": str(self.concurrency)}
+
+
+def _get(env: Environment, name: str) -> str:
+    """The variable's value in ``env``, or its default from ``VARIABLES`` when unset or blank."""
     default = next(v.default for v in VARIABLES if v.name == name)
-    return os.environ.get(name, "").strip() or default
+    return env.get(name, "").strip() or default
 
 
-def _int(name: str, minimum: int) -> int:
-    raw = _get(name)
+def _int(env: Environment, name: str, minimum: int) -> int:
+    raw = _get(env, name)
     try:
         value = int(raw)
     except ValueError:
@@ -254,8 +307,8 @@ def _int(name: str, minimum: int) -> int:
     return value
 
 
-def _rate(name: str) -> tuple[int, int]:
-    raw = _get(name)
+def _rate(env: Environment, name: str) -> tuple[int, int]:
+    raw = _get(env, name)
     if raw == "0":
         return (0, 0)
     count, _, seconds = raw.partition("/")
@@ -297,9 +350,9 @@ def _is_ip(name: str) -> bool:
     return True
 
 
-def _artifacts() -> str:
+def _artifacts(env: Environment) -> str:
     """``ZOOMQ_ARTIFACTS``, validated and normalized: `redis`, an absolute directory or s3://BUCKET[/PREFIX]."""
-    raw = _get("ZOOMQ_ARTIFACTS")
+    raw = _get(env, "ZOOMQ_ARTIFACTS")
     if raw == "redis":
         return raw
     if raw.startswith("s3://"):
@@ -313,9 +366,9 @@ def _artifacts() -> str:
     return path
 
 
-def _redis_url() -> str:
+def _redis_url(env: Environment) -> str:
     """``ZOOMQ_REDIS_URL``, with a scheme redis-py knows; a bad one is refused without its password."""
-    url = _get("ZOOMQ_REDIS_URL")
+    url = _get(env, "ZOOMQ_REDIS_URL")
     if url.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
         raise InvalidParameter("ZOOMQ_REDIS_URL", redacted(url), f"must be {URL_FORMS}")
     return url
@@ -342,67 +395,123 @@ def is_set(name: str) -> bool:
 
 def log_format() -> str:
     """``ZOOMQ_LOG_FORMAT``, validated: logging is set up before (and without) the other settings."""
-    value = _get("ZOOMQ_LOG_FORMAT").lower()
+    return _log_format(os.environ)
+
+
+def _log_format(env: Environment) -> str:
+    value = _get(env, "ZOOMQ_LOG_FORMAT").lower()
     if value not in LOG_FORMATS:
         raise InvalidParameter("ZOOMQ_LOG_FORMAT", value, f"must be {' or '.join(LOG_FORMATS)}")
     return value
 
 
+def worker_identity() -> WorkerIdentity:
+    """This worker's name, queues and concurrency, from ``ZOOMQ_WORKER_*`` (set by ``zoomq worker``)."""
+    env = os.environ
+    return WorkerIdentity(
+        name=_get(env, "ZOOMQ_WORKER_NAME") or f"zoomq-{os.getpid()}@{socket.gethostname()}",
+        queues=tuple(q for q in (q.strip() for q in _get(env, "ZOOMQ_WORKER_QUEUES").split(",")) if q),
+        concurrency=_int(env, "ZOOMQ_WORKER_CONCURRENCY", 0),
+    )
+
+
 def settings() -> Settings:
     """The current settings, validated; a bad value raises ``InvalidParameter`` naming the variable."""
-    precision = _get("ZOOMQ_INFERENCE_PRECISION").lower()
+    return _parse(os.environ)
+
+
+def _parse(env: Environment) -> Settings:
+    """The settings ``env`` gives, every unset variable at its default: the one parser of ``VARIABLES``."""
+    precision = _get(env, "ZOOMQ_INFERENCE_PRECISION").lower()
     if precision not in _PRECISIONS:
         raise InvalidParameter(
             "ZOOMQ_INFERENCE_PRECISION", precision, f"must be one of {', '.join(_PRECISIONS)}"
         )
-    artifacts = _artifacts()
-    device = _get("ZOOMQ_DEVICE")
-    cache = _get("ZOOMQ_COMPILE_CACHE").lower()
+    artifacts = _artifacts(env)
+    device = _get(env, "ZOOMQ_DEVICE")
+    cache = _get(env, "ZOOMQ_COMPILE_CACHE").lower()
     if cache not in ("auto", "on", "off"):
         raise InvalidParameter("ZOOMQ_COMPILE_CACHE", cache, "must be auto, on or off")
-    warmup = _get("ZOOMQ_WARMUP").lower()
+    warmup = _get(env, "ZOOMQ_WARMUP").lower()
     if warmup not in ("on", "off"):
         raise InvalidParameter("ZOOMQ_WARMUP", warmup, "must be on or off")
-    previews = _get("ZOOMQ_PREVIEWS").lower()
+    previews = _get(env, "ZOOMQ_PREVIEWS").lower()
     if previews not in ("on", "off"):
         raise InvalidParameter("ZOOMQ_PREVIEWS", previews, "must be on or off")
-    split = _get("ZOOMQ_GUIDANCE_SPLIT").lower()
+    split = _get(env, "ZOOMQ_GUIDANCE_SPLIT").lower()
     if split not in ("on", "off"):
         raise InvalidParameter("ZOOMQ_GUIDANCE_SPLIT", split, "must be on or off")
     return Settings(
-        log_format=log_format(),
+        log_format=_log_format(env),
         guidance_split=split == "on",
         warmup=warmup == "on",
         previews=previews == "on",
         compile_cache=cache == "on" or (cache == "auto" and device.upper() != "CPU"),
         device=device,
         inference_precision=precision,
-        threads=_int("ZOOMQ_THREADS", 0),
-        cache_dir=Path(os.path.expanduser(_get("ZOOMQ_CACHE_DIR"))),
-        redis_url=_redis_url(),
-        redis_ca=os.path.expanduser(_get("ZOOMQ_REDIS_CA")),
+        threads=_int(env, "ZOOMQ_THREADS", 0),
+        cache_dir=Path(os.path.expanduser(_get(env, "ZOOMQ_CACHE_DIR"))),
+        redis_url=_redis_url(env),
+        redis_ca=os.path.expanduser(_get(env, "ZOOMQ_REDIS_CA")),
         artifacts=artifacts,
-        artifact_ttl=_int("ZOOMQ_ARTIFACT_TTL", 1),
-        job_ttl=_int("ZOOMQ_JOB_TTL", 1),
-        models=tuple(Path(p).expanduser() for p in _get("ZOOMQ_MODELS").split(os.pathsep) if p),
-        models_dir=Path(_get("ZOOMQ_MODELS_DIR")).expanduser(),
-        data_dir=Path(_get("ZOOMQ_DATA_DIR")).expanduser(),
-        visibility_timeout=_int("ZOOMQ_VISIBILITY_TIMEOUT", 60),
-        heartbeat=_int("ZOOMQ_HEARTBEAT", 1),
-        health_file=os.path.expanduser(_get("ZOOMQ_HEALTH_FILE")),
-        stale_after=_int("ZOOMQ_STALE_AFTER", 2),
-        api_token=_get("ZOOMQ_API_TOKEN"),
-        secret_key=_get("ZOOMQ_SECRET_KEY"),
-        rate_limit=_rate("ZOOMQ_RATE_LIMIT"),
-        max_upload=_int("ZOOMQ_MAX_UPLOAD", 1024),
-        max_prompt=_int("ZOOMQ_MAX_PROMPT", 1),
-        api_keys_file=os.path.expanduser(_get("ZOOMQ_API_KEYS_FILE")),
-        trusted_proxies=_int("ZOOMQ_TRUSTED_PROXIES", 0),
-        max_queued=_int("ZOOMQ_MAX_QUEUED", 0),
-        max_queued_per_key=_int("ZOOMQ_MAX_QUEUED_PER_KEY", 0),
-        max_steps=_int("ZOOMQ_MAX_STEPS", 1),
-        max_pixels=_int("ZOOMQ_MAX_PIXELS", 64 * 64),
-        max_keyframes=_int("ZOOMQ_MAX_KEYFRAMES", 2),
-        max_interpolation_frames=_int("ZOOMQ_MAX_INTERPOLATION_FRAMES", 1),
-        max_frames=_int("ZOOMQ_MAX_FRAMES", 2),
+        artifact_ttl=_int(env, "ZOOMQ_ARTIFACT_TTL", 1),
+        job_ttl=_int(env, "ZOOMQ_JOB_TTL", 1),
+        models=tuple(Path(p).expanduser() for p in _get(env, "ZOOMQ_MODELS").split(os.pathsep) if p),
+        models_dir=Path(_get(env, "ZOOMQ_MODELS_DIR")).expanduser(),
+        data_dir=Path(_get(env, "ZOOMQ_DATA_DIR")).expanduser(),
+        visibility_timeout=_int(env, "ZOOMQ_VISIBILITY_TIMEOUT", 60),
+        heartbeat=_int(env, "ZOOMQ_HEARTBEAT", 1),
+        health_file=os.path.expanduser(_get(env, "ZOOMQ_HEALTH_FILE")),
+        stale_after=_int(env, "ZOOMQ_STALE_AFTER", 2),
+        api_token=_get(env, "ZOOMQ_API_TOKEN"),
+        secret_key=_get(env, "ZOOMQ_SECRET_KEY"),
+        rate_limit=_rate(env, "ZOOMQ_RATE_LIMIT"),
+        max_upload=_int(env, "ZOOMQ_MAX_UPLOAD", 1024),
+        max_prompt=_int(env, "ZOOMQ_MAX_PROMPT", 1),
+        api_keys_file=os.path.expanduser(_get(env, "ZOOMQ_API_KEYS_FILE")),
+        trusted_proxies=_int(env, "ZOOMQ_TRUSTED_PROXIES", 0),
+        max_queued=_int(env, "ZOOMQ_MAX_QUEUED", 0),
+        max_queued_per_key=_int(env, "ZOOMQ_MAX_QUEUED_PER_KEY", 0),
+        max_steps=_int(env, "ZOOMQ_MAX_STEPS", 1),
+        max_pixels=_int(env, "ZOOMQ_MAX_PIXELS", 64 * 64),
+        max_keyframes=_int(env, "ZOOMQ_MAX_KEYFRAMES", 2),
+        max_interpolation_frames=_int(env, "ZOOMQ_MAX_INTERPOLATION_FRAMES", 1),
+        max_frames=_int(env, "ZOOMQ_MAX_FRAMES", 2),
     )
+
+
+# docs/configuration.md's table is generated from VARIABLES between these markers (`make docs`);
+# tests/test_docs.py fails while it differs from what markdown_table() makes now.
+DOCS_BEGIN = "<!-- generated from zoomq.config.VARIABLES: make docs -->"
+DOCS_END = "<!-- end generated -->"
+
+
+def markdown_table() -> str:
+    """Every variable as a row of a Markdown table: its name, its default (— when empty) and its help."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for v in VARIABLES:
+        default = f"`{v.default}`" if v.default else "—"
+        meaning = " ".join(v.doc.split()).replace("|", "\\|")  # a bare | would end the cell
+        rows.append(f"| `{v.name}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def with_markdown_table(document: str, name: str = "document") -> str:
+    """``document`` with what lies between ``DOCS_BEGIN`` and ``DOCS_END`` replaced by ``markdown_table()``."""
+    begin, end = document.find(DOCS_BEGIN), document.find(DOCS_END)
+    if begin < 0 or end < begin:
+        found = "markers in the wrong order" if begin >= 0 and end >= 0 else "no markers"
+        raise InvalidParameter(name, found,
+                               f"must hold the lines {DOCS_BEGIN} and {DOCS_END}, in that order, around the table")
+    return f"{document[:begin]}{DOCS_BEGIN}\n{markdown_table()}{document[end:]}"
+
+
+if __name__ == "__main__":
+    # `python -m zoomq.config`: print the table; `python -m zoomq.config FILE`: regenerate FILE's table in place.
+    import sys
+
+    if len(sys.argv) > 1:
+        path = Path(sys.argv[1])
+        path.write_text(with_markdown_table(path.read_text(), str(path)))
+    else:
+        sys.stdout.write(markdown_table())

@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoomq.config import settings
+    from zoomq.config import WorkerIdentity, settings
     from zoomq.queue import registry
     from zoomq.queue.celery_app import ENCODE_QUEUE, RENDER_QUEUE, render_queue, split_queue
 
@@ -61,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
         # One process alone keeps OpenVINO's default (every core, pinned); several share the cores.
         os.environ["ZOOMQ_THREADS"] = str(plan.threads)
     name = f"{args.name or 'zoomq-' + uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-    os.environ.update(ZOOMQ_WORKER_NAME=name, ZOOMQ_WORKER_QUEUES=",".join(queues),
-                      ZOOMQ_WORKER_CONCURRENCY=str(plan.processes))
+    os.environ.update(WorkerIdentity(name, tuple(queues), plan.processes).environment())  # for the pool processes
 
     from zoomq.queue.connection import check
 

@@ -8,8 +8,6 @@ piece whose lease another worker holds is tried again a little later.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from kombu.exceptions import OperationalError
 
 from zoomq import logs
 from zoomq.config import settings as current_settings
+from zoomq.config import worker_identity
 from zoomq.errors import ArtifactStoreUnreachable, RenderCancelled, ZoomqError
 from zoomq.queue import connection, registry, stats
 from zoomq.queue import job_records as jobs_mod
@@ -36,7 +35,7 @@ _context: pieces.Context | None = None
 
 
 def worker_name() -> str:
-    return os.environ.get("ZOOMQ_WORKER_NAME") or f"zoomq-{os.getpid()}@{socket.gethostname()}"
+    return worker_identity().name
 
 
 def send(task: str, args: list, queue: str) -> None:
@@ -91,7 +90,7 @@ def _run(task, piece: str, job_id: str, *args) -> None:
     try:
         pieces.PIECES[piece](ctx, job_id, *args)
     except pieces.PieceBusy:
-        raise task.retry(countdown=max(2, ctx.settings.heartbeat), max_retries=None)
+        raise task.retry(countdown=max(2, ctx.settings.heartbeat), max_retries=None) from None  # retry() raises
     except RenderCancelled:
         log.info("job %s cancelled", job_id)
     except TRANSIENT:
@@ -151,10 +150,10 @@ _stop = threading.Event()
 def _start_background(sender=None, **_):
     s = current_settings()
     client = connection.client(s)
-    name = worker_name()
+    identity = worker_identity()
+    name = identity.name
     models = registry.describe_models(list(s.models))
-    queues = os.environ.get("ZOOMQ_WORKER_QUEUES", "").split(",") if os.environ.get("ZOOMQ_WORKER_QUEUES") else []
-    info = {"models": models, "queues": queues, "concurrency": int(os.environ.get("ZOOMQ_WORKER_CONCURRENCY", 0)),
+    info = {"models": models, "queues": list(identity.queues), "concurrency": identity.concurrency,
             "threads": s.threads}
     jobs = jobs_mod.Jobs(client, s.job_ttl)
     interval = max(2.0, s.stale_after / 4)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import threading
 import time
 
+from zoomq.config import worker_identity
 from zoomq.model import manifest as mf
 from zoomq.queue.celery_app import render_queue
 from zoomq.render import precompile as warmup
@@ -26,10 +26,9 @@ log = logging.getLogger(__name__)
 def models_to_warm(ctx: Context) -> list[str]:
     """The served models this process renders: those whose queue the worker listens to (all of
     them when it was started without ``zoomq worker``, which records its queues)."""
-    queues = os.environ.get("ZOOMQ_WORKER_QUEUES")
-    if queues is None:
+    listened = set(worker_identity().queues)
+    if not listened:
         return list(ctx.models)
-    listened = set(queues.split(","))
     return [m for m in ctx.models if render_queue(m) in listened]
 
 
