@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def repeating(seconds: float, fn: Callable[[], None], name: str) -> Iterator[None]:
+def repeating(seconds: float, fn: Callable[[], object], name: str) -> Iterator[None]:
     """Call ``fn`` every ``seconds`` (first after one period) until the block ends; the thread is
     joined before the block's exit continues, so nothing runs after it."""
     stop = threading.Event()

@@ -58,6 +58,7 @@ def run_submit(args: argparse.Namespace) -> int:
         print(json.dumps(answer, indent=2))
         return 0
     job_id = answer
+    assert isinstance(job_id, str)  # submit_image and submit_zoom return the job id
     print(job_id, flush=True)
     if not args.wait:
         return 0

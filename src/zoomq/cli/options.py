@@ -37,7 +37,8 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--steps", type=int, help=f"denoising steps (default: the model's, {STEPS_DEFAULT})")
-    p.add_argument("--guidance", type=float, help=f"guidance scale, ≤ 1 = off (default: the model's, {GUIDANCE_DEFAULT})")
+    p.add_argument("--guidance", type=float,
+                   help=f"guidance scale, ≤ 1 = off (default: the model's, {GUIDANCE_DEFAULT})")
     p.add_argument("--guidance-cutoff", type=float, default=1.0, help=CUTOFF_HELP)
     p.add_argument("--seed", type=int, help="random seed (default: a random one, recorded in the PNG)")
     p.add_argument("--scheduler", default="default", help=f"one of {', '.join(schedulers.NAMES)}")
@@ -60,7 +61,8 @@ def image_options(args: argparse.Namespace) -> dict:
         width, height = parse_size(args.size)
     return dict(
         prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
-        guidance_cutoff=args.guidance_cutoff, seed=args.seed, scheduler=args.scheduler, width=width, height=height, strength=args.strength, eta=args.eta,
+        guidance_cutoff=args.guidance_cutoff, seed=args.seed, scheduler=args.scheduler, width=width, height=height,
+        strength=args.strength, eta=args.eta,
         decoder=args.decoder, cache_interval=args.cache_interval, cache_branch=args.cache_branch,
         init_image=png.load_image(args.init_image, "init_image") if args.init_image else None,
         mask=png.load_image(args.mask, "mask", mode="L") if args.mask else None,

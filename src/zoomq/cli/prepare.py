@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--via-onnx", action="store_true", help="export through ONNX (the notebook's route)")
-    p.add_argument("--weights", choices=WEIGHTS, default="fp16", help="fp16 (default); int8: weight-only, smaller, not faster; int8-hybrid: the UNet quantized "
+    p.add_argument("--weights", choices=WEIGHTS, default="fp16",
+                   help="fp16 (default); int8: weight-only, smaller, not faster; int8-hybrid: the UNet quantized "
                    "with NNCF and calibrated on its own denoising inputs, faster, changes the picture a little")
     p.add_argument("--tiny-autoencoder", metavar="ID|DIR|random",
                    help="also convert this tiny autoencoder (TAESD: madebyollin/taesd, or a folder saved by "

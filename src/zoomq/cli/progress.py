@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # at run time, imported when the first bar is made
+    from tqdm import tqdm
 
 
 class Bar:
@@ -10,7 +14,7 @@ class Bar:
 
     def __init__(self, unit: str):
         self.unit = unit
-        self.bar = None
+        self.bar: tqdm | None = None
 
     def update(self, done: int, total: int, stage: str | None = None, postfix: str | None = None) -> None:
         from tqdm import tqdm

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 from pathlib import Path
+from typing import Any
 
 from zoomq.errors import InvalidParameter
 
@@ -121,16 +122,16 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 # The demo's two jobs: small enough for the miniature models to finish in seconds.
-DEMO_IMAGE = dict(prompt="a lighthouse on a cliff at sunset, oil painting", steps=20, seed=9999)
-DEMO_ZOOM = dict(prompt="an endless spiral library, fantasy art", keyframes=4, size=256, mask_width=64, steps=10,
-                 seed=9999, gif=True)
+DEMO_IMAGE: dict[str, Any] = dict(prompt="a lighthouse on a cliff at sunset, oil painting", steps=20, seed=9999)
+DEMO_ZOOM: dict[str, Any] = dict(prompt="an endless spiral library, fantasy art", keyframes=4, size=256,
+                                  mask_width=64, steps=10, seed=9999, gif=True)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from zoomq.cli.jobs import follow, write_file
-    from zoomq.errors import ModelError
+    from zoomq.errors import ModelError, ZoomqError
     from zoomq.model import manifest as mf
     from zoomq.producer import Producer
 
@@ -153,8 +154,11 @@ def run_demo(args: argparse.Namespace) -> int:
             for job, path in ((image, out / "demo.png"), (zoom, out / "demo-zoom.mp4")):
                 if stops.count or follow(producer, job, path) != 0:
                     return 1
-            write_file(out / "demo-zoom.json", producer.artifact(zoom, "sidecar.json"))
-            write_file(out / "demo-zoom.gif", producer.artifact(zoom, "result.gif"))
+            for name, path in (("sidecar.json", out / "demo-zoom.json"), ("result.gif", out / "demo-zoom.gif")):
+                data = producer.artifact(zoom, name)
+                if data is None:
+                    raise ZoomqError(f"zoom job {zoom} is done but its {name} is missing from the artifact store")
+                write_file(path, data)
         finally:
             _stopping(stack, stops)
     models = " ".join(str(m) for m in args.models or stack.models)

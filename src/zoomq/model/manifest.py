@@ -55,7 +55,8 @@ def hashed_files(folder: Path) -> dict[str, str]:
     relative path."""
     names = [f"{p}.{ext}" for p in IR_PARTS for ext in ("xml", "bin")]
     names += [f"{p}.{ext}" for p in OPTIONAL_IR_PARTS if (folder / f"{p}.xml").is_file() for ext in ("xml", "bin")]
-    names += [f"{xml.stem}.{ext}" for xml in sorted(folder.glob(f"{SHALLOW_UNET_PREFIX}*.xml")) for ext in ("xml", "bin")]
+    names += [f"{xml.stem}.{ext}"
+              for xml in sorted(folder.glob(f"{SHALLOW_UNET_PREFIX}*.xml")) for ext in ("xml", "bin")]
     for sub in ("tokenizer", "scheduler"):
         names += sorted(str(p.relative_to(folder)) for p in (folder / sub).rglob("*") if p.is_file())
     return {name: sha256_file(folder / name) for name in names}

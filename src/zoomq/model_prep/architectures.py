@@ -10,6 +10,7 @@ selectable prediction type; with ``turbo``, SD-Turbo's scheduler (the rest of SD
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -100,7 +101,7 @@ def _vae(full: bool, sample_size: int, latent_factor: int = 8) -> AutoencoderKL:
 
 
 def _text_encoder(full: bool) -> CLIPTextModel:
-    common = dict(
+    common: dict[str, Any] = dict(
         max_position_embeddings=77,
         hidden_act="gelu",
         layer_norm_eps=1e-5,
@@ -136,8 +137,9 @@ def build_random_unet(folder: Path, *, full: bool, inpainting: bool, size: int, 
     """Save only the UNet of ``build_random_pipeline``'s pipeline (the same weights for the same
     arguments) as ``folder/unet``: for benchmarks of the UNet alone, without the other parts' cost."""
     torch.manual_seed(seed)
-    _unet(full, 9 if inpainting else 4, size // latent_factor).save_pretrained(Path(folder) / "unet",
-                                                                               safe_serialization=True)
+    unet = _unet(full, 9 if inpainting else 4, size // latent_factor)
+    # diffusers' package-level names resolve, for type checkers, to its placeholder classes without torch
+    unet.save_pretrained(Path(folder) / "unet", safe_serialization=True)  # type: ignore[attr-defined]
 
 
 def build_random_pipeline(
@@ -187,4 +189,5 @@ def build_random_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(folder, safe_serialization=True)
+    # diffusers' package-level names resolve, for type checkers, to its placeholder classes without torch
+    pipe.save_pretrained(folder, safe_serialization=True)  # type: ignore[union-attr]

@@ -27,7 +27,9 @@ index is ≥ 0). A UNet with ``n`` down blocks has branches ``0 .. 3n - 1`` (SD2
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -106,10 +108,10 @@ class ShallowUNet(torch.nn.Module):
         return attn(hidden, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
     def forward(self, sample, timestep, encoder_hidden_states, feature):
-        unet, b, l = self.unet, self.block, self.layer
+        unet, b, layer = self.unet, self.block, self.layer
         emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
         hidden = unet.conv_in(sample)
-        res = (hidden,)
+        res: tuple[torch.Tensor, ...] = (hidden,)
         for down in unet.down_blocks[:b]:
             if getattr(down, "has_cross_attention", False):
                 hidden, states = down(hidden_states=hidden, temb=emb, encoder_hidden_states=encoder_hidden_states)
@@ -117,7 +119,7 @@ class ShallowUNet(torch.nn.Module):
                 hidden, states = down(hidden_states=hidden, temb=emb)
             res += states
         down = unet.down_blocks[b]
-        for j in range(l):
+        for j in range(layer):
             hidden = down.resnets[j](hidden, emb)
             if getattr(down, "attentions", None):
                 hidden = self._attend(down.attentions[j], hidden, encoder_hidden_states)
@@ -126,7 +128,7 @@ class ShallowUNet(torch.nn.Module):
         n = len(unet.up_blocks)
         up = unet.up_blocks[n - 1 - b]
         hidden = feature
-        for j in range(len(up.resnets) - 1 - l, len(up.resnets)):
+        for j in range(len(up.resnets) - 1 - layer, len(up.resnets)):
             hidden = torch.cat([hidden, res[-1]], dim=1)
             res = res[:-1]
             hidden = up.resnets[j](hidden, emb)
@@ -149,13 +151,28 @@ class ShallowUNet(torch.nn.Module):
         return unet.conv_out(hidden)
 
 
+_T = TypeVar("_T")
+
+
+def _returning(value: _T) -> Callable[..., _T]:
+    """A function of any arguments that returns ``value``, bound now (a lambda in a loop would see the
+    loop's last value)."""
+
+    def constant(*_args: Any) -> _T:
+        return value
+
+    return constant
+
+
 def convert_shallow_parts(folder: Path, dest: Path, branches, in_channels: int, text_hidden: int, *,
                           route: str = "direct", weights: str = "fp16") -> list[str]:
     """Write ``dest/unet_shallow_B.xml`` for each branch from the diffusers folder ``folder``;
     returns the part names. The example feature comes from one run of the full UNet."""
     from diffusers import UNet2DConditionModel
 
-    wrapper = ExportUNet(UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)).eval()
+    wrapper = ExportUNet(
+        UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+    ).eval()
     unet = wrapper.model
     # an odd latent size, as for the full UNet: the trace keeps the explicit upsample sizes
     examples = (torch.zeros(2, in_channels, 9, 9), torch.tensor(999.0), torch.zeros(2, 77, text_hidden))
@@ -169,12 +186,12 @@ def convert_shallow_parts(folder: Path, dest: Path, branches, in_channels: int, 
         shallow = ShallowUNet(unet, branch).eval()
         part = Part(
             shallow_part_name(branch),
-            lambda _folder, shallow=shallow: shallow,
+            _returning(shallow),
             (
                 ("sample", [-1, in_channels, -1, -1], lambda: examples[0]),
                 ("timestep", [], lambda: examples[1]),
                 ("encoder_hidden_states", [-1, 77, text_hidden], lambda: examples[2]),
-                ("feature", [-1, feature.shape[1], -1, -1], lambda feature=feature: feature),
+                ("feature", [-1, feature.shape[1], -1, -1], _returning(feature)),
             ),
         )
         convert_part(folder, part, dest, route=route, weights=weights)

@@ -52,14 +52,14 @@ def _bytes_to_unicode() -> dict[int, str]:
 def _learn_merges(words: list[str], count: int) -> list[tuple[str, str]]:
     """Plain BPE training; ties are broken alphabetically so the result never varies."""
     byte_map = _bytes_to_unicode()
-    corpus = Counter()
+    corpus: Counter[tuple[str, ...]] = Counter()
     for word in words:
-        symbols = [byte_map[b] for b in word.encode("utf-8")]
-        symbols[-1] += "</w>"
-        corpus[tuple(symbols)] += 1
+        chars = [byte_map[b] for b in word.encode("utf-8")]
+        chars[-1] += "</w>"
+        corpus[tuple(chars)] += 1
     merges: list[tuple[str, str]] = []
     while len(merges) < count:
-        pairs = Counter()
+        pairs: Counter[tuple[str, str]] = Counter()
         for symbols, freq in corpus.items():
             for pair in zip(symbols, symbols[1:]):
                 pairs[pair] += freq
@@ -67,7 +67,7 @@ def _learn_merges(words: list[str], count: int) -> list[tuple[str, str]]:
             break
         best = min(pairs, key=lambda p: (-pairs[p], p))
         merges.append(best)
-        merged = Counter()
+        merged: Counter[tuple[str, ...]] = Counter()
         for symbols, freq in corpus.items():
             out, i = [], 0
             while i < len(symbols):

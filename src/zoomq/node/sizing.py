@@ -57,10 +57,10 @@ def _cgroup_cpus(root: Path) -> float | None:
     if v2:
         quota, _, period = v2.partition(" ")
         return None if quota == "max" else int(quota) / int(period or 100000)
-    quota = _read(root / "sys/fs/cgroup/cpu/cpu.cfs_quota_us")
-    period = _read(root / "sys/fs/cgroup/cpu/cpu.cfs_period_us")
-    if quota and period and int(quota) > 0:
-        return int(quota) / int(period)
+    quota_us = _read(root / "sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+    period_us = _read(root / "sys/fs/cgroup/cpu/cpu.cfs_period_us")
+    if quota_us and period_us and int(quota_us) > 0:
+        return int(quota_us) / int(period_us)
     return None
 
 

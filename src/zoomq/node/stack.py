@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TextIO
 
 import redis
 
@@ -61,7 +62,7 @@ class Stack:
         self.plan: sizing.Plan | None = None
         self.redis_url = options.redis_url or ""
         self.models = [Path(m).resolve() for m in options.models]
-        self._lock_file = None
+        self._lock_file: TextIO | None = None
         self.port = options.port
         self._exits: dict[str, list[float]] = {}
         # One name per data folder: unique on a shared Redis, the same across restarts of one stack.
@@ -150,8 +151,10 @@ class Stack:
         self.say(f"web      ready  {self.web.url}/ (gunicorn, {o.web_workers} processes)")
 
     def _write_state(self) -> None:
-        state = {"pid": os.getpid(), "redis_url": connection.redacted(self.redis_url), "web_url": self.web.url,
-                 "worker": self.worker.name, "models": [str(m) for m in self.models], "started": time.time()}
+        web, worker = self.web, self.worker
+        assert web is not None and worker is not None  # started just before
+        state = {"pid": os.getpid(), "redis_url": connection.redacted(self.redis_url), "web_url": web.url,
+                 "worker": worker.name, "models": [str(m) for m in self.models], "started": time.time()}
         (self.data / "stack.json").write_text(json.dumps(state, indent=1))
 
     def state(self) -> dict | None:
@@ -170,7 +173,7 @@ class Stack:
             for part, process, start_again in (("redis", self.redis, self._restart_redis),
                                                ("worker", self.worker, self._start_worker),
                                                ("web", self.web, self._start_web)):
-                if process is None or process.proc.poll() is None:
+                if process is None or process.proc is None or process.proc.poll() is None:
                     continue
                 now = time.monotonic()
                 exits = [t for t in self._exits.get(part, []) if now - t < RESTART_WINDOW] + [now]
@@ -184,6 +187,7 @@ class Stack:
             time.sleep(interval)
 
     def _restart_redis(self) -> None:
+        assert self.redis is not None  # watch() restarts only the embedded Redis it started
         self.redis.start()
         self.say(f"redis    ready  {self.redis_url} (started again)")
 

@@ -51,18 +51,23 @@ def _shallow(steps: int, guidance: float, cutoff: float, interval: int) -> int:
 
 def image_work(request: RenderRequest) -> Work:
     """The work of a validated image request; image-to-image runs only ``strength`` of its steps."""
-    steps = request.steps if request.strength is None else min(int(request.steps * request.strength), request.steps)
-    return Work(_evaluations(steps, request.guidance, request.guidance_cutoff), steps, 1, 0,
-                request.width * request.height / 1e6,
-                _shallow(steps, request.guidance, request.guidance_cutoff, request.cache_interval))
+    total, guidance, width, height = request.steps, request.guidance, request.width, request.height
+    # validation filled these in
+    assert total is not None and guidance is not None and width is not None and height is not None
+    steps = total if request.strength is None else min(int(total * request.strength), total)
+    return Work(_evaluations(steps, guidance, request.guidance_cutoff), steps, 1, 0,
+                width * height / 1e6,
+                _shallow(steps, guidance, request.guidance_cutoff, request.cache_interval))
 
 
 def zoom_work(s: ZoomSettings, has_init_image: bool) -> Work:
     """The work of validated zoom settings; a given init image is keyframe 0, not rendered."""
+    steps, guidance = s.steps, s.guidance
+    assert steps is not None and guidance is not None  # validation filled them in
     rendered = s.keyframes - (1 if has_init_image else 0)
-    return Work(rendered * _evaluations(s.steps, s.guidance, s.guidance_cutoff), rendered * s.steps, rendered,
+    return Work(rendered * _evaluations(steps, guidance, s.guidance_cutoff), rendered * steps, rendered,
                 s.total_frames, s.size * s.size / 1e6,
-                rendered * _shallow(s.steps, s.guidance, s.guidance_cutoff, s.cache_interval))
+                rendered * _shallow(steps, guidance, s.guidance_cutoff, s.cache_interval))
 
 
 def expected_seconds(work: Work, model: str, rates: dict[str, float]) -> tuple[float | None, str]:

@@ -47,8 +47,10 @@ def check_image(request: RenderRequest, limits: Limits) -> None:
     checks(_prompt, "prompt", request.prompt, limits.prompt)
     checks(_prompt, "negative_prompt", request.negative_prompt, limits.prompt)
     checks(_at_most, "steps", request.steps, limits.steps, "ZOOMQ_MAX_STEPS", "denoising steps")
-    checks(_at_most, "width", request.width * request.height, limits.pixels, "ZOOMQ_MAX_PIXELS",
-           "pixels per image", f"{request.width}x{request.height}")
+    width, height = request.width, request.height
+    assert width is not None and height is not None  # validation filled them in
+    checks(_at_most, "width", width * height, limits.pixels, "ZOOMQ_MAX_PIXELS",
+           "pixels per image", f"{width}x{height}")
     checks.raise_errors()
 
 

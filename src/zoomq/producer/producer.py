@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Union
 
 import redis
+from celery import Celery
 from kombu.exceptions import OperationalError
 from PIL import Image
 
@@ -33,7 +33,7 @@ from zoomq.zoom.settings import ZoomSettings, parse_schedule
 from zoomq.zoom.settings import validate as validate_zoom
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-ImageInput = Union[Image.Image, bytes, str, Path, None]
+ImageInput = Image.Image | bytes | str | Path | None
 #: Retry-After, in seconds, of a submission refused because a queue is full: about the time a
 #: miniature job takes and a fraction of a full-size one, so clients neither hammer nor stall.
 RETRY_FULL_QUEUE = 30
@@ -46,7 +46,7 @@ class Producer:
         self.jobs = jobs_mod.Jobs(self.redis, self.settings.job_ttl)
         self.store = open_store(self.settings, self.redis)
         self.limits = limits.Limits.of(self.settings)
-        self._app = None
+        self._app: Celery | None = None
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -181,11 +181,14 @@ class Producer:
         work = estimate.zoom_work(settings, init is not None)
         job_id = jobs_mod.new_id()
         if init is not None:
-            settings = ZoomSettings.from_dict({**settings.to_dict(), "init_image": self._put_image(job_id, "init", init)})
+            settings = ZoomSettings.from_dict(
+                {**settings.to_dict(), "init_image": self._put_image(job_id, "init", init)}
+            )
         self._call(self.jobs.create, job_id, "zoom", model, {"zoom": settings.to_dict()},
                    work.denoising_steps + settings.total_frames, owner=owner, submitter=submitter,
                    unet_per_step=work.unet_per_step, megapixels=work.megapixels,
-                   cache_interval=settings.cache_interval, keyframes_total=settings.keyframes, frames_total=settings.total_frames, keyframes_done=0)
+                   cache_interval=settings.cache_interval, keyframes_total=settings.keyframes,
+                   frames_total=settings.total_frames, keyframes_done=0)
         self._call(self._send, TASK_KEYFRAME, [job_id, 0], render_queue(model))
         return job_id
 
@@ -197,7 +200,9 @@ class Producer:
         if record is None:
             raise InvalidParameter("job_id", job_id, "no such job (unknown, or expired)")
         workers = self.workers()
-        record["worker_alive"] = any(w["name"] == record.get("worker") for w in workers) if record.get("worker") else None
+        record["worker_alive"] = (
+            any(w["name"] == record.get("worker") for w in workers) if record.get("worker") else None
+        )
         served = registry.served_models(workers)
         record["warning"] = None
         if record["state"] == jobs_mod.QUEUED and record["model"] not in served:

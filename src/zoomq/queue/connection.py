@@ -51,6 +51,16 @@ def client(s: Settings, **kwargs) -> redis.Redis:
     return client_for(s.redis_url, s.redis_ca, **kwargs)
 
 
+def text(reply: object) -> str:
+    """A Redis reply (a value, a member, a field) as text. zoomq's clients return bytes (they do
+    not set ``decode_responses``); redis-py's types allow str, and for some commands scored pairs."""
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, str):
+        return reply
+    raise TypeError(f"not a text reply from Redis: {reply!r}")
+
+
 def celery_options(s: Settings) -> dict:
     """Celery settings that give the broker connection the clients' TLS options and timeouts."""
     options = tls_options(s.redis_url, s.redis_ca)
@@ -113,9 +123,10 @@ def unavailable(error: BaseException, s: Settings, unreachable_hint: str = "star
 def _chain(error: BaseException) -> list[BaseException]:
     """``error`` and the exceptions it was raised from or while handling (redis-py and kombu wrap theirs)."""
     chain: list[BaseException] = []
-    while error is not None and error not in chain and len(chain) < 10:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
+    current: BaseException | None = error
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
     return chain
 
 

@@ -17,6 +17,7 @@ import redis
 
 from zoomq.errors import InvalidParameter
 from zoomq.queue import stats
+from zoomq.queue.connection import text
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ENDED = (DONE, FAILED, CANCELLED)
@@ -153,7 +154,7 @@ class Jobs:
         plain = what != "step" or (int(cached or 1) <= 1 and not split_with)
         if model and megapixels and float(megapixels) > 0 and plain:
             per_unit = seconds_per_unit / (float(unet_per_step or 1) if what == "step" else 1.0)
-            stats.observe_rate(self.r, model.decode(), "unet" if what == "step" else what, per_unit / float(megapixels))
+            stats.observe_rate(self.r, text(model), "unet" if what == "step" else what, per_unit / float(megapixels))
 
     def finish(self, job_id: str, **fields) -> None:
         total = self.r.hget(_key(job_id), "work_total") or 0
@@ -176,19 +177,20 @@ class Jobs:
                 try:
                     p.watch(key)
                     state, kind, submitter = p.hmget(key, "state", "kind", "submitter")
-                    if state is None or state.decode() not in from_states:
+                    if state is None or text(state) not in from_states:
                         p.unwatch()
                         return False
                     p.multi()
-                    p.hset(key, mapping={k: _enc(v) for k, v in {"state": to, "updated": time.time(), **fields}.items()})
+                    changes = {"state": to, "updated": time.time(), **fields}
+                    p.hset(key, mapping={k: _enc(v) for k, v in changes.items()})
                     if to == RUNNING:
                         p.zadd(self.RUNNING_SET, {job_id: time.time()})
                     if to in ENDED:
                         p.zrem(self.QUEUED_SET, job_id)
                         p.zrem(self.RUNNING_SET, job_id)
                         if submitter is not None:
-                            p.zrem(self.unfinished_set(submitter.decode()), job_id)
-                        stats.count_ended(p, (kind or b"unknown").decode(), to)
+                            p.zrem(self.unfinished_set(text(submitter)), job_id)
+                        stats.count_ended(p, text(kind or b"unknown"), to)
                         p.expire(key, self.ttl)
                         for side in ("work", "pieces", "starts", "keyframes"):
                             p.expire(f"{key}:{side}", self.ttl)
@@ -201,16 +203,16 @@ class Jobs:
 
     def state(self, job_id: str) -> str | None:
         value = self.r.hget(_key(job_id), "state")
-        return value.decode() if value is not None else None
+        return text(value) if value is not None else None
 
     def get(self, job_id: str) -> dict | None:
         """The record with derived fields: progress, queue position, ETA."""
         raw = self.r.hgetall(_key(job_id))
         if not raw:
             return None
-        record = {k.decode(): _dec(k.decode(), v) for k, v in raw.items()}
+        record = {text(k): _dec(text(k), v) for k, v in raw.items()}
         record["params"] = json.loads(record.get("params") or "{}")
-        work = {k.decode(): int(v) for k, v in self.r.hgetall(f"{_key(job_id)}:work").items()}
+        work = {text(k): int(v) for k, v in self.r.hgetall(f"{_key(job_id)}:work").items()}
         frames_done = sum(v for k, v in work.items() if k.startswith("segment"))
         total = int(record.get("work_total") or 0)
         done = record.get("work_done")
@@ -221,7 +223,7 @@ class Jobs:
         record["queue_position"] = None
         if record["state"] == QUEUED:
             rank = self.r.zrank(self.QUEUED_SET, job_id)
-            record["queue_position"] = None if rank is None else rank + 1
+            record["queue_position"] = rank + 1 if isinstance(rank, int) else None
         record["eta_seconds"] = self._eta(record, total - done)
         if record["state"] == RUNNING and record.get("encode_stage"):
             record["stage"] = f"{record['stage']}; {record['encode_stage']}"
@@ -244,11 +246,15 @@ class Jobs:
         """The newest ``limit`` jobs (of ``owner`` only, when given), newest first; ids whose
         record has expired are dropped from the index."""
         index = self.ALL_SET if owner is None else self.owned_set(owner)
-        records, expired = [], []
+        records: list[dict] = []
+        expired: list[str] = []
         for raw in self.r.zrevrange(index, 0, limit - 1):
-            job_id = raw.decode()
+            job_id = text(raw)
             record = self.get(job_id)
-            (records if record else expired).append(record or job_id)
+            if record:
+                records.append(record)
+            else:
+                expired.append(job_id)
         if expired:
             self.r.zrem(index, *expired)
         return records
@@ -257,12 +263,12 @@ class Jobs:
         """How many of ``submitter``'s jobs have not ended. Ids whose record is gone (expired,
         or lost with a Redis that kept no data) are pruned, so they cannot hold the cap forever."""
         index = self.unfinished_set(submitter)
-        ids = [raw.decode() for raw in self.r.zrange(index, 0, -1)]
+        ids = [text(raw) for raw in self.r.zrange(index, 0, -1)]
         with self.r.pipeline() as p:
             for job_id in ids:
                 p.hget(_key(job_id), "state")
             states = p.execute()
-        gone = [job_id for job_id, state in zip(ids, states) if state is None or state.decode() in ENDED]
+        gone = [job_id for job_id, state in zip(ids, states) if state is None or text(state) in ENDED]
         if gone:
             self.r.zrem(index, *gone)
         return len(ids) - len(gone)
@@ -275,7 +281,7 @@ class Jobs:
         """Piece → {"worker": who ran it last, "starts": how often it was started}."""
         workers = self.r.hgetall(f"{_key(job_id)}:pieces")
         starts = self.r.hgetall(f"{_key(job_id)}:starts")
-        return {k.decode(): {"worker": v.decode(), "starts": int(starts.get(k, 0))} for k, v in workers.items()}
+        return {text(k): {"worker": text(v), "starts": int(starts.get(k, 0))} for k, v in workers.items()}
 
 
 def _enc(value) -> str | float | int:
@@ -296,9 +302,9 @@ _NUMBERS = {
 _FLOATS = {"seconds_per_step", "seconds_per_frame", "unet_per_step", "megapixels"}
 
 
-def _dec(field: str, raw: bytes):
-    text = raw.decode()
+def _dec(field: str, raw: bytes | str):
+    value = text(raw)
     if field in _NUMBERS:
-        number = float(text)
+        number = float(value)
         return int(number) if number.is_integer() and field not in _FLOATS else number
-    return text
+    return value

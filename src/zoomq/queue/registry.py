@@ -17,6 +17,7 @@ import redis
 from zoomq.config import Settings
 from zoomq.errors import ModelError
 from zoomq.model import manifest as mf
+from zoomq.queue import connection
 
 PREFIX = "zoomq:worker:"
 
@@ -85,7 +86,7 @@ def withdraw(client: redis.Redis, name: str) -> None:
 def live_workers(client: redis.Redis) -> list[dict]:
     """Workers whose heartbeat key is alive. Read through the set of names, not a SCAN: status
     reads (every web page polls once a second) must not walk a keyspace full of artifacts."""
-    names = sorted(n.decode() for n in client.smembers(NAMES))
+    names = sorted(connection.text(n) for n in client.smembers(NAMES))
     if not names:
         return []
     values = client.mget([PREFIX + n for n in names])

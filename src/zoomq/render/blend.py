@@ -8,8 +8,15 @@ border better; this path lets any text-to-image model, SD-Turbo included, outpai
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+
+
+class AddsNoise(Protocol):
+    """The one scheduler method a blend calls (every diffusers scheduler the renders make has it)."""
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -20,7 +27,7 @@ class LatentBlend:
     image_latents: torch.Tensor  # the init image, encoded and scaled
     noise: torch.Tensor  # the noise its first latents were made with
     mask: torch.Tensor  # latent-sized, 1 = repaint
-    scheduler: object
+    scheduler: AddsNoise
     timesteps: torch.Tensor
 
     def __call__(self, latents: torch.Tensor, i: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ def core() -> ov.Core:
 
 def compile_config(s: Settings, cache: bool = True) -> dict:
     """OpenVINO compile properties for the settings (latency, precision, threads, cache)."""
-    config = {"PERFORMANCE_HINT": "LATENCY"}
+    config: dict[str, str | int | bool] = {"PERFORMANCE_HINT": "LATENCY"}
     if cache:
         config["CACHE_DIR"] = str(s.ov_cache_dir)
     if s.inference_precision != "auto":

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import IO
 
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
+from PIL.PngImagePlugin import PngImageFile, PngInfo
 
 from zoomq.errors import InvalidParameter
 
@@ -34,12 +35,13 @@ def save(image: Image.Image, path: Path, recipe: dict) -> None:
     tmp.replace(path)
 
 
-def read_recipe(path: Path) -> dict:
+def read_recipe(path: Path | IO[bytes]) -> dict:
     with Image.open(path) as image:
+        assert isinstance(image, PngImageFile), "the recipe is in a PNG's text chunks"
         return json.loads(image.text[RECIPE_KEY])
 
 
-def load_image(path: Path | str, param: str, mode: str = "RGB") -> Image.Image:
+def load_image(path: Path | str | IO[bytes], param: str, mode: str = "RGB") -> Image.Image:
     """Open an image file or raise ``InvalidParameter`` naming ``param``."""
     try:
         with Image.open(path) as image:

@@ -24,7 +24,7 @@ from zoomq.config import Settings
 
 CANDIDATES = ("f32", "bf16")
 MARGIN = 0.05  # bf16 rounds the picture a little: take it only when it is clearly faster
-_resolved: dict[tuple, str] = {}
+_resolved: dict[str, str] = {}
 
 
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:

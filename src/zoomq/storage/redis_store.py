@@ -21,7 +21,9 @@ class RedisStore(ArtifactStore):
         self.client.set(self._k(key), data, ex=self.ttl)
 
     def get(self, key: str) -> bytes | None:
-        return self.client.get(self._k(key))
+        data = self.client.get(self._k(key))
+        assert not isinstance(data, str)  # the client returns bytes (it does not set decode_responses)
+        return data
 
     def exists(self, key: str) -> bool:
         return bool(self.client.exists(self._k(key)))

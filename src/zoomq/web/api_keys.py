@@ -88,14 +88,17 @@ class KeyRing:
         return self.path is not None or self.token_hash is not None
 
     def _load(self) -> dict[str, Key]:
+        path = self.path
+        if path is None:  # no keys file: callers check first
+            return {}
         try:
-            info = os.stat(self.path)
+            info = os.stat(path)
         except OSError as e:
-            raise InvalidParameter("ZOOMQ_API_KEYS_FILE", str(self.path), f"cannot be read ({e.strerror})") from None
+            raise InvalidParameter("ZOOMQ_API_KEYS_FILE", str(path), f"cannot be read ({e.strerror})") from None
         stamp = (info.st_mtime_ns, info.st_size)
         with self._lock:
             if stamp != self._stamp:
-                self._keys = parse(self.path.read_text(), f"ZOOMQ_API_KEYS_FILE {self.path}")
+                self._keys = parse(path.read_text(), f"ZOOMQ_API_KEYS_FILE {path}")
                 self._stamp = stamp
             return self._keys
 

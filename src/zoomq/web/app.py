@@ -27,7 +27,10 @@ def create_app(s: Settings | None = None) -> Flask:
     if s.trusted_proxies:
         # The client address is the one that many proxies back in X-Forwarded-For, not the
         # leftmost (which any client can write).
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=s.trusted_proxies, x_proto=0, x_host=0, x_port=0, x_prefix=0)
+        # Flask's documented way to add WSGI middleware, which its types call assigning to a method.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=s.trusted_proxies, x_proto=0, x_host=0, x_port=0, x_prefix=0
+        )
     producer = Producer(s)
     keys = KeyRing(s.api_keys_file, s.api_token)
     app.extensions["zoomq"] = Web(s, producer, security.RateLimit(producer.redis, *s.rate_limit), keys)
@@ -70,7 +73,9 @@ def _register_errors(app: Flask) -> None:
         headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
         if e.code == 413:
             return reply(413, f"the request is larger than {web().settings.max_upload} bytes (ZOOMQ_MAX_UPLOAD)")
-        return reply(e.code or 500, e.description if e.code != 404 else "not found (unknown or expired job?)", headers)
+        # every werkzeug error has a description; a bare HTTPException says its name
+        message = (e.description or e.name) if e.code != 404 else "not found (unknown or expired job?)"
+        return reply(e.code or 500, message, headers)
 
     @app.errorhandler(Unauthorized)
     def unauthorized(e):

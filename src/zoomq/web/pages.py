@@ -66,7 +66,8 @@ def submit_form():
     values = {k: request.form.getlist(k) if k.startswith("schedule_") else request.form.get(k) for k in request.form}
     kind = request.form.get("kind", "zoom")
     if not security.csrf_ok(request):
-        return _form_page(kind, values, {"form": "the form has expired or was not sent by this site; submit it again"}, 400)
+        expired = {"form": "the form has expired or was not sent by this site; submit it again"}
+        return _form_page(kind, values, expired, 400)
     who = security.accept_key(request.form.get("token"), w.keys)
     if who is None:
         return _form_page(kind, values, {"token": "wrong or missing API key"}, 401)
@@ -87,7 +88,7 @@ def submit_form():
 
 
 def _by_field(errors: list[InvalidParameter]) -> dict:
-    out = {}
+    out: dict[str, str] = {}
     for e in errors:
         name = submission.field_name(e.param)
         key = "schedule" if name.startswith("schedule") else name

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import redis
 from flask import Request, request, session
 
+from zoomq.queue import connection
 from zoomq.web.api_keys import Key, KeyRing, digest
 
 SECRET_KEY = "zoomq:web:secret"
@@ -22,7 +23,7 @@ CSRF_FIELD = "csrf_token"
 def shared_secret(client: redis.Redis) -> str:
     """One random session key for all web processes (gunicorn workers, replicas), made once."""
     client.set(SECRET_KEY, secrets.token_hex(32), nx=True)
-    return client.get(SECRET_KEY).decode()
+    return connection.text(client.get(SECRET_KEY))
 
 
 def _same(given: str | None, expected: str) -> bool:
@@ -71,7 +72,7 @@ def identify(request: Request, ring: KeyRing) -> Caller | None:
 def accept_key(given: str | None, ring: KeyRing) -> Caller | None:
     """Check a key typed into a form; a valid one signs the browser's session in."""
     key = ring.find(given)
-    if key is not None:
+    if key is not None and given is not None:  # find() knows no key for None
         session[SESSION_KEY] = digest(given)
     return identify(request, ring)
 

@@ -16,7 +16,7 @@ from zoomq.config import Settings
 from zoomq.render.request import MAX_SIDE
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # the producer's rule for model names
-_KEYS = [{"apiKey": []}]
+_KEYS: list[dict[str, list[str]]] = [{"apiKey": []}]
 
 
 @lru_cache(maxsize=1)
@@ -99,10 +99,14 @@ def _models(models: Mapping[str, dict], image: dict, zoom: dict) -> None:
                       "properties": {"model": {"enum": which}, "cache_interval": {"type": "integer", "minimum": 2}}}
             if branches:  # with caching on, only the branches the model carries (null: branch 0)
                 allowed = [*branches, None] if 0 in branches else list(branches)
-                job.setdefault("allOf", []).append({"if": cached, "then": {"properties": {"cache_branch": {"enum": allowed}}}})
+                job.setdefault("allOf", []).append(
+                    {"if": cached, "then": {"properties": {"cache_branch": {"enum": allowed}}}}
+                )
             else:  # prepared without DeepCache's parts: caching off only
-                job.setdefault("allOf", []).append({"if": {"required": ["model"], "properties": {"model": {"enum": which}}},
-                                                    "then": {"properties": {"cache_interval": {"enum": [1, None]}}}})
+                job.setdefault("allOf", []).append(
+                    {"if": {"required": ["model"], "properties": {"model": {"enum": which}}},
+                     "then": {"properties": {"cache_interval": {"enum": [1, None]}}}}
+                )
     no_mask = {"properties": {"mask": {"type": "null"}}}
     if inpainting:
         image["allOf"].append({

@@ -13,6 +13,7 @@ import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
@@ -122,7 +123,9 @@ def _decode_base64(param: str, value) -> bytes:
         raise InvalidParameter(param, value[:40], "is not valid base64") from None
 
 
-def _common(checks: Checks, values: Mapping) -> tuple[str, str, str]:
+def _common(checks: Checks, values: Mapping) -> tuple[str, Any, Any]:
+    """The kind, model and prompt; the model and prompt as sent (any JSON type) when ``checks``
+    holds their errors."""
     kind = values.get("kind", "image")
     if kind not in KINDS:
         checks.add(InvalidParameter("kind", kind, "must be image or zoom"))

@@ -110,7 +110,7 @@ def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
     """Run a piece under its lease, refreshing lease and heartbeat from a thread. Logs the piece's
     start and end (with its outcome), and times it into the piece histogram when it completes."""
     about = {"job": job_id, "piece": piece, "worker": ctx.worker}
-    logs.event(log, "piece started", **about)
+    logs.event(log, "piece started", logging.INFO, **about)
     started = time.monotonic()
     outcome = "failed"
     try:
@@ -127,7 +127,7 @@ def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
                 stats.observe_piece(ctx.redis, piece, seconds)
             except redis.RedisError as e:  # the piece is done all the same
                 log.warning("could not record the time of %s: %s", piece, e)
-        logs.event(log, "piece ended", **about, seconds=round(seconds, 3), outcome=outcome)
+        logs.event(log, "piece ended", logging.INFO, **about, seconds=round(seconds, 3), outcome=outcome)
 
 
 @contextmanager
@@ -288,8 +288,8 @@ def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
         return  # delivered early: keyframe k-1 sends this piece again when it is done
     if not ctx.store.exists(key):
         with holding(ctx, job_id, f"keyframe:{k}", TASK_KEYFRAME, [job_id, k], queue) as lease, \
-                tempfile.TemporaryDirectory(prefix="zoomq-kf-") as tmp:
-            tmp = Path(tmp)
+                tempfile.TemporaryDirectory(prefix="zoomq-kf-") as tmp_dir:
+            tmp = Path(tmp_dir)
             previous = _fetch(ctx, keyframe_key(job_id, k - 1), tmp) if k else None
             if k == 0 and settings.init_image:
                 settings = ZoomSettings.from_dict({**settings.to_dict(),
@@ -302,6 +302,7 @@ def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
                                 _preview(ctx, job_id, f"keyframe:{k}"), wrap_unet=wrap_unet)
             lease.check()
             ctx.store.put_file(key, out)
+    assert settings.steps is not None  # validated at submission: the model's default filled in
     ctx.jobs.progress(job_id, f"keyframe:{k}", settings.steps)
     ctx.redis.sadd(f"zoomq:job:{job_id}:keyframes", k)
     ctx.jobs.update(job_id, keyframes_done=ctx.redis.scard(f"zoomq:job:{job_id}:keyframes"))
@@ -321,8 +322,8 @@ def run_segment(ctx: Context, job_id: str, k: int) -> None:
         return  # delivered early: keyframe k+1 sends this piece again when it is done
     if not ctx.store.exists(key):
         with holding(ctx, job_id, f"segment:{k}", TASK_SEGMENT, [job_id, k], "encode") as lease, \
-                tempfile.TemporaryDirectory(prefix="zoomq-seg-") as tmp:
-            tmp = Path(tmp)
+                tempfile.TemporaryDirectory(prefix="zoomq-seg-") as tmp_dir:
+            tmp = Path(tmp_dir)
             inner, outer = (_fetch(ctx, keyframe_key(job_id, i), tmp) for i in (k, k + 1))
             out = tmp / segment_name(k)
             stage = f"encoding segment {k + 1}/{settings.keyframes - 1}"
@@ -344,8 +345,8 @@ def run_stitch(ctx: Context, job_id: str) -> None:
         return  # delivered early: the last segment sends this piece again when it is done
     if not ctx.store.exists(key):
         with holding(ctx, job_id, "stitch", TASK_STITCH, [job_id], "encode") as lease, \
-                tempfile.TemporaryDirectory(prefix="zoomq-stitch-") as tmp:
-            tmp = Path(tmp)
+                tempfile.TemporaryDirectory(prefix="zoomq-stitch-") as tmp_dir:
+            tmp = Path(tmp_dir)
             ctx.jobs.update(job_id, stage="stitching")
             segments = [_fetch(ctx, segment_key(job_id, k), tmp) for k in range(settings.keyframes - 1)]
             keyframes = []

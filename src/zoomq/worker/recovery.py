@@ -30,8 +30,8 @@ def recover(s: Settings) -> Recovered:
 
     client = connection.client(s)
     for name in client.smembers(registry.NAMES):  # announced by workers now dead: not alive, not ready
-        registry.withdraw(client, name.decode())
-    fields = [f.decode() for f in client.hkeys(RUNNING_PIECES)]
+        registry.withdraw(client, connection.text(name))
+    fields = [connection.text(f) for f in client.hkeys(RUNNING_PIECES)]
     leases = client.delete(*(lease_key(*f.split("|", 1)) for f in fields)) if fields else 0
     tasks = 0
     with make_app(s).connection_for_write() as broker:

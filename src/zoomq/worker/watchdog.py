@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import redis
 
-from zoomq.queue import stats
+from zoomq.queue import connection, stats
 from zoomq.queue.job_records import ENDED, Jobs
 from zoomq.worker.lease import RUNNING_PIECES, lease_key
 
@@ -30,7 +30,7 @@ def scan(client: redis.Redis, jobs: Jobs, send: Callable[[str, list, str], None]
         return []
     resent = []
     for field, raw in client.hgetall(RUNNING_PIECES).items():
-        field = field.decode()
+        field = connection.text(field)
         job_id, piece = field.split("|", 1)
         state = jobs.state(job_id)
         if state is None or state in ENDED:

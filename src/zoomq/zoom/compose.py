@@ -35,7 +35,9 @@ def keyframes_dir(out: Path) -> Path:
     return Path(out).with_name(Path(out).stem + ".keyframes")
 
 
-def render_zoom(renderer: Renderer, settings: ZoomSettings, out: Path, progress: ZoomProgress | None = None) -> ZoomResult:
+def render_zoom(
+    renderer: Renderer, settings: ZoomSettings, out: Path, progress: ZoomProgress | None = None
+) -> ZoomResult:
     """Render the zoom video ``out`` (MP4), its keyframes beside it and its sidecar JSON; steps and
     guidance left at None are the model's defaults."""
     check_model(renderer)
@@ -49,8 +51,10 @@ def render_zoom(renderer: Renderer, settings: ZoomSettings, out: Path, progress:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
+    steps = settings.steps
+    assert steps is not None  # validate() filled in the model's default
     rendered = settings.keyframes - (1 if settings.init_image else 0)
-    total = rendered * settings.steps + settings.total_frames
+    total = rendered * steps + settings.total_frames
     done = 0
 
     def report(stage: str) -> Callable[[int, int], bool]:
@@ -71,11 +75,11 @@ def render_zoom(renderer: Renderer, settings: ZoomSettings, out: Path, progress:
             stage = f"keyframe {k + 1}/{settings.keyframes}"
             previous = kf_dir / keyframe_name(k - 1) if k else None
             recipe = render_keyframe(renderer, settings, k, previous, path, report(stage))
-            done += 0 if recipe["mode"] == "init-image" else settings.steps
+            done += 0 if recipe["mode"] == "init-image" else steps
             recipes.append(keyframe_entry(k, recipe, f"{kf_dir.name}/{path.name}"))
             if k:
                 segment = work / segment_name(k - 1)
-                render_segment(previous, path, settings, k - 1, segment,
+                render_segment(kf_dir / keyframe_name(k - 1), path, settings, k - 1, segment,
                                report(f"segment {k}/{settings.keyframes - 1}"))
                 done += len(frame_indices(settings, k - 1))
                 segments.append(segment)

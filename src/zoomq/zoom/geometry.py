@@ -15,7 +15,7 @@ from PIL import Image
 def shrink(image: Image.Image, mask_width: int) -> Image.Image:
     """The keyframe shrunk to fit inside the next one (notebook: bicubic resize to W - 2m)."""
     side = image.width - 2 * mask_width
-    return image.resize((side, side), Image.BICUBIC)
+    return image.resize((side, side), Image.Resampling.BICUBIC)
 
 
 def outpaint_canvas(inner: Image.Image, mask_width: int, seam: int = 0) -> tuple[Image.Image, Image.Image]:
@@ -85,9 +85,9 @@ def frame(inner: Image.Image, outer: Image.Image, mask_width: int, j: int, frame
     """
     side = outer.width
     c = crop_margin(side, mask_width, j, frames)
-    image = outer.crop((c, c, side - c, side - c)).resize((side, side), Image.BICUBIC)
+    image = outer.crop((c, c, side - c, side - c)).resize((side, side), Image.Resampling.BICUBIC)
     p = inner_margin(side, mask_width, c)
     size = side - 2 * p
     band = seam * size / (side - 2 * mask_width) * j / frames
-    image.paste(inner.resize((size, size), Image.BICUBIC), (p, p), ramp(size, band, hard=True))
+    image.paste(inner.resize((size, size), Image.Resampling.BICUBIC), (p, p), ramp(size, band, hard=True))
     return image

@@ -58,13 +58,15 @@ def render_keyframe(
     zoom = {"keyframe": k, "job_seed": settings.seed, "mask_width": settings.mask_width, "seam": settings.seam}
     side = settings.size
     if k == 0 and settings.init_image:
-        image = ImageOps.fit(png.load_image(settings.init_image, "init_image"), (side, side), Image.BICUBIC)
+        image = ImageOps.fit(png.load_image(settings.init_image, "init_image"), (side, side), Image.Resampling.BICUBIC)
         recipe = {"mode": "init-image", "source": str(settings.init_image), **zoom}
     else:
+        assert settings.seam is not None, "render_keyframe needs validated settings (validate() sets the seam)"
         if k == 0:
             canvas, mask = Image.new("RGB", (side, side)), Image.new("L", (side, side), 255)
             inner = None
         else:
+            assert previous is not None, "keyframe k > 0 outpaints keyframe k-1"
             with Image.open(previous) as f:
                 inner = f.convert("RGB")
             canvas, mask = geometry.outpaint_canvas(inner, settings.mask_width, settings.seam)

@@ -28,6 +28,7 @@ def frame_indices(settings: ZoomSettings, k: int) -> list[int]:
 
 
 def frames(inner: Image.Image, outer: Image.Image, settings: ZoomSettings, k: int) -> Iterator[Image.Image]:
+    assert settings.seam is not None, "frames need validated settings (validate() sets the seam)"
     for j in frame_indices(settings, k):
         yield geometry.frame(inner, outer, settings.mask_width, j, settings.interpolation_frames, settings.seam)
 

@@ -160,7 +160,9 @@ def _at_least(param: str, value, low: int, why: str = "") -> int:
 def _mask_width(value, size: int) -> int:
     mask_width = number("mask_width", value, int)
     if not 8 <= mask_width < size / 2:
-        raise InvalidParameter("mask_width", mask_width, f"must be at least 8 and less than half the size ({size // 2})")
+        raise InvalidParameter(
+            "mask_width", mask_width, f"must be at least 8 and less than half the size ({size // 2})"
+        )
     return mask_width
 
 
@@ -233,8 +235,10 @@ def validate(s: ZoomSettings, defaults: dict | None = None) -> ZoomSettings:
     if keyframes is not None:
         checks(_schedule_fits, s.schedule, keyframes)
     checks.raise_errors()
+    assert mask_width is not None  # a missing or bad size raised above
     return replace(
         s, keyframes=keyframes, size=size, mask_width=mask_width, interpolation_frames=frames, fps=fps,
         steps=steps, guidance=guidance, guidance_cutoff=cutoff, seam=seam, cache_interval=cache_interval,
-        cache_branch=cache_branch, warnings=tuple(dict.fromkeys((*s.warnings, *notes))),  # validating again adds nothing
+        # validating again adds nothing
+        cache_branch=cache_branch, warnings=tuple(dict.fromkeys((*s.warnings, *notes))),
     ).with_seed()
