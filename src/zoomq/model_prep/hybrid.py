@@ -5,7 +5,7 @@ weight-only INT8, and convolutions (most of the UNet's arithmetic) are quantized
 weights and activations — so they run on the CPU's INT8 units. Activation ranges come from
 calibration on the model's own denoising inputs: the UNet inputs of a few short renders of the
 prepared model, recorded as it denoises. The picture changes (measured and reported by the tests
-and ``zoomq bench render``), which is why this is an opt-in weight format.
+and ``python -m benchmarks render``), which is why this is an opt-in weight format.
 """
 
 from __future__ import annotations

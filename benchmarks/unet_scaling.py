@@ -1,4 +1,4 @@
-"""``zoomq bench scaling``: the full-size UNet's call time by thread count, batch and branch.
+"""``python -m benchmarks scaling``: the full-size UNet's call time by thread count, batch and branch.
 
 What the two ways of making one job faster can gain on a node of this many cores, in OpenVINO on
 the full-size inpainting UNet (random weights), 512 px, at the precision ``auto`` chooses:
@@ -6,8 +6,8 @@ batch 2 (a guided step) against batch 1 (the half each worker of a guidance spli
 whole UNet against DeepCache's shallow branch, at each thread count; then the node's cores as one
 worker at batch 2 against two workers of half the threads each running batch 1 at the same time
 (a split inside one node). Where no benchmark has prepared the whole inpainting model, only the
-UNet is built (``build_random_unet``), which takes minutes; ``zoomq bench split`` measures whole
-keyframes through the queue.
+UNet is built (``cached_unet``), which takes minutes; ``python -m benchmarks split`` measures
+whole keyframes through the queue.
 """
 
 from __future__ import annotations
@@ -15,15 +15,20 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from benchmarks.probe import best_seconds
+from zoomq.model_prep.bench_models import cached_unet
+from zoomq.node.bench_report import machine, write_section
 
 BRANCH = 0  # DeepCache's default branch, the one ``zoomq prepare`` always exports
 CACHE = 3  # the interval the combined bound is given for (DeepCache's and diffusers' example)
@@ -46,35 +51,6 @@ def default_threads(cpus: int | None = None) -> list[int]:
     return sorted(counts, reverse=True)
 
 
-def unet_model(models_dir: Path, *, tiny: bool, say: Callable[[str], None]) -> Path:
-    """A folder with the UNet (returning branch 0's feature) and its shallow branch as IR: the
-    whole inpainting model the other benchmarks prepare, or else the UNet alone, built once (the
-    folder appears only when complete)."""
-    from zoomq.model_prep.architectures import build_random_unet
-    from zoomq.model_prep.convert import parts
-    from zoomq.model_prep.deepcache_export import convert_shallow_parts
-    from zoomq.model_prep.export import convert_part
-
-    label = "tiny" if tiny else "full"
-    out = Path(models_dir) / label / "inpaint-unet"
-    for folder in (Path(models_dir) / f"{label}-inpaint", out):
-        if (folder / "unet.xml").exists() and (folder / f"unet_shallow_{BRANCH}.xml").exists():
-            return folder
-    hidden = 32 if tiny else TEXT_HIDDEN
-    stage = out.with_name(out.name + ".partial")
-    shutil.rmtree(stage, ignore_errors=True)
-    (stage / "ir").mkdir(parents=True)
-    say(f"building a random-weight {'miniature' if tiny else 'full-size'} inpainting UNet in {out}")
-    build_random_unet(stage / "diffusers", full=not tiny, inpainting=True, size=64 if tiny else 512)
-    unet = next(p for p in parts(stage / "diffusers", 9, hidden, 4, (BRANCH,)) if p.name == "unet")
-    convert_part(stage / "diffusers", unet, stage / "ir")
-    convert_shallow_parts(stage / "diffusers", stage / "ir", (BRANCH,), 9, hidden)
-    shutil.rmtree(out, ignore_errors=True)
-    (stage / "ir").rename(out)
-    shutil.rmtree(stage)
-    return out
-
-
 def _inputs(batch: int, latent: int, hidden: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1234)
     return {"sample": rng.standard_normal([batch, 9, latent, latent], dtype=np.float32),
@@ -84,7 +60,6 @@ def _inputs(batch: int, latent: int, hidden: int) -> dict[str, np.ndarray]:
 
 def measure(folder: Path, threads: int, precision: str, *, latent: int, hidden: int, repeats: int) -> dict:
     """Best-of-``repeats`` seconds of one call: ``full_B`` and ``shallow_B`` for batch B = 2, 1."""
-    from zoomq.bench.probe import best_seconds
     from zoomq.config import settings
     from zoomq.model.manifest import feature_output_name, shallow_part_name
     from zoomq.render.ov_models import CompiledParts
@@ -95,9 +70,9 @@ def measure(folder: Path, threads: int, precision: str, *, latent: int, hidden: 
     for batch in (2, 1):
         inputs = _inputs(batch, latent, hidden)
         _, feature = compiled.run_outputs("unet", (feature_output_name(BRANCH),), **inputs)
-        figures[f"full_{batch}"] = best_seconds(lambda: compiled.run("unet", **inputs), repeats)
+        figures[f"full_{batch}"] = best_seconds(partial(compiled.run, "unet", **inputs), repeats)
         figures[f"shallow_{batch}"] = best_seconds(
-            lambda: compiled.run(shallow_part_name(BRANCH), **inputs, feature=feature), repeats)
+            partial(compiled.run, shallow_part_name(BRANCH), **inputs, feature=feature), repeats)
     return figures
 
 
@@ -155,13 +130,13 @@ def run(out: Path, *, threads: list[int] | None = None, repeats: int = 3, tiny: 
 
     started = time.time()
     s = settings()
-    folder = unet_model(models_dir or s.cache_dir / "bench-models", tiny=tiny, say=say)
+    folder = cached_unet(models_dir or s.cache_dir / "bench-models", full=not tiny, branch=BRANCH, say=say)
     chosen = prec.resolve(replace(s, inference_precision="auto"))
     latent, hidden = (8, 32) if tiny else (64, TEXT_HIDDEN)
     cpus = usable_cpus()
     threads = threads or default_threads(cpus)
-    result = {"date": date.today().isoformat(), "tiny": tiny, "precision": chosen, "cpus": cpus, "repeats": repeats,
-              "size": latent * 8, "rows": {}}
+    result: dict[str, Any] = {"date": date.today().isoformat(), "tiny": tiny, "precision": chosen, "cpus": cpus,
+                              "repeats": repeats, "size": latent * 8, "rows": {}}
     say(f"UNet calls at {latent * 8} px, {chosen}, threads {threads}, best of {repeats}")
 
     def row(t: int) -> dict:
@@ -198,8 +173,6 @@ def both_bound(row: dict, interval: int = CACHE) -> float:
 
 
 def _report(out: Path, result: dict) -> None:
-    from zoomq.bench.report import machine, write_section
-
     rows = ["| threads | batch 2 s | batch 1 s | split bound (batch 1 / 2) | shallow branch, batch 2 s (share) "
             f"| shallow branch, batch 1 s (share) | split and DeepCache {CACHE}, bound |",
             "|---|---|---|---|---|---|---|"]
@@ -220,7 +193,7 @@ def _report(out: Path, result: dict) -> None:
     unet = "miniature" if result["tiny"] else "full-size"
     note = ("\n\n**Miniature UNet: these figures check the benchmark itself, not the machine.**"
             if result["tiny"] else "")
-    body = f"""## UNet scaling: threads, batch and branch (`zoomq bench scaling`)
+    body = f"""## UNet scaling: threads, batch and branch (`python -m benchmarks scaling`)
 
 Measured {result['date']} on {machine()}, {result['precision']}: the {unet} SD2 inpainting UNet (random weights)
 at {result['size']} px in OpenVINO, one call, best of {result['repeats']} after a warm-up, every
@@ -230,6 +203,7 @@ interval {CACHE} (one whole and {CACHE - 1} shallow calls at batch 1, against {C
 
 {chr(10).join(rows)}{inside}
 
-Rerun: `zoomq bench scaling` (this run took {result['seconds'] / 60:.0f} min; `--threads 16,8` chooses the counts).{note}
+Rerun: `python -m benchmarks scaling` (this run took {result['seconds'] / 60:.0f} min; `--threads 16,8` chooses
+the counts).{note}
 """
     write_section(out, "scaling", body)

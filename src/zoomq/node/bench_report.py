@@ -1,4 +1,5 @@
-"""Write one benchmark's section of docs/benchmarks.md, leaving the other sections as they are."""
+"""A benchmark's section of docs/benchmarks.md, written leaving the other sections as they are, and
+the machine the figures were measured on (``zoomq bench queue`` and the benchmarks in benchmarks/)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import os
 import re
 from pathlib import Path
 
+HEADER = "# Benchmarks\n\nFigures measured by zoomq's own benchmarks; each section says how to rerun it.\n"
+
 
 def machine() -> str:
+    """``2 vCPU AMD EPYC (family 26 model 2, AVX-512 BF16), 24 GiB``: CPUs, their kind and the memory."""
     from zoomq.render.precision import cpu_label
 
     cpu = cpu_label()
@@ -18,7 +22,7 @@ def machine() -> str:
 def write_section(path: Path, name: str, body: str) -> None:
     """Replace the section between ``<!-- bench:NAME -->`` markers (or append it)."""
     path = Path(path)
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures measured by zoomq's own benchmarks; each section says how to rerun it.\n"
+    text = path.read_text() if path.exists() else HEADER
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)

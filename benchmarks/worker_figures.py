@@ -1,4 +1,4 @@
-"""The worker's side of ``zoomq bench render``: real ``zoomq worker`` processes on a private Redis.
+"""The worker's side of the render benchmark: real ``zoomq worker`` processes on a private Redis.
 
 Measured with the full-size text-to-image model and default settings:
 - start-up: seconds from launching a worker (a 512 px job already queued) to the end of the job's
@@ -14,15 +14,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from zoomq.node.processes import RedisServer, WorkerProcess, wait_for
+from benchmarks.probe import PROMPT
+from zoomq.node.processes import Fleet, wait_for
 
-PROMPT = "a lighthouse on a cliff at sunset, oil painting"
+if TYPE_CHECKING:
+    from zoomq.producer import Producer
 
 
 def _tree(pid: int) -> list[int]:
@@ -68,28 +70,27 @@ class _PrivatePeak(threading.Thread):
         return self.peak
 
 
-def _first_step(producer, folder: Path, cache: Path, server: RedisServer, logs: Path, steps: int,
+def _first_step(fleet: Fleet, producer: Producer, folder: Path, cache: Path, steps: int,
                 compile_cache: bool = False) -> dict:
     """Launch a worker with one job waiting; when does its first step end, and its peak RSS."""
-    model = folder.name
-    job = producer.submit_image(PROMPT, model=model, steps=steps, seed=1)
+    job = producer.submit_image(PROMPT, model=folder.name, steps=steps, seed=1)
     start = time.time()
     env = {"ZOOMQ_CACHE_DIR": str(cache), **({"ZOOMQ_COMPILE_CACHE": "on"} if compile_cache else {})}
-    worker = WorkerProcess(f"start-{job[:8]}", server.url, [folder], logs, env=env, start_timeout=600)
+    worker = fleet.start(f"start-{job[:8]}", env=env)
     private = _PrivatePeak(worker.proc.pid)
     private.start()
     try:
-        wait_for(lambda: producer.jobs.get(job)["work_done"] >= 1, 900, "the first step")
+        wait_for(lambda: (producer.jobs.get(job) or {}).get("work_done", 0) >= 1, 900, "the first step")
         first = time.time() - start
         record = producer.wait(job, poll=0.2, timeout=1800)
         if record["state"] != "done":
             raise RuntimeError(f"bench job failed: {record.get('error')}")
         return {"first_step": first, "step": record["seconds_per_step"],
                 "peak_rss": _status(worker.proc.pid, "VmHWM"), "peak_private": private.stop(),
-                **_warmup_figures(Path(worker.log.name))}
+                **_warmup_figures(worker.log_path)}
     finally:
         private.stop()
-        worker.stop()
+        fleet.stop_workers()
 
 
 def _warmup_figures(log: Path) -> dict:
@@ -105,14 +106,13 @@ def _warmup_figures(log: Path) -> dict:
     return figures
 
 
-def _throughput(producer, folder: Path, cache: Path, server: RedisServer, logs: Path, processes: int,
-                jobs: int, steps: int) -> float:
+def _throughput(fleet: Fleet, producer: Producer, folder: Path, cache: Path, processes: int, jobs: int,
+                steps: int) -> float:
     """Jobs per minute of one worker node with ``processes`` processes sharing the cores."""
     model = folder.name
     threads = max(1, (os.cpu_count() or 1) // processes)
-    worker = WorkerProcess(f"x{processes}", server.url, [folder], logs, concurrency=processes,
-                           threads=threads if processes > 1 else None,
-                           env={"ZOOMQ_CACHE_DIR": str(cache)}, start_timeout=600)
+    fleet.start(f"x{processes}", concurrency=processes, threads=threads if processes > 1 else None,
+                env={"ZOOMQ_CACHE_DIR": str(cache)})
     try:
         # Every process loads the model before the clock starts: one short job each, at once.
         warm = [producer.submit_image(PROMPT, model=model, steps=1, seed=i) for i in range(processes)]
@@ -125,7 +125,7 @@ def _throughput(producer, folder: Path, cache: Path, server: RedisServer, logs: 
             raise RuntimeError("a throughput job failed")
         return 60 * jobs / (max(r["finished"] for r in records) - start)
     finally:
-        worker.stop()
+        fleet.stop_workers()
 
 
 def measure(t2i_model: Path, settings_cache: Path, say: Callable[[str], None], quick: bool = False) -> dict:
@@ -134,41 +134,36 @@ def measure(t2i_model: Path, settings_cache: Path, say: Callable[[str], None], q
 
     folder = Path(t2i_model)
     steps = 2 if quick else 4
-    figures: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="zoomq-bench-worker-") as tmp:
-        tmp = Path(tmp)
-        cache = tmp / "cache"
+    with Fleet([folder], start_timeout=600) as fleet:
+        cache = fleet.folder / "cache"
         cache.mkdir()
         # The precision measurement is a node's one-time cost, not the model's: carry it over.
         if (settings_cache / "precision.json").exists():
             shutil.copy(settings_cache / "precision.json", cache / "precision.json")
-        server = RedisServer(tmp / "redis")
-        saved = os.environ.get("ZOOMQ_REDIS_URL")
-        os.environ["ZOOMQ_REDIS_URL"] = server.url
-        try:
-            producer = Producer()
-            say("  worker launch, default settings")
-            default = _first_step(producer, folder, cache, server, tmp, steps)
-            say("  worker launch, compile cache on (storing the blobs)")
-            stored = _first_step(producer, folder, cache, server, tmp, steps, compile_cache=True)
-            say("  worker launch, compile cache on (warm)")
-            cached = _first_step(producer, folder, cache, server, tmp, steps, compile_cache=True)
-            figures.update(first_step=default["first_step"], first_step_cache_store=stored["first_step"],
-                           first_step_cache_warm=cached["first_step"], seconds_per_step=default["step"],
-                           worker_peak_rss=default["peak_rss"], worker_peak_private=default["peak_private"],
-                           worker_peak_rss_cached=cached["peak_rss"],
-                           **{f"warmup_{k}": v for k, v in default.items() if k in ("import", "compile")},
-                           **{f"warmup_{k}_cached": v for k, v in cached.items() if k in ("import", "compile")})
-            jobs = 2 if quick else 4
-            say(f"  throughput: 1 process x {os.cpu_count()} threads, {jobs} jobs")
-            figures["jobs_per_min_1"] = _throughput(producer, folder, cache, server, tmp, 1, jobs, steps)
-            say(f"  throughput: 2 processes x {max(1, (os.cpu_count() or 1) // 2)} threads, {jobs} jobs")
-            figures["jobs_per_min_2"] = _throughput(producer, folder, cache, server, tmp, 2, jobs, steps)
-        finally:
-            if saved is None:
-                os.environ.pop("ZOOMQ_REDIS_URL", None)
-            else:
-                os.environ["ZOOMQ_REDIS_URL"] = saved
-            server.stop()
+        producer = Producer(fleet.settings)
+        figures = _launches(fleet, producer, folder, cache, steps, say)
+        jobs = 2 if quick else 4
+        for processes in (1, 2):
+            threads = max(1, (os.cpu_count() or 1) // processes)
+            say(f"  throughput: {processes} process{'es' if processes > 1 else ''} x {threads} threads, {jobs} jobs")
+            figures[f"jobs_per_min_{processes}"] = _throughput(fleet, producer, folder, cache, processes, jobs, steps)
     figures["steps"] = steps
     return figures
+
+
+def _launches(fleet: Fleet, producer: Producer, folder: Path, cache: Path, steps: int,
+              say: Callable[[str], None]) -> dict:
+    """A worker's start-up and memory: with the default settings, then with the compile cache on,
+    storing the blobs and then warm."""
+    say("  worker launch, default settings")
+    default = _first_step(fleet, producer, folder, cache, steps)
+    say("  worker launch, compile cache on (storing the blobs)")
+    stored = _first_step(fleet, producer, folder, cache, steps, compile_cache=True)
+    say("  worker launch, compile cache on (warm)")
+    cached = _first_step(fleet, producer, folder, cache, steps, compile_cache=True)
+    return dict(first_step=default["first_step"], first_step_cache_store=stored["first_step"],
+                first_step_cache_warm=cached["first_step"], seconds_per_step=default["step"],
+                worker_peak_rss=default["peak_rss"], worker_peak_private=default["peak_private"],
+                worker_peak_rss_cached=cached["peak_rss"],
+                **{f"warmup_{k}": v for k, v in default.items() if k in ("import", "compile")},
+                **{f"warmup_{k}_cached": v for k, v in cached.items() if k in ("import", "compile")})

@@ -1,1 +1,0 @@
-"""Benchmarks that print measured figures and write them to docs/benchmarks.md."""
