@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MODELS ?= models
 OUT    ?= out
 
-.PHONY: demo test test-fast install tools clean
+.PHONY: demo test test-fast install tools clean docs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: $(STAMP) tools
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow"
+
+# docs/configuration.md's table of the ZOOMQ_* variables, generated from zoomq.config.VARIABLES
+# (tests/test_docs.py fails while it is out of date).
+docs: $(STAMP)
+	$(BIN)/python -m zoomq.config docs/configuration.md
 
 clean:
 	rm -rf $(VENV) $(MODELS) $(OUT) .pytest_cache
