@@ -1,8 +1,8 @@
 """All configuration in one place: ``ZOOMQ_*`` environment variables with documented defaults.
 
 ``settings()`` reads the environment each time it is called, so tests and subprocesses can change
-it freely. The README's configuration table lists exactly the variables declared here (a test
-checks that).
+it freely. docs/configuration.md is generated from ``VARIABLES`` (``make docs``; a test checks it
+is current).
 """
 
 from __future__ import annotations
