@@ -14,6 +14,8 @@ from zoomq.errors import ModelError
 from zoomq.model.kind import DEFAULTS, ModelKind, latent_factor_of, variant_of
 
 _REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_TASKS = {4: "text-to-image", 9: "inpainting"}  # by the UNet's input channels
+
 
 def _read(folder: Path, rel: str) -> dict:
     path = folder / rel
@@ -25,9 +27,9 @@ def _read(folder: Path, rel: str) -> dict:
         raise ModelError(f"{folder}: cannot read {rel}: {e}") from None
 
 
-def detect(folder: Path) -> ModelKind:
-    """Detect the model kind of a diffusers folder, or raise ``ModelError`` saying why it won't do."""
-    folder = Path(folder)
+def _pipeline_index(folder: Path) -> dict:
+    """The folder's ``model_index.json``, that of a pipeline with Stable Diffusion 2's parts; ``ModelError``
+    for a folder that is no diffusers pipeline, or another kind of one."""
     if not (folder / "model_index.json").is_file():
         raise ModelError(
             f"{folder} is not a diffusers pipeline folder (no model_index.json); "
@@ -47,14 +49,13 @@ def detect(folder: Path) -> ModelKind:
             f"{folder}: unsupported architecture (unet {index['unet'][1]}, vae {index['vae'][1]}); "
             "zoomq needs UNet2DConditionModel + AutoencoderKL as in Stable Diffusion 2"
         )
-    unet = _read(folder, "unet/config.json")
-    vae = _read(folder, "vae/config.json")
-    text = _read(folder, "text_encoder/config.json")
-    scheduler = _read(folder, "scheduler/scheduler_config.json")
+    return index
 
+
+def _task(folder: Path, pipeline: str, unet: dict) -> str:
+    """What the UNet renders, by its input channels; ``ModelError`` for a UNet zoomq cannot run."""
     in_channels = unet.get("in_channels", 4)
-    tasks = {4: "text-to-image", 9: "inpainting"}
-    if in_channels not in tasks:
+    if in_channels not in _TASKS:
         raise ModelError(
             f"{folder}: unsupported architecture {pipeline}: UNet with {in_channels} input channels "
             "(zoomq renders 4-channel text-to-image and 9-channel inpainting models; depth and "
@@ -63,31 +64,55 @@ def detect(folder: Path) -> ModelKind:
     for key in ("class_embed_type", "addition_embed_type", "time_cond_proj_dim"):
         if unet.get(key) is not None:
             raise ModelError(f"{folder}: unsupported architecture {pipeline}: UNet uses {key}={unet[key]!r}")
+    return _TASKS[in_channels]
+
+
+def _text_width(folder: Path, unet: dict, text: dict) -> int:
+    """The width of the text embeddings, on which the UNet and the text encoder must agree."""
     cross = unet.get("cross_attention_dim")
     hidden = text.get("hidden_size")
     if cross != hidden:
         raise ModelError(
             f"{folder}: UNet cross_attention_dim {cross} does not match text encoder hidden_size {hidden}"
         )
-    if cross == 1024:
-        family = "sd2"
-    elif cross == 768:
-        family = "sd1"
-    else:
-        family = "sd2-miniature" if unet.get("use_linear_projection") else "sd1-miniature"
+    if hidden is None:
+        raise ModelError(f"{folder}: text_encoder/config.json gives no hidden_size; not a CLIP text encoder's config")
+    return int(hidden)
 
+
+def _family(unet: dict) -> str:
+    """SD2 or SD1 by the width of the text embeddings the UNet attends to; a miniature one (tests)
+    by its attention's projections."""
+    cross = unet.get("cross_attention_dim")
+    if cross == 1024:
+        return "sd2"
+    if cross == 768:
+        return "sd1"
+    return "sd2-miniature" if unet.get("use_linear_projection") else "sd1-miniature"
+
+
+def detect(folder: Path) -> ModelKind:
+    """Detect the model kind of a diffusers folder, or raise ``ModelError`` saying why it won't do."""
+    folder = Path(folder)
+    pipeline = _pipeline_index(folder).get("_class_name", "?")
+    unet = _read(folder, "unet/config.json")
+    vae = _read(folder, "vae/config.json")
+    text = _read(folder, "text_encoder/config.json")
+    scheduler = _read(folder, "scheduler/scheduler_config.json")
+    task = _task(folder, pipeline, unet)
+    hidden = _text_width(folder, unet, text)
     scale = latent_factor_of(vae)
     variant = variant_of(scheduler)
     return ModelKind(
-        task=tasks[in_channels],
-        family=family,
+        task=task,
+        family=_family(unet),
         prediction_type=scheduler.get("prediction_type", "epsilon"),
         native_size=int(unet.get("sample_size", 64)) * scale,
         latent_channels=int(vae.get("latent_channels", 4)),
-        unet_in_channels=in_channels,
+        unet_in_channels=unet.get("in_channels", 4),
         vae_scale_factor=scale,
         vae_scaling_factor=float(vae.get("scaling_factor", 0.18215)),
-        text_hidden_size=int(hidden),
+        text_hidden_size=hidden,
         variant=variant,
         defaults=dict(DEFAULTS[variant]),
     )

@@ -13,9 +13,9 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from zoomq import __version__
@@ -174,20 +174,47 @@ def _convert(
     """Convert the diffusers folder ``source_dir`` into ``stage``; the manifest comes last.
     ``tiny`` converts a tiny autoencoder into a folder and returns its manifest record;
     ``cache_branches``: the DeepCache branches to carry (``model_prep.deepcache``)."""
-    from zoomq.model_prep import deepcache_export as deepcache
-    from zoomq.model_prep.convert import CONVERSION, parts
-    from zoomq.model_prep.export import convert_part
-
     report(f"{source}: {kind.family} {kind.task}, {kind.native_size} px, {kind.prediction_type}")
     for sub in ("tokenizer", "scheduler"):
         shutil.copytree(source_dir / sub, stage / sub)
-    # int8-hybrid converts at fp16, then quantizes the UNet calibrated on the converted model.
-    part_weights = "fp16" if weights == "int8-hybrid" else weights
     unet_config = json.loads((source_dir / "unet" / "config.json").read_text())
+    cache_branches = _checked_branches(cache_branches, unet_config)
+    _convert_parts(source_dir, kind, stage, route=route, weights=weights, report=report,
+                   cache_branches=cache_branches)
+    data = {
+        "source": source,
+        "source_kind": source_kind,
+        "kind": kind.to_dict(),
+        "route": route,
+        "weights": weights,
+        **_conversion_record(stage, tiny(stage) if tiny is not None else None, cache_branches, unet_config),
+    }
+    mf.write(stage, data)
+    if weights == "int8-hybrid":
+        from zoomq.model_prep.hybrid import quantize_unet
+
+        quantize_unet(stage, report=report)
+        mf.write(stage, {**data, "files": mf.hashed_files(stage)})
+
+
+def _checked_branches(cache_branches: tuple[int, ...], unet_config: dict) -> tuple[int, ...]:
+    from zoomq.model_prep import deepcache_export as deepcache
+
     try:
-        cache_branches = deepcache.check_branches(cache_branches, unet_config)
+        return deepcache.check_branches(cache_branches, unet_config)
     except ValueError as e:
         raise PrepareError(f"--cache-branches: {e}") from None
+
+
+def _convert_parts(source_dir: Path, kind: ModelKind, stage: Path, *, route: str, weights: str,
+                   report: Callable[[str], None], cache_branches: tuple[int, ...]) -> None:
+    """The model's sub-models into OpenVINO IR, DeepCache's shallow UNets among them."""
+    from zoomq.model_prep import deepcache_export as deepcache
+    from zoomq.model_prep.convert import parts
+    from zoomq.model_prep.export import convert_part
+
+    # int8-hybrid converts at fp16, then quantizes the UNet calibrated on the converted model.
+    part_weights = "fp16" if weights == "int8-hybrid" else weights
     for part in parts(source_dir, kind.unet_in_channels, kind.text_hidden_size, kind.latent_channels,
                       cache_branches):
         report(f"converting {part.name} ({route}, {part_weights} weights)")
@@ -196,15 +223,16 @@ def _convert(
         report(f"converting DeepCache's shallow UNet for branch {', '.join(map(str, cache_branches))} "
                f"({route}, fp16 weights)")
         deepcache.convert_shallow_parts(source_dir, stage, cache_branches, kind.unet_in_channels,
-                                        kind.text_hidden_size, route=route,
-                                        weights="fp16" if weights == "int8-hybrid" else weights)
-    tiny_record = tiny(stage) if tiny is not None else None
-    data = {
-        "source": source,
-        "source_kind": source_kind,
-        "kind": kind.to_dict(),
-        "route": route,
-        "weights": weights,
+                                        kind.text_hidden_size, route=route, weights=part_weights)
+
+
+def _conversion_record(stage: Path, tiny_record: dict | None, cache_branches: tuple[int, ...],
+                       unet_config: dict) -> dict:
+    """The manifest's record of the conversion: its files, the versions that made them, the extras."""
+    from zoomq.model_prep import deepcache_export as deepcache
+    from zoomq.model_prep.convert import CONVERSION
+
+    data: dict = {
         "text_max_length": 77,
         "conversion": CONVERSION,
         "files": mf.hashed_files(stage),
@@ -215,83 +243,7 @@ def _convert(
     if cache_branches:
         data["deepcache"] = {"branches": list(cache_branches),
                              "branch_count": deepcache.branch_count(unet_config)}
-    mf.write(stage, data)
-    if weights == "int8-hybrid":
-        from zoomq.model_prep.hybrid import quantize_unet
-
-        quantize_unet(stage, report=report)
-        mf.write(stage, {**data, "files": mf.hashed_files(stage)})
-
-
-def _tiny_wanted(out: Path, source: str, spec: str | None, seed: int) -> tuple[str, int, bool] | None:
-    """(spec, seed, asked) of the tiny autoencoder to give the model: the one asked for (``asked``),
-    else the one the model already in ``out`` has (a model prepared again keeps it); None for none."""
-    if spec is not None:
-        return spec, seed, True
-    try:
-        current = mf.read(out)
-    except ModelError:
-        return None
-    recorded = (current.data.get("tiny_autoencoder") or {}).get("source")
-    if current.data.get("source") != source or not recorded:
-        return None
-    kept_seed = taesd.seed_of(recorded)
-    return (taesd.RANDOM, kept_seed, False) if kept_seed is not None else (recorded, seed, False)
-
-
-def _tiny_converter(spec: str, seed: int, asked: bool, latent_channels: int, latent_factor: int, *, route: str,
-                    report: Callable[[str], None], keep: Callable[[Path], Path | None] = lambda dest: None,
-                    ) -> tuple[str, Callable[[Path], dict]]:
-    """The label of the tiny autoencoder ``spec`` (hub id, folder or ``random``) and a function
-    converting it into a folder, returning its manifest record. One ``asked`` for is fetched and
-    checked now, so a wrong one fails before the model's conversion (one kept from the model already
-    there only when it is converted: a model with nothing to do needs no network); ``keep(dest)``
-    says where a random one's diffusers folder stays (None: nowhere)."""
-    name = taesd.label(spec, seed)
-    found: list[Path] = []
-
-    def fetch() -> Path:
-        if not found:
-            found.append(taesd.resolve(spec))
-            taesd.check(found[0], spec, latent_channels, latent_factor)
-        return found[0]
-
-    if asked and spec != taesd.RANDOM:
-        fetch()
-
-    def convert(dest: Path) -> dict:
-        from zoomq.model_prep.convert import tiny_decoder_part
-        from zoomq.model_prep.export import convert_part
-
-        with tempfile.TemporaryDirectory(prefix="zoomq-taesd-", dir=dest) as work:
-            if spec != taesd.RANDOM:
-                source_dir = fetch()
-            else:
-                report(f"building a random-weight tiny autoencoder (TAESD architecture, seed {seed})")
-                source_dir = taesd.build_random(keep(dest) or Path(work) / "taesd", seed=seed,
-                                                latent_channels=latent_channels, latent_factor=latent_factor)
-            report(f"converting {mf.TINY_DECODER} from {name} ({route}, fp16 weights)")
-            # fp16 whatever --weights says: int8 would save about 1 MB of 2.4 and change the picture
-            convert_part(source_dir, tiny_decoder_part(latent_channels), dest, route=route, weights="fp16")
-        return {"source": name, "part": mf.TINY_DECODER, "scaling_factor": 1.0}
-
-    return name, convert
-
-
-def _add_tiny(out: Path, current: mf.Manifest, convert: Callable[[Path], dict]) -> None:
-    """Give the model in ``out`` a tiny autoencoder, or another one, in place: the rest of the model
-    stays as it is. The manifest never lists part files that are not the ones it hashed."""
-    names = [f"{mf.TINY_DECODER}.{ext}" for ext in ("xml", "bin")]
-    data = dict(current.data)
-    files = {k: v for k, v in data["files"].items() if k not in names}
-    if data.pop("tiny_autoencoder", None):  # replacing one: first the manifest stops listing it
-        mf.write(out, {**data, "files": files})
-    with tempfile.TemporaryDirectory(prefix=".zoomq-tiny-", dir=out) as work:
-        record = convert(Path(work))
-        for name in names:
-            os.replace(Path(work) / name, out / name)
-    files.update({name: mf.sha256_file(out / name) for name in names})
-    mf.write(out, {**data, "tiny_autoencoder": record, "files": files})
+    return data
 
 
 def _build(
@@ -302,21 +254,22 @@ def _build(
     weights: str,
     report: Callable[[str], None],
     fill: Callable[[Path], None],
-    tiny: tuple[str, Callable[[Path], dict]] | None = None,
+    tiny: taesd.Converter | None = None,
     cache_branches: tuple[int, ...] = (),
 ) -> mf.Manifest:
     """Run ``fill(stage)`` unless ``out`` already holds this model; move the result into place.
-    ``tiny``: (label, converter) of the tiny autoencoder the model should carry; one that a model
-    already in ``out`` lacks is added to it in place."""
+    ``tiny``: the tiny autoencoder the model should carry; one that a model already in ``out``
+    lacks is added to it in place."""
     done = _existing(out, source, route, weights, cache_branches)
-    if done and tiny is not None and (done.data.get("tiny_autoencoder") or {}).get("source") != tiny[0]:
-        report(f"{out} already holds this model; adding the tiny autoencoder {tiny[0]}")
+    if done and tiny is not None and (done.data.get("tiny_autoencoder") or {}).get("source") != tiny.label:
+        report(f"{out} already holds this model; adding the tiny autoencoder {tiny.label}")
         try:
-            _add_tiny(out, done, tiny[1])
+            taesd.add_to_model(out, done, tiny)
         except ZoomqError:
             raise
         except Exception as e:
-            raise PrepareError(f"adding the tiny autoencoder {tiny[0]} to {out} failed: {type(e).__name__}: {e}") from e
+            raise PrepareError(f"adding the tiny autoencoder {tiny.label} to {out} failed: "
+                               f"{type(e).__name__}: {e}") from e
         return mf.read(out)
     if done:
         report(f"{out} already holds this model; nothing to do")
@@ -363,13 +316,14 @@ def prepare(
     source_dir, source_kind = resolve_source(model)
     source = str(source_dir) if source_kind == "folder" else model
     kind = detect(source_dir)  # before anything is written: a wrong folder fails fast
-    wanted = _tiny_wanted(out, source, tiny_autoencoder, 0)
-    tiny = wanted and _tiny_converter(*wanted, kind.latent_channels, kind.vae_scale_factor, route=route, report=report)
+    wanted = taesd.wanted(out, source, tiny_autoencoder, 0)
+    tiny = taesd.converter(*wanted, kind.latent_channels, kind.vae_scale_factor, route=route,
+                           report=report) if wanted else None
 
     def fill(stage: Path) -> None:
         _check_space(stage, _weights_size(source_dir) * 3 // 4 + 2**20)
         _convert(source_dir, kind, stage, source=source, source_kind=source_kind, route=route, weights=weights,
-                 report=report, tiny=tiny and tiny[1], cache_branches=tuple(cache_branches))
+                 report=report, tiny=tiny, cache_branches=tuple(cache_branches))
 
     return _build(out, source=source, route=route, weights=weights, report=report, fill=fill, tiny=tiny,
                   cache_branches=tuple(cache_branches))
@@ -401,40 +355,40 @@ def prepare_random(
 
     _check_options(route, weights)
     size = size or (512 if full else 256)
+    _check_random(size, latent_factor, prediction_type, turbo)
+    out = Path(out).expanduser().absolute()
+    label = "full-size-random" if full else "tiny"
+    task = "inpainting" if inpainting else "text-to-image"
+    source = _random_source(label, task, size, prediction_type, seed, latent_factor, turbo)
+    wanted = taesd.wanted(out, source, tiny_autoencoder, seed + 3)  # the random pipelines' latents: 4 channels
+    tiny = taesd.converter(*wanted, 4, latent_factor, route=route, report=report,
+                           keep=partial(taesd.kept_folder, out)) if wanted else None
+
+    def fill(stage: Path) -> None:
+        report(f"building a {label} {task} SD2 pipeline ({size} px, {prediction_type}, seed {seed})")
+        build_random_pipeline(stage / "diffusers", full=full, inpainting=inpainting, size=size,
+                              prediction_type=prediction_type, seed=seed, latent_factor=latent_factor, turbo=turbo)
+        _convert(stage / "diffusers", detect(stage / "diffusers"), stage, source=source, source_kind=label,
+                 route=route, weights=weights, report=report, tiny=tiny, cache_branches=tuple(cache_branches))
+
+    return _build(out, source=source, route=route, weights=weights, report=report, fill=fill, tiny=tiny,
+                  cache_branches=tuple(cache_branches))
+
+
+def _check_random(size: int, latent_factor: int, prediction_type: str, turbo: bool) -> None:
     step = math.lcm(8, latent_factor)
     if size % step:
         raise PrepareError(f"--size {size}: must be a multiple of {step}")
     if turbo and prediction_type != "epsilon":
         raise PrepareError(f"--prediction-type {prediction_type}: SD-Turbo predicts epsilon; --turbo takes no other")
-    out = Path(out).expanduser().absolute()
-    label = "full-size-random" if full else "tiny"
-    task = "inpainting" if inpainting else "text-to-image"
+
+
+def _random_source(label: str, task: str, size: int, prediction_type: str, seed: int, latent_factor: int,
+                   turbo: bool) -> str:
+    """What a random pipeline's manifest records as its source: it names everything its weights follow from."""
     source = f"{label}:{task}:{size}px:{prediction_type}:seed={seed}"
     if latent_factor != 8:  # the usual factor stays unnamed: sources of existing models keep their spelling
         source += f":latent-factor={latent_factor}"
     if turbo:
         source += ":turbo"
-
-    def fill(stage: Path) -> None:
-        report(f"building a {label} {task} SD2 pipeline ({size} px, {prediction_type}, seed {seed})")
-        build_random_pipeline(
-            stage / "diffusers",
-            full=full,
-            inpainting=inpainting,
-            size=size,
-            prediction_type=prediction_type,
-            seed=seed,
-            latent_factor=latent_factor,
-            turbo=turbo,
-        )
-        _convert(stage / "diffusers", detect(stage / "diffusers"), stage, source=source, source_kind=label, route=route, weights=weights,
-                 report=report, tiny=tiny and tiny[1], cache_branches=tuple(cache_branches))
-
-    def keep(dest: Path) -> Path | None:  # beside the pipeline's diffusers folder: the stage's, or out's
-        base = dest if (dest / "diffusers").is_dir() else out
-        return base / taesd.KEPT if (base / "diffusers").is_dir() else None
-
-    wanted = _tiny_wanted(out, source, tiny_autoencoder, seed + 3)  # the random pipelines' latents: 4 channels
-    tiny = wanted and _tiny_converter(*wanted, 4, latent_factor, route=route, report=report, keep=keep)
-    return _build(out, source=source, route=route, weights=weights, report=report, fill=fill, tiny=tiny,
-                  cache_branches=tuple(cache_branches))
+    return source

@@ -5,15 +5,22 @@ About 1.2 M parameters per half against the SD autoencoder's 34 M/50 M: it decod
 small fraction of the cost, losing some fine detail. Its latents are the UNet's as they are (its
 scaling factor is 1.0: no division by the model's 0.18215), and it outputs images in [-1, 1] like
 the SD decoder, so the same post-processing follows. Only its decoder is converted.
+
+``zoomq prepare`` asks here which one a model gets (``wanted``), converts it with the model
+(``converter``) or adds it to a model already prepared (``add_to_model``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from zoomq.errors import ModelError
+from zoomq.model import manifest as mf
 from zoomq.model_prep import hub
 
 #: What ``--tiny-autoencoder`` takes to build a seeded random-weight TAESD (tests, benchmarks).
@@ -92,7 +99,7 @@ def build_random(folder: Path, *, seed: int = 0, latent_channels: int = 4, laten
     and pictures show whether decoding went right.
     """
     import torch
-    from diffusers import AutoencoderTiny
+    from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTiny
 
     if latent_factor < 1 or latent_factor & (latent_factor - 1):
         raise ValueError(f"latent_factor must be a power of two, got {latent_factor}")
@@ -121,3 +128,95 @@ def build_random(folder: Path, *, seed: int = 0, latent_channels: int = 4, laten
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+# -- in a prepared model ----------------------------------------------------------------------
+
+def kept_folder(out: Path, dest: Path) -> Path | None:
+    """Where a random tiny autoencoder converted into ``dest`` keeps its diffusers folder: beside the
+    pipeline's diffusers folder, the stage's or ``out``'s (``prepare_random``); None when neither has one."""
+    base = dest if (dest / "diffusers").is_dir() else out
+    return base / KEPT if (base / "diffusers").is_dir() else None
+
+
+def wanted(out: Path, source: str, spec: str | None, seed: int) -> tuple[str, int, bool] | None:
+    """(spec, seed, asked) of the tiny autoencoder to give the model: the one asked for (``asked``),
+    else the one the model already in ``out`` has (a model prepared again keeps it); None for none."""
+    if spec is not None:
+        return spec, seed, True
+    try:
+        current = mf.read(out)
+    except ModelError:
+        return None
+    recorded = (current.data.get("tiny_autoencoder") or {}).get("source")
+    if current.data.get("source") != source or not recorded:
+        return None
+    kept_seed = seed_of(recorded)
+    return (RANDOM, kept_seed, False) if kept_seed is not None else (recorded, seed, False)
+
+
+class Converter:
+    """Converts the tiny autoencoder ``spec`` (hub id, folder or ``random``) into a folder, returning
+    its manifest record; ``label`` names it there. ``keep(dest)`` says where a random one's diffusers
+    folder stays (None: nowhere)."""
+
+    def __init__(self, spec: str, seed: int, latent_channels: int, latent_factor: int, *, route: str,
+                 report: Callable[[str], None], keep: Callable[[Path], Path | None] | None = None):
+        self.spec, self.seed, self.route, self.report, self.keep = spec, seed, route, report, keep
+        self.latent_channels, self.latent_factor = latent_channels, latent_factor
+        self.label = label(spec, seed)
+        self._found: Path | None = None
+
+    def fetch(self) -> Path:
+        """The ``AutoencoderTiny`` folder of a hub id or folder, found and checked on the first call."""
+        if self._found is None:
+            found = resolve(self.spec)
+            check(found, self.spec, self.latent_channels, self.latent_factor)
+            self._found = found
+        return self._found
+
+    def __call__(self, dest: Path) -> dict:
+        from zoomq.model_prep.convert import tiny_decoder_part
+        from zoomq.model_prep.export import convert_part
+
+        with tempfile.TemporaryDirectory(prefix="zoomq-taesd-", dir=dest) as work:
+            source_dir = self._diffusers_folder(dest, Path(work))
+            self.report(f"converting {mf.TINY_DECODER} from {self.label} ({self.route}, fp16 weights)")
+            # fp16 whatever --weights says: int8 would save about 1 MB of 2.4 and change the picture
+            convert_part(source_dir, tiny_decoder_part(self.latent_channels), dest, route=self.route, weights="fp16")
+        return {"source": self.label, "part": mf.TINY_DECODER, "scaling_factor": 1.0}
+
+    def _diffusers_folder(self, dest: Path, work: Path) -> Path:
+        if self.spec != RANDOM:
+            return self.fetch()
+        self.report(f"building a random-weight tiny autoencoder (TAESD architecture, seed {self.seed})")
+        kept = self.keep(dest) if self.keep is not None else None
+        return build_random(kept or work / "taesd", seed=self.seed, latent_channels=self.latent_channels,
+                            latent_factor=self.latent_factor)
+
+
+def converter(spec: str, seed: int, asked: bool, latent_channels: int, latent_factor: int, *, route: str,
+              report: Callable[[str], None], keep: Callable[[Path], Path | None] | None = None) -> Converter:
+    """The ``Converter`` of ``spec`` for a model's latents. One ``asked`` for is fetched and checked
+    now, so a wrong one fails before the model's conversion (one kept from the model already there
+    only when it is converted: a model with nothing to do needs no network)."""
+    made = Converter(spec, seed, latent_channels, latent_factor, route=route, report=report, keep=keep)
+    if asked and spec != RANDOM:
+        made.fetch()
+    return made
+
+
+def add_to_model(out: Path, current: mf.Manifest, convert: Callable[[Path], dict]) -> None:
+    """Give the model in ``out`` a tiny autoencoder, or another one, in place: the rest of the model
+    stays as it is. The manifest never lists part files that are not the ones it hashed."""
+    names = [f"{mf.TINY_DECODER}.{ext}" for ext in ("xml", "bin")]
+    data = dict(current.data)
+    files = {k: v for k, v in data["files"].items() if k not in names}
+    if data.pop("tiny_autoencoder", None):  # replacing one: first the manifest stops listing it
+        mf.write(out, {**data, "files": files})
+    with tempfile.TemporaryDirectory(prefix=".zoomq-tiny-", dir=out) as work:
+        record = convert(Path(work))
+        for name in names:
+            os.replace(Path(work) / name, out / name)
+    files.update({name: mf.sha256_file(out / name) for name in names})
+    mf.write(out, {**data, "tiny_autoencoder": record, "files": files})

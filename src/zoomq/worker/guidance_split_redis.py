@@ -47,6 +47,8 @@ from zoomq.render.guidance_split import Patience, SplitUNet
 if TYPE_CHECKING:
     import torch
 
+    from zoomq.render.pipeline import Renderer
+    from zoomq.render.request import RenderRequest
     from zoomq.render.unet_call import UNetCall, WrapUNet
     from zoomq.worker.pieces import Context
 
@@ -59,6 +61,7 @@ HELPING = PREFIX + "helping"
 KEY_TTL = 3600
 CLAIM_WINDOW = 1.0  # seconds a leader waits for a helper to claim its offer
 _NOBODY = "-"  # the claim a leader sets when it withdraws its offer
+_PATIENCE = Patience()  # a leader's waits when none are given (workers give ``patience(settings)``)
 
 
 def _key(sid: str, what: str) -> str:
@@ -74,12 +77,12 @@ def patience(s: Settings) -> Patience:
 
 # -- messages -------------------------------------------------------------------------------
 
-def pack(header: dict, **arrays: np.ndarray) -> bytes:
-    """A JSON header (with each array's dtype and shape) and the arrays' raw bytes."""
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items() if v is not None}
-    meta = {**header, "arrays": [[k, v.dtype.str, list(v.shape)] for k, v in arrays.items()]}
+def pack(header: dict, **arrays: np.ndarray | None) -> bytes:
+    """A JSON header (with each array's dtype and shape) and the arrays' raw bytes; None arrays are left out."""
+    given = {k: np.ascontiguousarray(v) for k, v in arrays.items() if v is not None}
+    meta = {**header, "arrays": [[k, v.dtype.str, list(v.shape)] for k, v in given.items()]}
     head = json.dumps(meta).encode()
-    return len(head).to_bytes(4, "big") + head + b"".join(v.tobytes() for v in arrays.values())
+    return len(head).to_bytes(4, "big") + head + b"".join(v.tobytes() for v in given.values())
 
 
 def unpack(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
@@ -104,7 +107,19 @@ def _push(client: redis.Redis, key: str, message: bytes) -> None:
 def _pop(client: redis.Redis, key: str, seconds: float) -> bytes | None:
     """BLPOP for at most ``seconds`` (never 0, which would block forever)."""
     got = client.blpop([key], timeout=max(0.01, seconds))
-    return None if got is None else got[1]
+    if got is None:
+        return None
+    data = got[1]
+    return data if isinstance(data, bytes) else data.encode()
+
+
+def _text(value: object) -> str:
+    """A Redis reply as text: zoomq's clients answer bytes (their types allow text too)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"Redis answered {value!r} where text was expected")
 
 
 # -- who may help ---------------------------------------------------------------------------
@@ -113,7 +128,7 @@ def helping(client: redis.Redis) -> Counter:
     """Worker name → helps it runs now."""
     now = time.time()
     client.zremrangebyscore(HELPING, "-inf", now)
-    return Counter(m.decode().split("|", 1)[0] for m in client.zrangebyscore(HELPING, now, "+inf"))
+    return Counter(_text(m).split("|", 1)[0] for m in client.zrangebyscore(HELPING, now, "+inf"))
 
 
 def idle_helpers(client: redis.Redis, model: str) -> list[str]:
@@ -170,7 +185,7 @@ class Outcome:
 class Leader:
     """A render's offer of its unconditional halves, and then its ``Link`` to the helper."""
 
-    def __init__(self, client: redis.Redis, sid: str, patience: Patience = Patience(),
+    def __init__(self, client: redis.Redis, sid: str, patience: Patience = _PATIENCE,
                  claim_window: float = CLAIM_WINDOW, on_claim=None, on_alone=None):
         self.r, self.sid, self.patience = client, sid, patience
         self.claim_window = claim_window
@@ -216,7 +231,7 @@ class Leader:
         if name is None and self.r.set(claim, _NOBODY, nx=True, ex=KEY_TTL):
             self.closed = True
             raise LinkLost(f"no helper claimed the offer within {self.claim_window:g} s")
-        name = (name or self.r.get(claim)).decode()
+        name = _text(name if name is not None else self.r.get(claim))
         if name == _NOBODY:
             self.closed = True
             raise LinkLost("the offer was withdrawn")
@@ -286,31 +301,37 @@ def wants_split(ctx: Context, model: str, options: dict) -> bool:
     return ctx.settings.guidance_split and float(guidance) > 1.0
 
 
+def _offer(ctx: Context, job_id: str, piece: str, model: str, options: dict) -> Leader | None:
+    """The offer of a render's unconditional halves when a worker is idle to take it, its claim and
+    early end recorded in the job's record; None when none is idle or Redis fails (a split is never
+    worth failing a render for)."""
+    try:
+        if not idle_helpers(ctx.redis, model):
+            return None
+        about = {"job": job_id, "piece": piece, "leader": ctx.worker, "options": unet_options(options),
+                 "patience": vars(patience(ctx.settings))}
+
+        def claimed(helper: str) -> None:
+            logs.event(log, "split started", job=job_id, piece=piece, worker=ctx.worker, helper=helper)
+            ctx.jobs.update(job_id, split_with=helper, split_piece=piece, split_note="")
+
+        def alone(helper: str, call: int, reason: str) -> None:
+            logs.event(log, "split ended early", job=job_id, piece=piece, worker=ctx.worker,
+                       helper=helper, call=call, reason=reason)
+            ctx.jobs.update(job_id, split_note=f"{piece}: from UNet call {call + 1} alone ({reason})")
+
+        return Leader.offer(ctx.redis, ctx.send, model, about, patience=patience(ctx.settings),
+                            on_claim=claimed, on_alone=alone)
+    except redis.RedisError as e:
+        log.warning("no guidance split for %s of job %s: %s", piece, job_id, e)
+        return None
+
+
 @contextmanager
 def leading(ctx: Context, job_id: str, piece: str, model: str, options: dict) -> Iterator[WrapUNet | None]:
     """Around one render: the ``wrap_unet`` that shares its guided calls with an idle worker, or
     None (split off, unguided, or no worker idle). Records the split in the job's record."""
-    leader = None
-    if wants_split(ctx, model, options):
-        try:
-            if idle_helpers(ctx.redis, model):
-                about = {"job": job_id, "piece": piece, "leader": ctx.worker, "options": unet_options(options),
-                         "patience": vars(patience(ctx.settings))}
-
-                def claimed(helper: str) -> None:
-                    logs.event(log, "split started", job=job_id, piece=piece, worker=ctx.worker, helper=helper)
-                    ctx.jobs.update(job_id, split_with=helper, split_piece=piece, split_note="")
-
-                def alone(helper: str, call: int, reason: str) -> None:
-                    logs.event(log, "split ended early", job=job_id, piece=piece, worker=ctx.worker,
-                               helper=helper, call=call, reason=reason)
-                    ctx.jobs.update(job_id, split_note=f"{piece}: from UNet call {call + 1} alone ({reason})")
-
-                leader = Leader.offer(ctx.redis, ctx.send, model, about, patience=patience(ctx.settings),
-                                      on_claim=claimed, on_alone=alone)
-        except redis.RedisError as e:  # a split is never worth failing a render for
-            log.warning("no guidance split for %s of job %s: %s", piece, job_id, e)
-            leader = None
+    leader = _offer(ctx, job_id, piece, model, options) if wants_split(ctx, model, options) else None
     if leader is None:
         yield None
         return
@@ -348,81 +369,120 @@ def _dropped(sid: str, reason: str) -> dict:
     return {"helped": 0, "ended": reason}
 
 
+def _claim(ctx: Context, sid: str) -> tuple[dict | None, str]:
+    """The offer of split ``sid``, claimed by this worker (SET NX: race-free), or None and why not."""
+    raw = ctx.redis.get(_key(sid, "offer"))
+    if raw is None:
+        return None, "no such offer"
+    offer = json.loads(raw)
+    if offer["model"] not in ctx.models:
+        return None, f"model {offer['model']} not served here"
+    if not ctx.redis.set(_key(sid, "claim"), ctx.worker, nx=True, ex=KEY_TTL):
+        return None, "offer taken or withdrawn"
+    return offer, ""
+
+
+class _Helper:
+    """A claimed split from the helper's side: it waits for its leader's calls, runs their
+    unconditional halves and replies, until the leader stops, falls silent or it must leave."""
+
+    def __init__(self, ctx: Context, sid: str, offer: dict):
+        self.ctx, self.r, self.sid, self.offer = ctx, ctx.redis, sid, offer
+        self.wait = Patience(**offer.get("patience", {}))
+        self.member = f"{ctx.worker}|{sid}"
+        self.queues = sorted({render_queue(m) for m in ctx.models})
+        self.helped, self.own = 0, 0.0  # calls answered; the last one's own seconds
+        self.unet: UNetCall | None = None
+        self.embeds: np.ndarray | None = None
+
+    def run(self) -> dict:
+        """Help until the split ends; returns what happened (``helped``: calls run, ``ended``: why it stopped)."""
+        self.r.zadd(HELPING, {self.member: time.time() + self.wait.first + 5})
+        _push(self.r, _key(self.sid, "answer"), pack({"kind": "hello", "worker": self.ctx.worker}))
+        logs.event(log, "split helping", job=self.offer["job"], piece=self.offer["piece"], worker=self.ctx.worker,
+                   leader=self.offer.get("leader"))
+        ended = ""
+        try:
+            ended = self._serve()
+            if ended.startswith(("work is waiting", "job cancelled")):
+                self._leave(ended)
+        except Exception as e:  # the leader goes on alone at once rather than after its patience
+            ended = f"failed: {type(e).__name__}: {e}"
+            try:
+                self._leave(ended)
+            except redis.RedisError:
+                pass
+            raise
+        finally:
+            self.r.zrem(HELPING, self.member)
+            logs.event(log, "split help ended", job=self.offer["job"], piece=self.offer["piece"],
+                       worker=self.ctx.worker, calls=self.helped, reason=ended or "failed")
+        return {"helped": self.helped, "ended": ended}
+
+    def _leave(self, reason: str) -> None:
+        _push(self.r, _key(self.sid, "answer"), pack({"kind": "leave", "reason": reason}))
+
+    def _serve(self) -> str:
+        """Answer the leader's calls until the split ends; returns why it ended."""
+        renderer = self.ctx.renderer(self.offer["model"])
+        request = _request(self.offer.get("options", {}))
+        while True:
+            data, ended = self._next_call()
+            if data is None:
+                return ended
+            header, arrays = unpack(data)
+            if header["kind"] == "stop":
+                return f"the leader stopped it: {header.get('reason', '')}"
+            self._reply(header["call"], self._compute(renderer, request, header, arrays))
+            leave = _leave_reason(self.ctx, self.offer, self.queues)
+            if leave:
+                return leave
+
+    def _next_call(self) -> tuple[bytes | None, str]:
+        """The leader's next message; or None and why the helper stops waiting: the leader silent for
+        its patience, or (asked every second) the job cancelled or work waiting in its queues."""
+        limit = self.wait.wait(self.own, self.helped == 0)
+        deadline = time.monotonic() + limit
+        while (left := deadline - time.monotonic()) > 0:
+            data = _pop(self.r, _key(self.sid, "ask"), min(left, 1.0))
+            if data is not None:
+                return data, ""
+            leave = _leave_reason(self.ctx, self.offer, self.queues)
+            if leave:
+                return None, leave
+        return None, f"the leader sent nothing for {limit:.1f} s"
+
+    def _compute(self, renderer: Renderer, request: RenderRequest, header: dict,
+                 arrays: dict[str, np.ndarray]) -> torch.Tensor:
+        """The unconditional half of the leader's call, by the same kind of UNetCall as the leader's
+        (made on the first call), counting calls as it does."""
+        import torch
+
+        self.embeds = arrays.get("embeds", self.embeds)
+        if self.embeds is None:
+            raise ValueError(f"split {self.sid}: the leader's call {header['call']} came without embeddings")
+        if self.unet is None:
+            self.unet = renderer.unet_call(request, arrays.get("timesteps"))
+        began = time.perf_counter()
+        t = torch.tensor(header["t"], dtype=getattr(torch, header.get("t_dtype", "float32")))
+        noise = self.unet(torch.from_numpy(arrays["sample"]), t, self.embeds, header["call"])
+        self.own = time.perf_counter() - began
+        return noise
+
+    def _reply(self, call: int, noise: torch.Tensor) -> None:
+        """Send the prediction and stretch this help's lease in ``HELPING`` by the next wait."""
+        with self.r.pipeline() as p:
+            p.rpush(_key(self.sid, "answer"), pack({"kind": "pred", "call": call}, noise=noise.numpy()))
+            p.expire(_key(self.sid, "answer"), KEY_TTL)
+            p.zadd(HELPING, {self.member: time.time() + self.wait.wait(self.own, False) + 5})
+            p.execute()
+        self.helped += 1
+
+
 def help_render(ctx: Context, sid: str) -> dict:
     """Claim split ``sid`` and run its unconditional halves until its leader stops (or vanishes);
     returns what happened (``helped``: calls run, ``ended``: why it stopped)."""
-    r = ctx.redis
-    raw = r.get(_key(sid, "offer"))
-    if raw is None:
-        return _dropped(sid, "no such offer")
-    offer = json.loads(raw)
-    model = offer["model"]
-    if model not in ctx.models:
-        return _dropped(sid, f"model {model} not served here")
-    if not r.set(_key(sid, "claim"), ctx.worker, nx=True, ex=KEY_TTL):
-        return _dropped(sid, "offer taken or withdrawn")
-    wait = Patience(**offer.get("patience", {}))
-    member = f"{ctx.worker}|{sid}"
-    r.zadd(HELPING, {member: time.time() + wait.first + 5})
-    _push(r, _key(sid, "answer"), pack({"kind": "hello", "worker": ctx.worker}))
-    logs.event(log, "split helping", job=offer["job"], piece=offer["piece"], worker=ctx.worker,
-               leader=offer.get("leader"))
-    queues = sorted({render_queue(m) for m in ctx.models})
-    helped, ended, own = 0, "", 0.0
-    try:
-        import torch
-
-        renderer = ctx.renderer(model)
-        request = _request(offer.get("options", {}))
-        unet = embeds = None
-        while not ended:
-            limit = wait.wait(own, helped == 0)
-            deadline = time.monotonic() + limit
-            data = None
-            while data is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    ended = f"the leader sent nothing for {limit:.1f} s"
-                    break
-                data = _pop(r, _key(sid, "ask"), min(left, 1.0))
-                if data is None:
-                    leave = _leave_reason(ctx, offer, queues)
-                    if leave:
-                        ended = leave
-                        break
-            if data is None:
-                break
-            header, arrays = unpack(data)
-            if header["kind"] == "stop":
-                ended = f"the leader stopped it: {header.get('reason', '')}"
-                break
-            embeds = arrays.get("embeds", embeds)
-            if unet is None:  # the same kind of UNetCall as the leader's, counting calls as it does
-                unet = renderer.unet_call(request, arrays.get("timesteps"))
-            began = time.perf_counter()
-            t = torch.tensor(header["t"], dtype=getattr(torch, header.get("t_dtype", "float32")))
-            noise = unet(torch.from_numpy(arrays["sample"]), t, embeds, header["call"])
-            own = time.perf_counter() - began
-            with r.pipeline() as p:
-                p.rpush(_key(sid, "answer"), pack({"kind": "pred", "call": header["call"]}, noise=noise.numpy()))
-                p.expire(_key(sid, "answer"), KEY_TTL)
-                p.zadd(HELPING, {member: time.time() + wait.wait(own, False) + 5})
-                p.execute()
-            helped += 1
-            leave = _leave_reason(ctx, offer, queues)
-            if leave:
-                ended = leave
-        if ended.startswith(("work is waiting", "job cancelled")):
-            _push(r, _key(sid, "answer"), pack({"kind": "leave", "reason": ended}))
-    except Exception as e:  # the leader goes on alone at once rather than after its patience
-        ended = f"failed: {type(e).__name__}: {e}"
-        try:
-            _push(r, _key(sid, "answer"), pack({"kind": "leave", "reason": ended}))
-        except redis.RedisError:
-            pass
-        raise
-    finally:
-        r.zrem(HELPING, member)
-        logs.event(log, "split help ended", job=offer["job"], piece=offer["piece"], worker=ctx.worker,
-                   calls=helped, reason=ended or "failed")
-    return {"helped": helped, "ended": ended}
+    offer, refused = _claim(ctx, sid)
+    if offer is None:
+        return _dropped(sid, refused)
+    return _Helper(ctx, sid, offer).run()
