@@ -365,5 +365,8 @@ def run_stitch(ctx: Context, job_id: str) -> None:
                     gif=f"{job_id}/result.gif" if settings.gif else "")
 
 
-PIECES = {TASK_IMAGE: run_image, TASK_KEYFRAME: run_keyframe, TASK_SEGMENT: run_segment, TASK_STITCH: run_stitch}
+#: Each piece's task name → the function that runs it: ``(ctx, job_id, *args)``.
+PIECES: dict[str, Callable[..., None]] = {
+    TASK_IMAGE: run_image, TASK_KEYFRAME: run_keyframe, TASK_SEGMENT: run_segment, TASK_STITCH: run_stitch,
+}
 

@@ -19,7 +19,7 @@ from kombu.exceptions import OperationalError
 from zoomq import logs
 from zoomq.config import settings as current_settings
 from zoomq.config import worker_identity
-from zoomq.errors import ArtifactStoreUnreachable, RenderCancelled, ZoomqError
+from zoomq.errors import ArtifactStoreUnreachable, PieceBusy, RenderCancelled, ZoomqError
 from zoomq.queue import connection, registry, stats
 from zoomq.queue import job_records as jobs_mod
 from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_SPLIT, TASK_STITCH, make_app
@@ -89,7 +89,7 @@ def _run(task, piece: str, job_id: str, *args) -> None:
     ctx = context()
     try:
         pieces.PIECES[piece](ctx, job_id, *args)
-    except pieces.PieceBusy:
+    except PieceBusy:
         raise task.retry(countdown=max(2, ctx.settings.heartbeat), max_retries=None) from None  # retry() raises
     except RenderCancelled:
         log.info("job %s cancelled", job_id)
