@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MODELS ?= models
 OUT    ?= out
 
-.PHONY: demo test test-fast install tools clean docs
+.PHONY: demo test test-fast lint install tools clean docs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,11 +38,16 @@ tools:
 # Two test files run at once (pytest-xdist; a file's tests stay together, in order): alone, the
 # suite leaves a third of two cores idle while its workers start and wait. TEST_JOBS=0: one at a time.
 TEST_JOBS ?= 2
-test: $(STAMP) tools
+test: $(STAMP) tools lint
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow"
+
+# Lint and types, configured in pyproject.toml; `make test` runs them first, so CI does.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 # docs/configuration.md's table of the ZOOMQ_* variables, generated from zoomq.config.VARIABLES
 # (tests/test_docs.py fails while it is out of date).

@@ -29,8 +29,8 @@ def _imports(tree: ast.AST, package: str, modules: set[str]) -> set[str]:
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
+            for statement in node.orelse:
+                visit(statement)
             return
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("zoomq"))

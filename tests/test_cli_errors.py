@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 
-from conftest import run_cli
+from support.cli import run_cli
 from zoomq.model.manifest import FORMAT, MANIFEST
 
 LINE = re.compile(r"zoomq: internal error in zoomq render image: KeyError: 'kind' \(at manifest\.py:\d+[^)]*\); "

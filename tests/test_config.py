@@ -53,7 +53,7 @@ def test_bad_values_name_the_variable(monkeypatch, name, value):
 
 
 def test_a_bad_setting_is_named_as_written_not_as_an_option(monkeypatch, capsys):
-    from conftest import run_cli
+    from support.cli import run_cli
 
     monkeypatch.setenv("ZOOMQ_ARTIFACTS", "s3://x")
     code, _, err = run_cli("status", "0f1e2d3c-0000-4000-8000-000000000000", capsys=capsys)

@@ -11,10 +11,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
-from conftest import diffusers_pipelines, psnr, run_cli
-from deepcache_reference import DeepCacheSDHelper
+from support.cli import run_cli
+from support.deepcache_reference import DeepCacheSDHelper
+from support.images import psnr
+from support.models import diffusers_pipelines, shared_model
 from zoomq.errors import InvalidParameter
 from zoomq.model import manifest as mf
 from zoomq.model.manifest import shallow_part_name
@@ -46,7 +48,12 @@ def reference(pipe, renderer, interval, *, branch=0, scheduler="default", seed=0
 def render(renderer, request):
     """(result, the DeepCacheUNet or PlainUNet the render ran)."""
     seen = []
-    result = renderer.render(request, wrap_unet=lambda unet: seen.append(unet) or unet)
+
+    def wrap_unet(unet):
+        seen.append(unet)
+        return unet
+
+    result = renderer.render(request, wrap_unet=wrap_unet)
     return result, seen[0]
 
 
@@ -67,11 +74,9 @@ def inpaint(tiny_inpaint):
 
 
 @pytest.fixture(scope="module")
-def branches_model(models_dir):
+def branches_model():
     """A miniature model carrying every branch it has (two blocks: 0-5)."""
-    from zoomq.model_prep.prepare import prepare_random
-
-    return prepare_random(models_dir / "t2i-deepcache-branches", full=False, cache_branches=tuple(range(6))).folder
+    return shared_model("t2i-deepcache-branches", cache_branches=tuple(range(6)))
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +324,7 @@ def test_queue_runs_an_image_job_cached(tmp_path, monkeypatch, tiny_t2i, tiny_in
     """Through the queue: a real worker process renders the job with caching, as this process does."""
     import io
 
-    from cluster import RedisServer, Worker
+    from support.cluster import RedisServer, Worker
     from zoomq.producer import Producer
 
     server = RedisServer(tmp_path / "redis")
@@ -331,7 +336,9 @@ def test_queue_runs_an_image_job_cached(tmp_path, monkeypatch, tiny_t2i, tiny_in
         record = producer.wait(job, timeout=180)
         assert record["state"] == "done", record.get("error")
         data = producer.result(job)
-        recipe = json.loads(Image.open(io.BytesIO(data)).text["zoomq"])
+        picture = Image.open(io.BytesIO(data))
+        assert isinstance(picture, PngImagePlugin.PngImageFile)
+        recipe = json.loads(picture.text["zoomq"])
         assert recipe["cache_interval"] == 2
         queued = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float64) / 255
         local = Renderer(tiny_t2i).render(RenderRequest("a castle", steps=4, seed=3, negative_prompt="fog",

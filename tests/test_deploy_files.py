@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import RedisServer, Worker, wait_for
+from support.cluster import RedisServer, Worker, wait_for
 from zoomq.config import VARIABLES
 from zoomq.node import sizing
 from zoomq.queue.celery_app import render_queue
@@ -47,10 +47,13 @@ def test_image_is_built_in_stages_runs_unprivileged_and_execs_its_command():
     assert len(re.findall(r"^FROM ", text, re.M)) == 2 and "COPY --from=build" in text
     assert "download.pytorch.org/whl/cpu torch==2.13.0" in text  # CPU-only torch, the version on disk here
     assert re.search(r"^USER 10001:10001$", text, re.M)
-    cmd = re.search(r"^CMD (.+)$", text, re.M).group(1)
+    cmd_line = re.search(r"^CMD (.+)$", text, re.M)
+    assert cmd_line is not None, text
+    cmd = cmd_line.group(1)
     assert cmd.startswith("[")  # exec form: no shell between the signal and the process
-    health = re.search(r"ZOOMQ_HEALTH_FILE=(\S+)", text).group(1)
-    assert health == "/tmp/zoomq-alive"
+    health_file = re.search(r"ZOOMQ_HEALTH_FILE=(\S+)", text)
+    assert health_file is not None, text
+    assert health_file.group(1) == "/tmp/zoomq-alive"
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") + 1:][:4] == ["!pyproject.toml", "!constraints.txt", "!README.md", "!src/"]
 
@@ -113,7 +116,7 @@ def test_compose_names_only_what_exists(services):
     for name, service in s.items():
         for variable in service.get("environment", {}):
             assert not variable.startswith("ZOOMQ_") or variable in ZOOMQ_VARIABLES, (name, variable)
-        for source, target, _ in mounts(service):
+        for source, _target, _ in mounts(service):
             assert source.startswith("/") or source in services["volumes"], (name, source)
         for needed in service.get("depends_on", {}):
             assert needed in s, (name, needed)
@@ -211,7 +214,9 @@ def test_worker_resources_fit_the_measured_memory():
 
 
 def parse_quantity(text: str) -> int:
-    number, unit = re.fullmatch(r"(\d+)(Gi|Mi)", text).groups()
+    quantity = re.fullmatch(r"(\d+)(Gi|Mi)", text)
+    assert quantity is not None, text
+    number, unit = quantity.groups()
     return int(number) * {"Gi": GiB, "Mi": 2**20}[unit]
 
 
@@ -227,15 +232,21 @@ def test_health_file_is_fresh_while_the_worker_reaches_redis(tmp_path, tiny_t2i)
     command = command.replace("/tmp/zoomq-alive", str(health))
     server = RedisServer(tmp_path / "redis")
     worker = Worker("healthy", server.url, [tiny_t2i], tmp_path, env={"ZOOMQ_HEALTH_FILE": str(health)})
+
+    def missed() -> int:  # heartbeats that could not reach Redis, as the worker logs them
+        return worker.log_path.read_text(errors="replace").count("cannot reach Redis for heartbeat")
+
     try:
         wait_for(health.exists, 30, "the health file")
         first = health.stat().st_mtime
         wait_for(lambda: health.stat().st_mtime > first, 10, "a second heartbeat")
         assert subprocess.run(["sh", "-c", command]).returncode == 0
+        before = missed()
         server.stop()
-        time.sleep(2)
-        stopped = health.stat().st_mtime
-        time.sleep(4)  # four heartbeats without Redis
+        # The first heartbeat to miss Redis comes after the last touch; then four more miss it.
+        wait_for(lambda: missed() > before, 30, "a heartbeat to miss Redis")
+        stopped, misses = health.stat().st_mtime, missed()
+        wait_for(lambda: missed() >= misses + 4, 60, "four more heartbeats without Redis")
         assert health.stat().st_mtime == stopped
         os.utime(health, (time.time() - 60, time.time() - 60))
         assert subprocess.run(["sh", "-c", command]).returncode != 0

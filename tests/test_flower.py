@@ -7,7 +7,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from cluster import RedisServer, Worker, wait_for
+from support.cluster import RedisServer, Worker, wait_for
 from zoomq.node.processes import free_port
 from zoomq.producer import Producer
 
@@ -18,7 +18,7 @@ def test_flower_sees_the_tasks_of_a_worker_with_events(tmp_path, monkeypatch, ti
     worker = Worker("watched", server.url, [tiny_t2i], tmp_path, events=True)
     port = free_port()
     log = open(tmp_path / "flower.log", "wb")
-    # The README's command: Flower needs only the broker, not zoomq's code.
+    # docs/operations.md's command: Flower needs only the broker, not zoomq's code.
     flower = subprocess.Popen([str(Path(sys.executable).parent / "celery"), "--broker", server.url, "flower",
                                f"--port={port}", "--address=127.0.0.1"],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -36,6 +36,7 @@ def test_flower_sees_the_tasks_of_a_worker_with_events(tmp_path, monkeypatch, ti
         assert producer.wait(job, timeout=120)["state"] == "done"
         seen = wait_for(lambda: (lambda m: m if 'type="task-succeeded"' in m else None)(metrics()), 30,
                         "Flower to see the task succeed")
+        assert seen is not None  # wait_for returns only metrics that show it
         assert 'flower_events_total{task="zoomq.image",type="task-succeeded",worker="watched@' in seen
         assert 'flower_task_runtime_seconds_count{task="zoomq.image",worker="watched@' in seen
     finally:

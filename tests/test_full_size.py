@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import peak_rss_of_zoomq
+from support.cli import peak_rss_of_zoomq
 from zoomq.model import manifest as mf
 from zoomq.render import png
 
@@ -24,7 +24,8 @@ def test_full_size_model_converts_within_ram_and_renders(tmp_path, inpainting):
     try:
         flags = ["--inpainting"] if inpainting else []
         peak = peak_rss_of_zoomq("prepare", "--full-size-random", *flags, "--out", str(out))
-        print(f"full-size {'inpainting' if inpainting else 'text-to-image'} conversion: peak RSS {peak / 2**30:.2f} GiB")
+        kind_name = "inpainting" if inpainting else "text-to-image"
+        print(f"full-size {kind_name} conversion: peak RSS {peak / 2**30:.2f} GiB")
         assert peak < RAM_LIMIT
         kind = mf.read(out).kind
         assert kind["native_size"] == 512 and kind["text_hidden_size"] == 1024

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from contextlib import contextmanager
 from traceback import format_exception
+from typing import Any
 
 import pytest
 import schemathesis
@@ -24,15 +25,16 @@ from schemathesis.engine import events, from_schema
 from schemathesis.openapi.checks import RejectedPositiveData, UseAfterFree
 from werkzeug.serving import make_server
 
-from browser import serving
+from support.browser import serving
 from zoomq.render.request import MAX_SIDE
 from zoomq.web import spec as spec_mod
 from zoomq.web.submission import IMAGE_FIELDS, KINDS, UPLOADS, ZOOM_FIELDS
 
 # Work limits low enough that the products JSON Schema cannot state (frames, pixels) are reached;
 # no caps on the queue and no rate limit, so every refusal is about the request itself.
-LIMITS = dict(max_steps=50, max_keyframes=8, max_interpolation_frames=24, max_frames=120, max_prompt=200,
-              max_queued=0, max_queued_per_key=0, max_upload=256 * 1024, rate_limit=(0, 0))
+LIMITS: dict[str, Any] = dict(max_steps=50, max_keyframes=8, max_interpolation_frames=24, max_frames=120,
+                              max_prompt=200, max_queued=0, max_queued_per_key=0, max_upload=256 * 1024,
+                              rate_limit=(0, 0))
 TOKEN = "fuzz-admin-key"
 FLOAT_MAX = 1.7976931348623157e308
 
@@ -168,10 +170,10 @@ def served_schema(client, config: dict, base_url: str | None = None):
     web = client.application.extensions["zoomq"]
     served = client.get("/api/openapi.json").get_json()
     assert served == spec_mod.spec(web.settings, web.producer.models())
-    config = SchemathesisConfig.from_dict(config)
+    loaded = SchemathesisConfig.from_dict(config)
     if base_url:
-        return schemathesis.openapi.from_url(base_url + "/api/openapi.json", config=config)
-    return schemathesis.openapi.from_wsgi("/api/openapi.json", client.application, config=config)
+        return schemathesis.openapi.from_url(base_url + "/api/openapi.json", config=loaded)
+    return schemathesis.openapi.from_wsgi("/api/openapi.json", client.application, config=loaded)
 
 
 def exempt(failure, case, response, web) -> bool:
@@ -227,7 +229,7 @@ def schemathesis_run(client, config: dict, base_url: str | None = None) -> tuple
     finally:
         for hook in (before_call, after_call):
             schemathesis.hooks.GLOBAL_HOOK_DISPATCHER.unregister(hook)
-    sent = Counter()
+    sent: Counter[str] = Counter()
     for event in stream:
         if isinstance(event, (events.ScenarioFinished, events.FuzzScenarioFinished)):
             for node in event.recorder.cases.values():

@@ -10,20 +10,22 @@ import io
 import re
 import time
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cluster import wait_for
-from conftest import psnr, run_cli
+from support.cli import run_cli
+from support.cluster import wait_for
+from support.images import psnr
 from zoomq.config import settings
 from zoomq.producer import Producer
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest
 from zoomq.worker import guidance_split_redis as split
 
-SLOW_IMAGE = dict(steps=30, width=512, height=512)  # a few seconds on the miniature model
+SLOW_IMAGE: dict[str, Any] = dict(steps=30, width=512, height=512)  # a few seconds on the miniature model
 
 
 @pytest.fixture
@@ -72,7 +74,8 @@ def test_split_image_matches_the_unsplit_render(cluster, tiny_t2i, precision, ca
     producer = Producer()
     warm(producer, "t2i")
     both_idle(producer, "t2i")
-    request = dict(prompt="a castle", negative_prompt="fog", steps=6, seed=3, guidance=7.5, width=512, height=512)
+    request: dict[str, Any] = dict(prompt="a castle", negative_prompt="fog", steps=6, seed=3, guidance=7.5, width=512,
+                                   height=512)
     job = producer.submit_image(model="t2i", **request)
     record = producer.wait(job, timeout=120)
     assert record["state"] == "done", record.get("error")
@@ -82,7 +85,9 @@ def test_split_image_matches_the_unsplit_render(cluster, tiny_t2i, precision, ca
     assert splits_logged(helper) == 1
     # The leader says stop as soon as the denoising loop ends, before it decodes.
     ended = r"split help ended: .* calls=(\d+) reason=the leader stopped it: denoising ended"
-    helped = int(wait_for(lambda: re.search(ended, log_of(helper)), 10, "the helper to stop").group(1))
+    stopped = wait_for(lambda: re.search(ended, log_of(helper)), 10, "the helper to stop")
+    assert stopped is not None
+    helped = int(stopped.group(1))
     assert helped >= 6 and f"split_calls={helped} " in log_of(leader)  # every guided call (PNDM: 1 more)
     code, out, _ = run_cli("status", job, capsys=capsys)
     assert code == 0 and re.search(rf"split with +{re.escape(helper.name)} \(image\)", out), out
@@ -129,7 +134,7 @@ def test_helper_never_comes_the_leader_renders_alone(cluster, tiny_t2i, server):
     ghost = {"models": registry.describe_models([tiny_t2i]), "queues": ["render.t2i", "split.t2i"], "concurrency": 1}
     registry.announce(producer.redis, "ghost@gone", ghost, heartbeat=600)
     assert "ghost@gone" in split.idle_helpers(producer.redis, "t2i")
-    request = dict(prompt="a castle", steps=4, seed=5, guidance=7.5)
+    request: dict[str, Any] = dict(prompt="a castle", steps=4, seed=5, guidance=7.5)
     job = producer.submit_image(model="t2i", **request)
     record = producer.wait(job, timeout=60)
     assert record["state"] == "done", record.get("error")
@@ -155,6 +160,7 @@ def start_split(cluster, **request):
 
     def under_way():
         record = producer.jobs.get(job)
+        assert record is not None
         return record if record.get("split_with") and record["work_done"] >= 3 else None
 
     record = wait_for(under_way, 120, "a split render to be under way")
@@ -181,8 +187,8 @@ def test_split_with_deepcache_matches_the_unsplit_cached_render(cluster, tiny_t2
     producer = Producer()
     warm(producer, "t2i")
     both_idle(producer, "t2i")
-    request = dict(prompt="a castle", negative_prompt="fog", steps=7, seed=4, guidance=7.5, width=512, height=512,
-                   cache_interval=3)
+    request: dict[str, Any] = dict(prompt="a castle", negative_prompt="fog", steps=7, seed=4, guidance=7.5,
+                                   width=512, height=512, cache_interval=3)
     job = producer.submit_image(model="t2i", **request)
     record = producer.wait(job, timeout=120)
     assert record["state"] == "done", record.get("error")
@@ -232,7 +238,8 @@ def test_cancel_during_a_split_stops_both_within_one_step(cluster):
     leader_stopped = time.monotonic() - cancelled
     wait_for(lambda: "split help ended" in log_of(helper), 30, "the helper to stop")
     helper_stopped = time.monotonic() - cancelled
-    assert leader_stopped < per_step + 1.0 and helper_stopped < per_step + 1.0, (leader_stopped, helper_stopped, per_step)
+    assert leader_stopped < per_step + 1.0 and helper_stopped < per_step + 1.0, (
+        leader_stopped, helper_stopped, per_step)
     assert not split.helping(producer.redis)
     assert producer.status(job)["state"] == "cancelled"
 

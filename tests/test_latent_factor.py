@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import F2_SIZE, psnr
+from support.images import psnr
+from support.models import F2_SIZE
 from zoomq.errors import InvalidParameter
 from zoomq.model import manifest as mf
 from zoomq.queue import registry

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster import RedisServer, Worker
+from support.cluster import RedisServer, Worker
 from zoomq import logs
 from zoomq.config import settings
 from zoomq.errors import InvalidParameter

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import diffusers_pipelines, psnr
+from support.images import psnr
+from support.models import diffusers_pipelines
 from zoomq.render import schedulers
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest

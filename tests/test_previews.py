@@ -25,14 +25,25 @@ from zoomq.worker import pieces
 
 def _collect(renderer: Renderer, request: RenderRequest, **options):
     made = []
-    sink = lambda data, step, total: made.append((step, total, Image.open(io.BytesIO(data))))  # noqa: E731
+
+    def sink(data, step, total):
+        made.append((step, total, Image.open(io.BytesIO(data))))
+
     result = renderer.render(request, preview=Preview(sink=sink, **{"budget": None, **options}))
     return made, result
 
 
-def _counting(renderer: Renderer, part: str) -> list:
-    calls, run = [], renderer.parts.run
-    renderer.parts.run = lambda name, **inputs: (calls.append(name) if name == part else None, run(name, **inputs))[1]
+def _counting(renderer: Renderer, part: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The calls of ``part`` that ``renderer`` makes from now on, as they happen."""
+    calls: list[str] = []
+    run = renderer.parts.run
+
+    def counting(name, **inputs):
+        if name == part:
+            calls.append(name)
+        return run(name, **inputs)
+
+    monkeypatch.setattr(renderer.parts, "run", counting)
     return calls
 
 
@@ -56,29 +67,37 @@ def test_linear_map_is_the_documented_factors():
     assert pixels.shape == (2, 2, 3) and np.array_equal(pixels[0, 0], expected.astype(np.uint8))
 
 
-def test_tiny_autoencoder_previews_at_full_size(tiny_t2i_taesd):
+def test_tiny_autoencoder_previews_at_full_size(tiny_t2i_taesd, monkeypatch):
     renderer = Renderer(tiny_t2i_taesd)
     assert "tiny" in renderer.decoders
-    calls = _counting(renderer, mf.TINY_DECODER)
+    calls = _counting(renderer, mf.TINY_DECODER, monkeypatch)
     made, _ = _collect(renderer, RenderRequest("a red door", steps=4, seed=5, width=128, height=128), every=1)
     assert [step for step, _, _ in made] == [1, 2, 3]
     assert all(image.size == (128, 128) for *_, image in made)
     assert len(calls) == 3  # the render's own decode is the full VAE's
 
 
-def test_no_preview_decoded_while_unwanted(tiny_t2i_taesd):
+def test_no_preview_decoded_while_unwanted(tiny_t2i_taesd, monkeypatch):
     renderer = Renderer(tiny_t2i_taesd)
-    calls = _counting(renderer, mf.TINY_DECODER)
+    calls = _counting(renderer, mf.TINY_DECODER, monkeypatch)
     asked = []
+
+    def wanted() -> bool:
+        asked.append(1)
+        return False
+
     made, _ = _collect(renderer, RenderRequest("a red door", steps=4, seed=5, width=64, height=64), every=1,
-                       wanted=lambda: asked.append(1) or False)
+                       wanted=wanted)
     assert made == [] and calls == [] and len(asked) == 3  # asked once per preview step, nothing decoded
 
 
 def test_previews_keep_within_their_share_of_the_render(tiny_t2i):
     """A preview that took long is followed by none until the render has run 1/budget times as long."""
     renderer = Renderer(tiny_t2i)
-    slow = lambda data, step, total: time.sleep(0.2)  # noqa: E731
+
+    def slow(data, step, total):
+        time.sleep(0.2)
+
     hook = Preview(sink=slow, every=1, budget=0.03)
     renderer.render(RenderRequest("a red door", steps=6, seed=5, width=64, height=64), preview=hook)
     assert hook.made == 1 and hook.skipped == 4  # the miniature's steps are far shorter than 0.2 s / 3 %

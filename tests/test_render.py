@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
-from conftest import psnr, run_cli
+from support.cli import run_cli
+from support.images import psnr
 from zoomq.errors import InvalidParameter, RenderCancelled
 from zoomq.render import png
 from zoomq.render.pipeline import Renderer
@@ -47,7 +49,7 @@ def test_png_carries_its_recipe(renderer, tmp_path, capsys, tiny_t2i):
     )
     assert code == 0 and str(out) in stdout
     with Image.open(out) as image:
-        assert image.size == (192, 128)
+        assert isinstance(image, PngImagePlugin.PngImageFile) and image.size == (192, 128)
         chunks = dict(image.text)
     assert chunks["prompt"] == "a harbour at dawn" and chunks["negative_prompt"] == "fog"
     assert chunks["seed"] == "77" and chunks["steps"] == "3" and chunks["guidance"] == "6.0"
@@ -142,7 +144,8 @@ def test_validate_rejects_non_numbers():
     from zoomq.render.request import validate
 
     with pytest.raises(InvalidParameter) as e:
-        validate(RenderRequest("x", steps="many"), "text-to-image", 256)
+        # the wrong type is what this test checks
+        validate(RenderRequest("x", steps="many"), "text-to-image", 256)  # type: ignore[arg-type]
     assert e.value.param == "steps"
 
 
@@ -191,7 +194,8 @@ def test_foreign_miniature_model_with_v_prediction(tmp_path, capsys):
         clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing",
     )
     folder = tmp_path / "foreign"
-    pipe = StableDiffusionPipeline(
+    # Any: mypy reads diffusers' top-level names as its placeholder classes, which have no attributes.
+    pipe: Any = StableDiffusionPipeline(
         vae=vae, text_encoder=text.eval(), tokenizer=write_tokenizer(tmp_path / "tok"), unet=unet,
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
@@ -233,7 +237,7 @@ def test_compiled_models_are_cached_on_disk_per_precision(tiny_t2i, tmp_path, mo
     assert sorted(p.name for p in (tmp_path / "ov-cache" / "cpu-f32").glob("*.blob")) == blobs
 
 
-def test_text_embeddings_are_computed_once_per_prompt(tiny_t2i):
+def test_text_embeddings_are_computed_once_per_prompt(tiny_t2i, monkeypatch):
     renderer = Renderer(tiny_t2i)
     calls = []
     run = renderer.parts.run
@@ -242,7 +246,7 @@ def test_text_embeddings_are_computed_once_per_prompt(tiny_t2i):
         calls.append(part)
         return run(part, **inputs)
 
-    renderer.parts.run = counting
+    monkeypatch.setattr(renderer.parts, "run", counting)
     long = "a very detailed castle " * 30
     for seed in (1, 2, 3):
         result = renderer.render(RenderRequest(long, negative_prompt="fog", steps=1, seed=seed))

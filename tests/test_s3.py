@@ -12,17 +12,18 @@ import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
-from cluster import RedisServer, Worker
-from s3server import MotoServer, aws_env, raw_client, s3_store, use_aws_env
+from support.cluster import RedisServer, Worker
+from support.s3server import MotoServer, aws_env, raw_client, s3_store, use_aws_env
 from zoomq.config import settings
 from zoomq.errors import InvalidParameter, ZoomqError
 from zoomq.node.processes import free_port
 
-SMALL_ZOOM = dict(size=128, mask_width=32, interpolation_frames=6, steps=3, seed=21)
+SMALL_ZOOM: dict[str, Any] = dict(size=128, mask_width=32, interpolation_frames=6, steps=3, seed=21)
 
 
 # -- ZOOMQ_ARTIFACTS ------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def test_open_store_makes_no_connection_until_used(monkeypatch, tmp_path):
 
     use_aws_env(monkeypatch, aws_env(f"http://127.0.0.1:{free_port()}", tmp_path))  # nothing listens
     monkeypatch.setenv("ZOOMQ_ARTIFACTS", "s3://videos/cluster-a/")
-    store = open_store(settings(), None)
+    store = open_store(settings(), None)  # type: ignore[arg-type]  # an S3 store takes no Redis client
     assert isinstance(store, S3Store) and (store.bucket, store.prefix) == ("videos", "cluster-a/")
     assert store._client is None  # made on first use, in the process that uses it (after a fork)
 
@@ -169,7 +170,7 @@ def test_a_missing_bucket_is_named_and_not_created(s3_bucket, monkeypatch):
     from zoomq.storage import open_store
 
     monkeypatch.setenv("ZOOMQ_ARTIFACTS", "s3://no-such-videos/zoomq")
-    store = open_store(settings(), None)
+    store = open_store(settings(), None)  # type: ignore[arg-type]  # an S3 store takes no Redis client
     with pytest.raises(ZoomqError) as e:
         store.put("job/a", b"x")
     assert str(e.value) == (f"ZOOMQ_ARTIFACTS=s3://no-such-videos/zoomq: bucket 'no-such-videos' at {s3_bucket.url} "
@@ -273,7 +274,8 @@ def test_zoom_over_two_workers_keeps_every_artifact_in_s3(s3_bucket, tiny_inpain
         assert any(n.startswith("text-") and n.endswith(".npy") for n in names)  # the prompt's embedding
         video = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=f"cluster-a/{job}/result.mp4")["Body"].read()
         assert producer.result(job) == video and video[4:8] == b"ftyp"
-        assert b'"frames": 13' in producer.artifact(job, "sidecar.json")
+        sidecar = producer.artifact(job, "sidecar.json")
+        assert sidecar is not None and b'"frames": 13' in sidecar
         assert list(redis_server.client().scan_iter("zoomq:artifact:*")) == []
     finally:
         for worker in workers:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from support.cli import run_cli
 from zoomq.errors import InvalidParameter
 from zoomq.zoom.settings import DEFAULT_SEAM, ZoomSettings, validate
 

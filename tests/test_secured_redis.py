@@ -17,13 +17,14 @@ import urllib.request
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from PIL import Image
 
-from cluster import RedisServer, Worker, wait_for
-from conftest import run_cli
+from support.cli import run_cli
+from support.cluster import RedisServer, Worker, wait_for
 from zoomq.config import settings
 from zoomq.node.processes import TLSFiles, free_port
 from zoomq.producer import Producer
@@ -33,7 +34,7 @@ from zoomq.web import create_app
 PASSWORD = "pw-" + secrets.token_hex(8)  # random, so any copy of it is found wherever it leaks
 ACL_USER, ACL_PASSWORD = "renderer", "acl-" + secrets.token_hex(8)
 WRONG = "wrong-" + secrets.token_hex(8)
-JOB = dict(steps=3, seed=5)
+JOB: dict[str, Any] = dict(steps=3, seed=5)
 
 
 # -- servers ----------------------------------------------------------------------------------------
@@ -115,11 +116,13 @@ def secrets_in(text: str) -> list[str]:
 def everything_stored(client: redis.Redis) -> str:
     """Every key and value in Redis, as text: what a password must never be part of."""
     parts = []
+    readers = {"string": client.get, "hash": client.hgetall, "list": lambda key: client.lrange(key, 0, -1),
+               "set": client.smembers, "zset": lambda key: client.zrange(key, 0, -1)}
     for key in client.scan_iter(count=1000):
-        kind = client.type(key).decode()
-        value = {"string": lambda: client.get(key), "hash": lambda: client.hgetall(key),
-                 "list": lambda: client.lrange(key, 0, -1), "set": lambda: client.smembers(key),
-                 "zset": lambda: client.zrange(key, 0, -1)}.get(kind, lambda: b"")()
+        kind = client.type(key)
+        assert isinstance(kind, bytes)  # a client without decode_responses
+        reader = readers.get(kind.decode())
+        value = reader(key) if reader else b""
         parts.append(f"{key!r} {value!r}")
     return "\n".join(parts)
 
@@ -258,7 +261,9 @@ def test_up_runs_on_a_tls_redis_with_a_password_it_never_shows(tls_server, certs
     up = subprocess.Popen([sys.executable, "-m", "zoomq", "up", "--models", str(tiny_t2i), "--port", str(port),
                            "--grace", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(line.rstrip("\n") for line in up.stdout), daemon=True).start()
+    assert up.stdout is not None  # started with stdout=PIPE
+    stdout = up.stdout
+    threading.Thread(target=lambda: lines.extend(line.rstrip("\n") for line in stdout), daemon=True).start()
     try:
         wait_for(lambda: any("up: open" in line for line in lines) or up.poll() is not None, 180, "zoomq up")
         output = "\n".join(lines)

@@ -5,6 +5,7 @@ runs, the Allow header of a 405 and strict query flags. Every refusal must leave
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from zoomq.errors import InvalidParameter
 from zoomq.queue.job_records import Jobs
 from zoomq.web import api_keys as keys_mod
 
-IMAGE = {"kind": "image", "prompt": "a lighthouse", "model": "t2i", "steps": 2}
+IMAGE: dict[str, Any] = {"kind": "image", "prompt": "a lighthouse", "model": "t2i", "steps": 2}
 ZOOM = {"kind": "zoom", "prompt": "a spiral", "model": "inpaint", "size": 128, "mask_width": 32, "steps": 2}
 
 
@@ -87,7 +88,7 @@ def test_a_malformed_keys_file_is_refused_at_start_naming_the_line(make_client, 
 
 
 def test_zoomq_keys_add_writes_a_hash_the_server_accepts(make_client, tmp_path, capsys):
-    from conftest import run_cli
+    from support.cli import run_cli
 
     path = tmp_path / "keys"
     code, out, _ = run_cli("keys", "add", "dana", "--file", path, capsys=capsys)
@@ -108,8 +109,9 @@ def test_the_form_signs_in_with_a_key_and_the_job_page_is_the_owners(make_client
 
     def submit(client, key):
         page = client.get("/").get_data(as_text=True)
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-        form = {"csrf_token": token, "kind": "image", "prompt": "x", "model": "t2i", "token": key}
+        found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert found is not None, page
+        form = {"csrf_token": found.group(1), "kind": "image", "prompt": "x", "model": "t2i", "token": key}
         return client.post("/submit", data=form)
 
     assert submit(alice, "nope").status_code == 401
@@ -204,7 +206,7 @@ def test_limits_are_the_operators(make_client):
 
 def test_zoomq_submit_is_bound_by_limits_and_render_is_not(server, tiny_t2i, tiny_inpaint, tmp_path, capsys,
                                                              monkeypatch):
-    from conftest import run_cli
+    from support.cli import run_cli
     from zoomq.producer import Producer
     from zoomq.queue import registry
 
@@ -260,7 +262,7 @@ def test_dry_run_counts_the_calls_deepcache_answers_with_its_shallow_branch():
     from zoomq.zoom.settings import ZoomSettings
 
     # 10 steps, guided for the first 5: evaluations 2,2,2,2,2,1,1,1,1,1; full at steps 0, 3, 6, 9.
-    size = dict(width=512, height=512)
+    size: dict[str, Any] = dict(width=512, height=512)
     work = image_work(RenderRequest("x", steps=10, guidance=7.5, guidance_cutoff=0.5, cache_interval=3, **size))
     assert (work.unet_evaluations, work.shallow_evaluations) == (15, 2 + 2 + 2 + 1 + 1 + 1)
     assert image_work(RenderRequest("x", steps=10, guidance=7.5, **size)).shallow_evaluations == 0
@@ -289,7 +291,7 @@ def test_only_plain_renders_feed_the_rate_dry_runs_use(client):
 
 
 def test_zoomq_submit_dry_run(server, tiny_inpaint, capsys, monkeypatch):
-    from conftest import run_cli
+    from support.cli import run_cli
     from zoomq.producer import Producer
     from zoomq.queue import registry
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
+from support.cli import run_cli
 from zoomq.node import sizing
 
 GiB = 2**30

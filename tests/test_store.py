@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster import RedisServer
-from s3server import s3_store
+from support.cluster import RedisServer
+from support.s3server import s3_store
 from zoomq.errors import InvalidParameter
 from zoomq.storage import DirectoryStore, RedisStore
 

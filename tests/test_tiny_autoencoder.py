@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import psnr, run_cli
+from support.cli import run_cli
+from support.images import psnr
 from zoomq.errors import InvalidParameter, ModelError
 from zoomq.model import manifest as mf
 from zoomq.model_prep import tiny_autoencoder as taesd
@@ -69,7 +70,7 @@ def test_tiny_decoder_is_added_in_place_from_a_local_folder_and_kept(tiny_t2i, t
                                                                      capsys):
     model = shutil.copytree(tiny_t2i, tmp_path / "model")
     before = mf.read(model).data["files"]
-    said = []
+    said: list[str] = []
     m = prepare_random(model, full=False, tiny_autoencoder=str(taesd_dir), report=said.append)
     assert any("adding the tiny autoencoder" in line for line in said)
     assert not any(line.startswith("converting unet") for line in said)  # only the new part was converted
@@ -225,7 +226,7 @@ def test_decoder_values_are_checked():
     from zoomq.zoom.settings import validate as validate_zoom
 
     with pytest.raises(InvalidParameter) as e:
-        validate_zoom(ZoomSettings("x", decoder=["tiny"]))
+        validate_zoom(ZoomSettings("x", decoder=["tiny"]))  # type: ignore[arg-type]  # the bad type is the test
     assert e.value.param == "decoder"
 
 
@@ -286,7 +287,7 @@ def test_zoom_keyframes_decode_with_the_tiny_decoder(tiny_inpaint, tmp_path):
 
 def test_producer_refuses_the_tiny_decoder_for_a_model_announced_without_it(tiny_t2i, tiny_t2i_taesd, tmp_path,
                                                                            monkeypatch):
-    from cluster import RedisServer
+    from support.cluster import RedisServer
     from zoomq.producer import Producer
     from zoomq.queue import registry
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import diffusers_pipelines, psnr, run_cli
+from support.cli import run_cli
+from support.images import psnr
+from support.models import diffusers_pipelines
 from zoomq.errors import InvalidParameter
 from zoomq.model import manifest as mf
 from zoomq.model.kind import DEFAULTS, variant_of
@@ -182,6 +184,7 @@ def test_the_strength_rule_is_diffusers_rule(turbo, init_image, steps, strength)
 @pytest.mark.parametrize("strength", [1.0, 0.5, 0.3, 0.25, 0.1, 0.07, 1 / 3])
 def test_fewest_steps_is_the_boundary(strength):
     n = fewest_steps(strength)
+    assert n is not None
     assert int(n * strength) >= 1 and (n == 1 or int((n - 1) * strength) < 1)
 
 
@@ -225,7 +228,7 @@ def test_parity_check_tells_the_step_counts_apart(turbo):
 def test_producer_fills_requests_with_the_served_models_defaults(tmp_path, monkeypatch, tiny_turbo, tiny_t2i):
     """The workers' registry carries each model's defaults; the producer validates with them, so a
     queued job renders what the same request renders in process."""
-    from cluster import RedisServer
+    from support.cluster import RedisServer
     from zoomq.producer import Producer
     from zoomq.queue import registry
 

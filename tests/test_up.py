@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster import RedisServer, wait_for
-from conftest import run_cli
+from support.cli import run_cli
+from support.cluster import RedisServer, wait_for
 from zoomq.node.processes import port_is_free
 from zoomq.queue.job_records import Jobs
 
@@ -57,6 +57,7 @@ class Up:
         assert self.proc.poll() is None, self.output()
 
     def _read(self) -> None:
+        assert self.proc.stdout is not None  # started with stdout=PIPE
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
 
@@ -93,6 +94,7 @@ def job_of(up: Up, job_id: str) -> dict:
 def wait_done(up: Up, job_id: str, timeout: float) -> dict:
     record = wait_for(lambda: (lambda r: r if r["state"] in ("done", "failed", "cancelled") else None)(
         job_of(up, job_id)), timeout, f"job {job_id} to end")
+    assert record is not None  # wait_for returns only a record that ended
     assert record["state"] == "done", record.get("error")
     return record
 

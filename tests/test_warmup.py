@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import RedisServer, Worker, wait_for
+from support.cluster import RedisServer, Worker, wait_for
 from zoomq.config import settings
 from zoomq.model import manifest as mf
 from zoomq.queue import registry
@@ -39,8 +39,9 @@ def test_renderer_refuses_parts_of_another_model(tiny_t2i, tiny_inpaint):
 
 
 def test_a_worker_warms_only_the_models_it_renders(tiny_t2i, tiny_inpaint, monkeypatch):
-    ctx = pieces.Context(settings=settings(), redis=None, jobs=None, store=None, worker="w",
-                         models=registry.describe_models([tiny_t2i, tiny_inpaint]), send=None)
+    # Warming reads only the settings and the models: no Redis, job records, store or sender.
+    ctx = pieces.Context(settings=settings(), redis=None, jobs=None, store=None, worker="w",  # type: ignore[arg-type]
+                         models=registry.describe_models([tiny_t2i, tiny_inpaint]), send=None)  # type: ignore[arg-type]
     monkeypatch.delenv("ZOOMQ_WORKER_QUEUES", raising=False)
     assert worker_warmup.models_to_warm(ctx) == ["t2i", "inpaint"]  # plain `celery worker`: all it serves
     monkeypatch.setenv("ZOOMQ_WORKER_QUEUES", "render.inpaint,encode")

@@ -39,7 +39,9 @@ def queued_tasks(client) -> int:
 
 def csrf(client, path="/") -> str:
     page = client.get(path).get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found is not None, page
+    return found.group(1)
 
 
 # -- submitting through the API ----------------------------------------------------------------
@@ -66,7 +68,8 @@ def test_zoom_job_with_schedule_and_init_image(client):
     response = client.post("/api/jobs", json=body)
     assert response.status_code == 202, response.get_json()
     params = client.get(response.get_json()["status_url"]).get_json()["params"]["zoom"]
-    assert params["keyframes"] == 4 and params["schedule"] == [{"keyframe": 2, "prompt": "a forest", "negative_prompt": None}]
+    assert params["keyframes"] == 4
+    assert params["schedule"] == [{"keyframe": 2, "prompt": "a forest", "negative_prompt": None}]
     assert params["init_image"].endswith("/init.png") and params["gif"] is True
 
 
@@ -99,8 +102,10 @@ def test_every_bad_field_is_reported_once_and_nothing_is_queued(client):
     ({"kind": "image", "prompt": "x", "model": "t2i", "init_image": "!!"}, "init_image", "base64"),
     ({"kind": "image", "prompt": "x", "model": "t2i", "init_image": base64.b64encode(b"hello").decode()},
      "init_image", "PNG, JPEG or WebP"),
-    ({"kind": "image", "prompt": "x", "model": "t2i", "init_image": png_b64(fmt="GIF")}, "init_image", "PNG, JPEG or WebP"),
-    ({"kind": "image", "prompt": "x", "model": "t2i", "init_image": png_b64(size=(5000, 4000))}, "init_image", "too large"),
+    ({"kind": "image", "prompt": "x", "model": "t2i", "init_image": png_b64(fmt="GIF")},
+     "init_image", "PNG, JPEG or WebP"),
+    ({"kind": "image", "prompt": "x", "model": "t2i", "init_image": png_b64(size=(5000, 4000))},
+     "init_image", "too large"),
     ({"kind": "image", "prompt": "x", "model": "t2i", "strength": 0.5}, "strength", "needs an init image"),
     (["not", "an", "object"], "body", "JSON object"),
 ])
@@ -352,7 +357,9 @@ def test_servers_share_sessions_across_processes(server, tmp_path, gunicorn):
         for _ in range(4):  # fresh sessions, spread over gunicorn's processes
             browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
             page = browser.open(web.url + "/", timeout=10).read().decode()
-            token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+            found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+            assert found is not None, page
+            token = found.group(1)
             form = urllib.parse.urlencode({"csrf_token": token, "kind": "image", "prompt": "x", "model": "t2i"})
             with pytest.raises(urllib.error.HTTPError) as refused:
                 browser.open(web.url + "/submit", data=form.encode(), timeout=10)

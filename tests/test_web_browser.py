@@ -13,12 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from browser import ARTIFACTS, chromium
-from cluster import RedisServer, Worker
+from support.browser import ARTIFACTS, chromium
+from support.cluster import RedisServer, Worker, wait_for
 from zoomq.node.processes import WebProcess
 from zoomq.zoom import video
 
 JOB_PAGE = re.compile(r"/jobs/[0-9a-f-]{36}$")
+
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
@@ -38,6 +40,18 @@ def stack(tmp_path, tiny_inpaint, tiny_t2i_taesd):
 def api(stack, path: str) -> dict:
     with urllib.request.urlopen(stack.web.url + path, timeout=10) as response:
         return json.loads(response.read())
+
+
+def submit(stack, job: dict) -> str:
+    """POST ``job`` to the API; the new job's id."""
+    request = urllib.request.Request(stack.web.url + "/api/jobs", data=json.dumps(job).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["id"]
+
+
+def ended(record: dict) -> dict | None:
+    return record if record["state"] in ("done", "failed", "cancelled") else None
 
 
 def fill_zoom_form(page, prompt: str, **fields) -> None:
@@ -87,14 +101,17 @@ def test_submit_a_zoom_watch_it_and_play_the_video(stack, tmp_path):
                                ".filter(i => i.complete && i.naturalWidth === 256).length === 3")
         links = {a.inner_text(): a.get_attribute("href") for a in page.locator("#downloads a").all()}
         assert set(links) == {"Download the video", "Sidecar (JSON)"}
-        assert '"a forest of books"' in page.locator("#recipe").text_content()
+        recipe = page.locator("#recipe").text_content()
+        assert recipe is not None and '"a forest of books"' in recipe
         page.screenshot(path=str(ARTIFACTS / "web-zoom-done.png"), full_page=True)
         assert script_errors == []
 
     with urllib.request.urlopen(stack.web.url + links["Download the video"], timeout=10) as response:
         (tmp_path / "zoom.mp4").write_bytes(response.read())
     assert video.probe(tmp_path / "zoom.mp4").frames == record["frames_total"]
-    keyframes = api(stack, links["Sidecar (JSON)"])["keyframes"]
+    sidecar = links["Sidecar (JSON)"]
+    assert sidecar is not None
+    keyframes = api(stack, sidecar)["keyframes"]
     assert [(k["index"], k["prompt"]) for k in keyframes] == [
         (0, "an endless spiral library"), (1, "an endless spiral library"), (2, "a forest of books")]
 
@@ -123,7 +140,9 @@ def test_the_page_shows_a_live_preview_then_the_result(stack, tiny_t2i_taesd):
                                " && i.naturalWidth === 512; }", timeout=120_000)
         assert page.locator("#job").get_attribute("data-state") == "running"
         caption = page.locator("#preview-caption").inner_text()
-        step = int(re.fullmatch(r"Preview after step (\d+)", caption).group(1))
+        found = re.fullmatch(r"Preview after step (\d+)", caption)
+        assert found is not None, caption
+        step = int(found.group(1))
         assert 0 < step < 30 and step % 3 == 0, caption
         page.screenshot(path=str(ARTIFACTS / "web-image-preview.png"), full_page=True)
 
@@ -158,8 +177,15 @@ def test_cancel_a_running_job_from_its_page(stack):
 
     record = api(stack, f"/api/jobs/{job_id}")
     assert record["state"] == "cancelled" and record["result_url"] is None
-    # The worker stops within a denoising step and takes nothing further of the job.
-    time.sleep(3)
+    # The worker stops within a denoising step and takes nothing further of the job: it says it
+    # stopped, then renders the next zoom from the same queue to the end, and the cancelled job is
+    # as it was.
+    wait_for(lambda: f"job {job_id} cancelled" in stack.worker.log_path.read_text(errors="replace"), 30,
+             "the worker to stop the cancelled keyframe")
+    follow = submit(stack, {"kind": "zoom", "prompt": "next", "model": "inpaint", "keyframes": 2, "size": 128,
+                            "mask_width": 32, "interpolation_frames": 2, "steps": 2, "seed": 1})
+    followed = wait_for(lambda: ended(api(stack, f"/api/jobs/{follow}")), 120, "the next zoom")
+    assert followed is not None and followed["state"] == "done"
     later = api(stack, f"/api/jobs/{job_id}")
     assert later["keyframes_done"] == record["keyframes_done"] < 6
     assert api(stack, "/api/health")["queues"]["render.inpaint"] == 0

@@ -5,12 +5,14 @@ seeds, direction, bad input and flat memory; the keyframe-level behaviour on bot
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import GifImagePlugin, Image
 
-from conftest import peak_rss_of_zoomq, psnr, run_cli
+from support.cli import peak_rss_of_zoomq, run_cli
+from support.images import psnr
 from zoomq.errors import RenderCancelled
 from zoomq.render import png
 from zoomq.render.pipeline import Renderer
@@ -18,7 +20,7 @@ from zoomq.zoom import video
 from zoomq.zoom.compose import render_zoom
 from zoomq.zoom.settings import PromptChange, ZoomSettings, validate
 
-SMALL = dict(size=128, mask_width=32, interpolation_frames=6, steps=3, fps=24)
+SMALL: dict[str, Any] = dict(size=128, mask_width=32, interpolation_frames=6, steps=3, fps=24)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,7 @@ def test_video_plays_everywhere(zoom_out):
 def test_gif_loops_with_the_right_frame_duration(zoom_out):
     result, settings = zoom_out
     with Image.open(result.video.with_suffix(".gif")) as gif:
+        assert isinstance(gif, GifImagePlugin.GifImageFile)
         assert gif.info.get("loop") == 0
         durations = []
         for i in range(gif.n_frames):
@@ -224,9 +227,10 @@ def test_memory_stays_flat_for_a_longer_video(tiny_inpaint, tmp_path):
     assert long - short < 64 * 2**20
 
 
+@pytest.mark.browser
 def test_video_plays_in_a_real_browser(zoom_out):
     """Chromium loads the MP4, knows its size and length, and plays it forward."""
-    from browser import ARTIFACTS, chromium, serve
+    from support.browser import ARTIFACTS, chromium, serve
 
     result, settings = zoom_out
     page_html = result.video.parent / "player.html"

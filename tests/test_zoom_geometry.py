@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import psnr
+from support.images import psnr
 from zoomq.zoom import geometry
 from zoomq.zoom.segment import frame_indices
 from zoomq.zoom.settings import ZoomSettings
@@ -19,7 +19,8 @@ W, M, N = 256, 64, 10
 
 def smooth(seed: int, side: int = W) -> Image.Image:
     rng = np.random.default_rng(seed)
-    return Image.fromarray((rng.random((12, 12, 3)) * 255).astype(np.uint8)).resize((side, side), Image.BICUBIC)
+    noise = Image.fromarray((rng.random((12, 12, 3)) * 255).astype(np.uint8))
+    return noise.resize((side, side), Image.Resampling.BICUBIC)
 
 
 def arr(image: Image.Image) -> np.ndarray:
@@ -84,7 +85,7 @@ def test_centre_of_every_frame_is_the_sharp_inner_keyframe(seam):
         p = geometry.inner_margin(W, M, geometry.crop_margin(W, M, j, N))
         size = W - 2 * p
         b = math.ceil(seam * size / (W - 2 * M) * j / N)
-        expected = np.asarray(inner.resize((size, size), Image.BICUBIC))[b: size - b, b: size - b]
+        expected = np.asarray(inner.resize((size, size), Image.Resampling.BICUBIC))[b: size - b, b: size - b]
         assert np.array_equal(image[p + b: W - p - b, p + b: W - p - b], expected), j
     # the ends are the keyframes themselves
     assert np.array_equal(np.asarray(geometry.frame(inner, outer, M, 0, N, seam)), np.asarray(inner))
@@ -95,7 +96,7 @@ def zoom_in_on(image: Image.Image, factor: float) -> Image.Image:
     """The centre 1/factor of ``image`` scaled back to full size (sub-pixel exact box)."""
     side = image.width
     c = side * (1 - 1 / factor) / 2
-    return image.resize((side, side), Image.BICUBIC, box=(c, c, side - c, side - c))
+    return image.resize((side, side), Image.Resampling.BICUBIC, box=(c, c, side - c, side - c))
 
 
 def chain(seam: int, keyframes: int = 3) -> list[list[Image.Image]]:

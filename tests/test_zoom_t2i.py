@@ -6,14 +6,16 @@ models, in process, from the CLI and through the queue."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from cluster import RedisServer, Worker
-from conftest import psnr, run_cli
+from support.cli import run_cli
+from support.cluster import RedisServer, Worker
+from support.images import psnr
 from zoomq.errors import InvalidParameter
 from zoomq.render import png, schedulers
 from zoomq.render.pipeline import Renderer
@@ -25,11 +27,13 @@ from zoomq.zoom.settings import ZoomSettings
 #: As test_turbo.py's: stricter than test_parity's 40 dB, which the miniature model's pictures at
 #: another step count still reach (44 dB). Measured at f32: 71-77 dB.
 PARITY_DB = 60.0
-SMALL = dict(size=128, mask_width=32, interpolation_frames=4, fps=24)
+SMALL: dict[str, Any] = dict(size=128, mask_width=32, interpolation_frames=4, fps=24)
 
 
 def _inpaint_reference(folder):
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+    # From their own modules: mypy reads diffusers' top-level names as its placeholder classes.
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import StableDiffusionInpaintPipeline
 
     t2i = StableDiffusionPipeline.from_pretrained(folder / "diffusers")
     ref = StableDiffusionInpaintPipeline(**t2i.components)  # the same 4-channel UNet and everything else
@@ -169,7 +173,9 @@ def test_queued_zoom_from_a_turbo_model_equals_the_local_one(tmp_path, monkeypat
         job = producer.submit_zoom("a spiral", model="turbo", keyframes=2, seed=21, **SMALL)
         record = producer.wait(job, timeout=300)
         assert record["state"] == "done", record.get("error")
-        sidecar = json.loads(producer.artifact(job, "sidecar.json"))
+        sidecar_json = producer.artifact(job, "sidecar.json")
+        assert sidecar_json is not None
+        sidecar = json.loads(sidecar_json)
         assert sidecar["settings"]["steps"] == 1 and sidecar["settings"]["guidance"] == 0.0
         path = tmp_path / "queued.mp4"
         path.write_bytes(producer.result(job))

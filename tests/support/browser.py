@@ -1,7 +1,8 @@
 """Real headless Chromium for tests: Debian's /usr/bin/chromium driven by playwright-python.
 
 Playwright's own browser download does not work offline, so the Makefile installs Debian's
-chromium and the tests point playwright at it. Without it the browser tests skip with the reason.
+chromium and the tests point playwright at it. Tests that use it are marked ``browser``: without it
+they skip with the reason, and the run's summary counts them (support.prerequisites).
 """
 
 from __future__ import annotations
@@ -13,22 +14,40 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # The machine has no network: without these Chromium keeps trying Google's hosts.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def missing() -> str | None:
+    """Why no browser can be started here, or None when one can."""
+    if not Path(CHROMIUM).exists():
+        return "Debian's chromium is not installed (make test installs it: apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401  # imported only to see that it can be
+    except ImportError as e:
+        return f"playwright cannot be imported ({e}): pip install -e '.[test]'"
+    return None
 
 
 @contextmanager
-def chromium() -> Iterator[object]:
-    """A headless Chromium browser (playwright ``Browser``)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (make test installs it: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+def chromium() -> Iterator[Browser]:
+    """A headless Chromium browser (playwright ``Browser``); only for tests marked ``browser``, which
+    skip, counted, where it cannot start (support.prerequisites)."""
+    reason = missing()
+    if reason:
+        pytest.fail(f"{reason}; a test that starts a browser is marked @pytest.mark.browser, so it skips instead")
+    from playwright import sync_api
+
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         try:

@@ -14,7 +14,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from cluster import wait_for
+from support.cluster import wait_for
 from zoomq.node.processes import free_port
 
 _AWS_VARIABLES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_REGION",

@@ -7,10 +7,18 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from flask.testing import FlaskClient
 
 from zoomq.config import settings
+from zoomq.producer import Producer
 from zoomq.queue import registry
 from zoomq.web import create_app
+
+
+class Client(FlaskClient):
+    """A test client that carries its app's producer, for tests that look at the queue behind the API."""
+
+    producer: Producer
 
 
 @pytest.fixture
@@ -22,12 +30,14 @@ def make_client(server, tiny_t2i, tiny_inpaint):
     def make(workers: bool = True, **overrides):
         s = replace(settings(), **{"redis_url": server.url, "rate_limit": (0, 0), **overrides})
         app = create_app(s)
+        app.test_client_class = Client
         producer = app.extensions["zoomq"].producer
         if workers:
             info = {"models": registry.describe_models([tiny_t2i, tiny_inpaint]), "queues": ["render", "encode"]}
             registry.announce(producer.redis, "w1@test", info, heartbeat=600)
         apps.append(app)
         client = app.test_client()
+        assert isinstance(client, Client)
         client.producer = producer
         return client
 
