@@ -114,13 +114,14 @@ def _on_one_worker(fleet: Fleet, s: _Session) -> None:
 def _on_two_workers(fleet: Fleet, s: _Session) -> None:
     """The 2-keyframe zoom split over two single-thread workers, without DeepCache and with it; then
     the whole video with both."""
-    from zoomq.worker import guidance_split_redis as split
+    from zoomq.worker import guidance_split_redis
 
     s.say("two workers, one thread each: warming up")
     pair = [fleet.start("lead"), fleet.start("help")]
 
     def idle_pair(timeout: float) -> None:
-        wait_for(lambda: len(split.idle_helpers(s.producer.redis, s.model)) == 2, timeout, "two idle workers")
+        wait_for(lambda: len(guidance_split_redis.idle_helpers(s.producer.redis, s.model)) == 2, timeout,
+                 "two idle workers")
 
     # Both warm, each leading once, with DeepCache at 2 steps: each compiles the
     # half-batch UNet, its shallow branch and the VAE parts.

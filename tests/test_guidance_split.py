@@ -23,7 +23,7 @@ from zoomq.config import settings
 from zoomq.producer import Producer
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest
-from zoomq.worker import guidance_split_redis as split
+from zoomq.worker import guidance_split_redis
 
 SLOW_IMAGE: dict[str, Any] = dict(steps=30, width=512, height=512)  # a few seconds on the miniature model
 
@@ -52,7 +52,8 @@ def warm(producer: Producer, *models: str) -> None:
 
 
 def both_idle(producer: Producer, model: str, count: int = 2) -> None:
-    wait_for(lambda: len(split.idle_helpers(producer.redis, model)) >= count, 60, f"{count} idle workers")
+    wait_for(lambda: len(guidance_split_redis.idle_helpers(producer.redis, model)) >= count, 60,
+             f"{count} idle workers")
 
 
 def log_of(worker) -> str:
@@ -133,7 +134,7 @@ def test_helper_never_comes_the_leader_renders_alone(cluster, tiny_t2i, server):
     # ago (its registry key has not expired yet).
     ghost = {"models": registry.describe_models([tiny_t2i]), "queues": ["render.t2i", "split.t2i"], "concurrency": 1}
     registry.announce(producer.redis, "ghost@gone", ghost, heartbeat=600)
-    assert "ghost@gone" in split.idle_helpers(producer.redis, "t2i")
+    assert "ghost@gone" in guidance_split_redis.idle_helpers(producer.redis, "t2i")
     request: dict[str, Any] = dict(prompt="a castle", steps=4, seed=5, guidance=7.5)
     job = producer.submit_image(model="t2i", **request)
     record = producer.wait(job, timeout=60)
@@ -142,7 +143,7 @@ def test_helper_never_comes_the_leader_renders_alone(cluster, tiny_t2i, server):
     took = record["finished"] - record["started"]
     assert 1.0 <= took < 10, took  # the offer's claim window, then alone
     assert "split finished" not in log_of(w1)
-    # The offer's task waits in split.t2i until a worker is free: w1 itself, once its render is
+    # The offer's task waits in guidance_split_redis.t2i until a worker is free: w1 itself, once its render is
     # done, takes it and drops it, as the leader withdrew it.
     wait_for(lambda: "offer taken or withdrawn" in log_of(w1), 30, "the stale offer to be dropped")
     assert splits_logged(w1) == 0
@@ -222,7 +223,7 @@ def test_leader_vanishes_the_helper_stops_and_is_idle_again(cluster):
     wait_for(lambda: "split help ended" in log_of(helper), 30, "the helper to stop")
     assert time.monotonic() - lost < 2.0 * 1 + 3, "the helper waited longer than its patience"
     assert "the leader sent nothing" in log_of(helper)
-    assert not split.helping(producer.redis)
+    assert not guidance_split_redis.helping(producer.redis)
     # Idle again: it takes the lost piece over once its lease lapses, and finishes the job alone.
     record = producer.wait(job, timeout=120)
     assert record["state"] == "done", record.get("error")
@@ -240,7 +241,7 @@ def test_cancel_during_a_split_stops_both_within_one_step(cluster):
     helper_stopped = time.monotonic() - cancelled
     assert leader_stopped < per_step + 1.0 and helper_stopped < per_step + 1.0, (
         leader_stopped, helper_stopped, per_step)
-    assert not split.helping(producer.redis)
+    assert not guidance_split_redis.helping(producer.redis)
     assert producer.status(job)["state"] == "cancelled"
 
 
@@ -268,7 +269,7 @@ def test_a_worker_with_the_split_off_neither_leads_nor_helps(cluster, tiny_t2i):
     cluster("w2", env={"ZOOMQ_GUIDANCE_SPLIT": "off"})
     producer = Producer()
     warm(producer, "t2i")
-    assert split.idle_helpers(producer.redis, "t2i") == []
+    assert guidance_split_redis.idle_helpers(producer.redis, "t2i") == []
     record = producer.wait(producer.submit_image("a castle", model="t2i", steps=3, seed=1, guidance=7.5), timeout=60)
     assert record["state"] == "done" and "split_with" not in record
 
@@ -293,8 +294,9 @@ def test_the_job_page_and_api_show_the_split(make_client):
 def test_messages_round_trip_without_pickles():
     sample = np.random.default_rng(0).standard_normal((1, 9, 64, 64)).astype(np.float32)
     embeds = np.ones((1, 77, 1024), np.float32)
-    header, arrays = split.unpack(split.pack({"kind": "step", "call": 3}, sample=sample, embeds=embeds))
+    packed = guidance_split_redis.pack({"kind": "step", "call": 3}, sample=sample, embeds=embeds)
+    header, arrays = guidance_split_redis.unpack(packed)
     assert header == {"kind": "step", "call": 3}
     assert np.array_equal(arrays["sample"], sample) and np.array_equal(arrays["embeds"], embeds)
-    header, arrays = split.unpack(split.pack({"kind": "stop"}, noise=None))
+    header, arrays = guidance_split_redis.unpack(guidance_split_redis.pack({"kind": "stop"}, noise=None))
     assert header == {"kind": "stop"} and arrays == {}

@@ -18,8 +18,7 @@ from support.models import F2_SIZE
 from zoomq.errors import InvalidParameter
 from zoomq.model import manifest as mf
 from zoomq.queue import registry
-from zoomq.render import precompile as warmup
-from zoomq.render import schedulers
+from zoomq.render import precompile, schedulers
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest, validate
 
@@ -95,7 +94,7 @@ def test_manifest_records_the_factor(tiny_t2i_f2, tiny_inpaint_f2, tiny_t2i):
     m = mf.read(tiny_t2i_f2)
     assert m.kind["vae_scale_factor"] == 2 and m.latent_factor == 2
     # the warm-up compiles the UNet at the latent size a native render uses
-    unet = dict(warmup.default_shapes(m))["unet"]
+    unet = dict(precompile.default_shapes(m))["unet"]
     assert unet["sample"][2:] == [F2_SIZE // 2, F2_SIZE // 2]
 
 

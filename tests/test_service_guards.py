@@ -11,7 +11,7 @@ import pytest
 
 from zoomq.errors import InvalidParameter
 from zoomq.queue.job_records import Jobs
-from zoomq.web import api_keys as keys_mod
+from zoomq.web import api_keys
 
 IMAGE: dict[str, Any] = {"kind": "image", "prompt": "a lighthouse", "model": "t2i", "steps": 2}
 ZOOM = {"kind": "zoom", "prompt": "a spiral", "model": "inpaint", "size": 128, "mask_width": 32, "steps": 2}
@@ -31,10 +31,10 @@ def snapshot(client) -> tuple:
 @pytest.fixture
 def keyring(tmp_path):
     """A keys file with alice, bob and an admin; returns (path, {name: key})."""
-    made = {name: keys_mod.new_key() for name in ("alice", "bob", "root")}
+    made = {name: api_keys.new_key() for name in ("alice", "bob", "root")}
     path = tmp_path / "keys"
     path.write_text("# name sha256 [admin]\n" + "\n".join(
-        keys_mod.line(name, key, admin=name == "root") for name, key in made.items()) + "\n")
+        api_keys.line(name, key, admin=name == "root") for name, key in made.items()) + "\n")
     return path, made
 
 
@@ -67,10 +67,10 @@ def test_the_keys_file_holds_only_hashes_and_is_read_again_when_it_changes(make_
     path, k = keyring
     assert all(key not in path.read_text() for key in k.values())
     client = make_client(api_keys_file=str(path))
-    carol = keys_mod.new_key()
+    carol = api_keys.new_key()
     assert client.post("/api/jobs", json=IMAGE, headers=bearer(carol)).status_code == 401
     with path.open("a") as f:
-        f.write(keys_mod.line("carol", carol, admin=False) + "\n")
+        f.write(api_keys.line("carol", carol, admin=False) + "\n")
     assert client.post("/api/jobs", json=IMAGE, headers=bearer(carol)).status_code == 202
 
 

@@ -10,8 +10,7 @@ from support.cluster import RedisServer, Worker, wait_for
 from zoomq.config import settings
 from zoomq.model import manifest as mf
 from zoomq.queue import registry
-from zoomq.render import precision
-from zoomq.render import precompile as warmup
+from zoomq.render import precision, precompile
 from zoomq.render.ov_models import CompiledParts
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest
@@ -23,7 +22,7 @@ from zoomq.worker import warmup as worker_warmup
 def test_a_default_render_compiles_nothing_after_the_warm_up(task, tiny_t2i, tiny_inpaint, init_image, square_mask):
     folder = tiny_t2i if task == "t2i" else tiny_inpaint
     parts = CompiledParts(folder, precision.applied(settings()))
-    warmup.compile_default(parts, mf.read(folder))
+    precompile.compile_default(parts, mf.read(folder))
     warm = parts.compiled_shapes
     assert {part for part, _ in warm} >= {"text_encoder", "unet", "vae_decoder"}
     request = RenderRequest("a tower", steps=2, seed=4)

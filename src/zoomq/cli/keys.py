@@ -8,7 +8,7 @@ from pathlib import Path
 
 from zoomq.config import settings
 from zoomq.errors import InvalidParameter
-from zoomq.web import api_keys as keys
+from zoomq.web import api_keys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,16 +26,16 @@ def run_add(args: argparse.Namespace) -> int:
     path = args.file or (Path(settings().api_keys_file) if settings().api_keys_file else None)
     if path is None:
         raise InvalidParameter("file", None, "required: give --file, or set ZOOMQ_API_KEYS_FILE")
-    keys.check_name(args.name)
+    api_keys.check_name(args.name)
     existing = path.read_text() if path.exists() else ""
-    if args.name in {keyring.name for keyring in keys.parse(existing, str(path)).values()}:
+    if args.name in {keyring.name for keyring in api_keys.parse(existing, str(path)).values()}:
         raise InvalidParameter("name", args.name, f"is already in {path}; choose another name")
-    key = keys.new_key()
+    key = api_keys.new_key()
     path.parent.mkdir(parents=True, exist_ok=True)
     separator = "" if not existing or existing.endswith("\n") else "\n"
     # Owner-only permissions: hashes do not reveal keys, but the list of names is the operator's.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a") as f:
-        f.write(separator + keys.line(args.name, key, args.admin) + "\n")
+        f.write(separator + api_keys.line(args.name, key, args.admin) + "\n")
     print(f"key for {args.name}{' (admin)' if args.admin else ''}, shown only now: {key}")
     return 0

@@ -198,10 +198,10 @@ def _convert(
 
 
 def _checked_branches(cache_branches: tuple[int, ...], unet_config: dict) -> tuple[int, ...]:
-    from zoomq.model_prep import deepcache_export as deepcache
+    from zoomq.model_prep import deepcache_export
 
     try:
-        return deepcache.check_branches(cache_branches, unet_config)
+        return deepcache_export.check_branches(cache_branches, unet_config)
     except ValueError as e:
         raise PrepareError(f"--cache-branches: {e}") from None
 
@@ -209,7 +209,7 @@ def _checked_branches(cache_branches: tuple[int, ...], unet_config: dict) -> tup
 def _convert_parts(source_dir: Path, kind: ModelKind, stage: Path, *, route: str, weights: str,
                    report: Callable[[str], None], cache_branches: tuple[int, ...]) -> None:
     """The model's sub-models into OpenVINO IR, DeepCache's shallow UNets among them."""
-    from zoomq.model_prep import deepcache_export as deepcache
+    from zoomq.model_prep import deepcache_export
     from zoomq.model_prep.convert import parts
     from zoomq.model_prep.export import convert_part
 
@@ -222,14 +222,14 @@ def _convert_parts(source_dir: Path, kind: ModelKind, stage: Path, *, route: str
     if cache_branches:
         report(f"converting DeepCache's shallow UNet for branch {', '.join(map(str, cache_branches))} "
                f"({route}, fp16 weights)")
-        deepcache.convert_shallow_parts(source_dir, stage, cache_branches, kind.unet_in_channels,
+        deepcache_export.convert_shallow_parts(source_dir, stage, cache_branches, kind.unet_in_channels,
                                         kind.text_hidden_size, route=route, weights=part_weights)
 
 
 def _conversion_record(stage: Path, tiny_record: dict | None, cache_branches: tuple[int, ...],
                        unet_config: dict) -> dict:
     """The manifest's record of the conversion: its files, the versions that made them, the extras."""
-    from zoomq.model_prep import deepcache_export as deepcache
+    from zoomq.model_prep import deepcache_export
     from zoomq.model_prep.convert import CONVERSION
 
     data: dict = {
@@ -242,7 +242,7 @@ def _conversion_record(stage: Path, tiny_record: dict | None, cache_branches: tu
         data["tiny_autoencoder"] = tiny_record
     if cache_branches:
         data["deepcache"] = {"branches": list(cache_branches),
-                             "branch_count": deepcache.branch_count(unet_config)}
+                             "branch_count": deepcache_export.branch_count(unet_config)}
     return data
 
 

@@ -29,8 +29,8 @@ from urllib.parse import quote
 
 import redis
 
+from zoomq import config
 from zoomq.config import Settings
-from zoomq.config import settings as current_settings
 from zoomq.errors import ZoomqError
 from zoomq.queue.connection import client_for
 
@@ -250,7 +250,7 @@ class Fleet:
         except BaseException:
             self._remove_folder()
             raise
-        self.settings: Settings = replace(current_settings(), redis_url=self.server.url)
+        self.settings: Settings = replace(config.settings(), redis_url=self.server.url)
 
     def start(self, name: str, env: dict | None = None, **options: Any) -> WorkerProcess:
         """A worker on the fleet's Redis serving its models; ``env`` and ``options`` add to the fleet's."""

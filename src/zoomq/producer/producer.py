@@ -19,12 +19,11 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from PIL import Image
 
+from zoomq import config
 from zoomq.config import Settings
-from zoomq.config import settings as current_settings
 from zoomq.errors import Checks, InvalidParameter, QueueFull, ZoomqError
 from zoomq.producer import estimate, limits
-from zoomq.queue import connection, registry, stats
-from zoomq.queue import job_records as jobs_mod
+from zoomq.queue import connection, job_records, registry, stats
 from zoomq.queue.celery_app import ENCODE_QUEUE, TASK_IMAGE, TASK_KEYFRAME, make_app, render_queue
 from zoomq.render.png import load_image
 from zoomq.render.request import RenderRequest, check_cache, check_decoder, validate
@@ -41,9 +40,9 @@ RETRY_FULL_QUEUE = 30
 
 class Producer:
     def __init__(self, s: Settings | None = None):
-        self.settings = s or current_settings()
+        self.settings = s or config.settings()
         self.redis = connection.client(self.settings, socket_connect_timeout=5, socket_timeout=30)
-        self.jobs = jobs_mod.Jobs(self.redis, self.settings.job_ttl)
+        self.jobs = job_records.Jobs(self.redis, self.settings.job_ttl)
         self.store = open_store(self.settings, self.redis)
         self.limits = limits.Limits.of(self.settings)
         self._app: Celery | None = None
@@ -115,7 +114,7 @@ class Producer:
         to; ``submitter``: who its queue cap counts against. Returns the job id."""
         request = self.check_image(prompt, model=model, init_image=init_image, mask=mask, **options)
         self.admit(submitter)
-        job_id = jobs_mod.new_id()
+        job_id = job_records.new_id()
         params = {k: v for k, v in asdict(request).items() if k not in ("init_image", "mask")}
         if request.init_image is not None:
             params["init_image"] = self._put_image(job_id, "init", request.init_image)
@@ -179,7 +178,7 @@ class Producer:
         settings, init = self.check_zoom(prompt, model=model, init_image=init_image, schedule=schedule, **options)
         self.admit(submitter)
         work = estimate.zoom_work(settings, init is not None)
-        job_id = jobs_mod.new_id()
+        job_id = job_records.new_id()
         if init is not None:
             settings = ZoomSettings.from_dict(
                 {**settings.to_dict(), "init_image": self._put_image(job_id, "init", init)}
@@ -196,7 +195,7 @@ class Producer:
 
     def status(self, job_id: str) -> dict:
         """The job record, with the liveness of its worker and a warning when nobody serves its model."""
-        record = self._call(self.jobs.get, jobs_mod.check_id(job_id))
+        record = self._call(self.jobs.get, job_records.check_id(job_id))
         if record is None:
             raise InvalidParameter("job_id", job_id, "no such job (unknown, or expired)")
         workers = self.workers()
@@ -205,34 +204,34 @@ class Producer:
         )
         served = registry.served_models(workers)
         record["warning"] = None
-        if record["state"] == jobs_mod.QUEUED and record["model"] not in served:
+        if record["state"] == job_records.QUEUED and record["model"] not in served:
             names = ", ".join(sorted(served)) or "none"
             record["warning"] = f"no worker online serves model {record['model']!r} (served now: {names})"
-        elif record["kind"] == "zoom" and record["state"] == jobs_mod.RUNNING and not any(
+        elif record["kind"] == "zoom" and record["state"] == job_records.RUNNING and not any(
                 ENCODE_QUEUE in w.get("queues", []) for w in workers):
             record["warning"] = "no worker online serves the encode queue; segments will wait"
         return record
 
     def cancel(self, job_id: str) -> bool:
-        return self._call(self.jobs.cancel, jobs_mod.check_id(job_id))
+        return self._call(self.jobs.cancel, job_records.check_id(job_id))
 
     def watch(self, job_id: str) -> None:
         """Someone looks at the job: its worker makes live previews for the next few seconds."""
-        self._call(self.redis.set, jobs_mod.watched_key(jobs_mod.check_id(job_id)), 1,
-                   ex=jobs_mod.WATCHED_SECONDS)
+        self._call(self.redis.set, job_records.watched_key(job_records.check_id(job_id)), 1,
+                   ex=job_records.WATCHED_SECONDS)
 
     def preview(self, job_id: str, watch: bool = True) -> bytes | None:
         """The job's newest live preview (PNG), marking it watched; None while there is none."""
         if watch:
             self.watch(job_id)
-        return self.artifact(job_id, jobs_mod.PREVIEW_NAME)
+        return self.artifact(job_id, job_records.PREVIEW_NAME)
 
     def artifact(self, job_id: str, name: str) -> bytes | None:
-        return self._call(self.store.get, f"{jobs_mod.check_id(job_id)}/{name}")
+        return self._call(self.store.get, f"{job_records.check_id(job_id)}/{name}")
 
     def result(self, job_id: str) -> bytes:
         record = self.status(job_id)
-        if record["state"] != jobs_mod.DONE:
+        if record["state"] != job_records.DONE:
             raise ZoomqError(f"job {job_id} is {record['state']}, not done"
                              + (f": {record['error']}" if record.get("error") else ""))
         data = self._call(self.store.get, record["result"])
@@ -248,7 +247,7 @@ class Producer:
             record = self.status(job_id)
             if on_update:
                 on_update(record)
-            if record["state"] in jobs_mod.ENDED:
+            if record["state"] in job_records.ENDED:
                 return record
             if timeout is not None and time.monotonic() - started > timeout:
                 raise ZoomqError(f"job {job_id} did not end within {timeout:g} s")

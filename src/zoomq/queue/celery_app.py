@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from celery import Celery
 
+from zoomq import config
 from zoomq.config import Settings
-from zoomq.config import settings as current_settings
 from zoomq.queue.connection import celery_options
 
 RENDER_QUEUE, ENCODE_QUEUE = "render", "encode"
@@ -41,7 +41,7 @@ def split_queue(model: str) -> str:
 
 
 def make_app(s: Settings | None = None) -> Celery:
-    s = s or current_settings()
+    s = s or config.settings()
     app = Celery("zoomq", broker=s.redis_url)
     app.conf.update(
         task_serializer="json",

@@ -23,9 +23,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from zoomq import __version__
+from zoomq import __version__, config
 from zoomq.config import Settings
-from zoomq.config import settings as current_settings
 from zoomq.errors import RenderCancelled
 from zoomq.model import manifest as mf
 from zoomq.render import precision, schedulers
@@ -178,7 +177,7 @@ class Renderer:
         self.manifest = mf.read(Path(model_dir))
         self.folder = self.manifest.folder
         self.kind = self.manifest.kind
-        self.settings = precision.applied(settings or current_settings())
+        self.settings = precision.applied(settings or config.settings())
         if parts is None:
             parts = CompiledParts(self.folder, self.settings)
         elif (parts.folder, parts.settings) != (self.folder, self.settings):

@@ -8,7 +8,7 @@ import io
 from flask import Blueprint, Response, abort, jsonify, request, send_file, url_for
 
 from zoomq.errors import BrokerUnavailable, InvalidParameter, InvalidParameters
-from zoomq.queue import job_records as jobs_mod
+from zoomq.queue import job_records
 from zoomq.web import present, security, spec, submission
 from zoomq.web.context import caller, job_or_404, web
 from zoomq.zoom.keyframe import keyframe_name
@@ -111,7 +111,7 @@ def _artifact(job_id: str, name: str, mimetype: str, download_name: str):
 @bp.get("/jobs/<job_id>/result")
 def result(job_id: str):
     record = job_or_404(job_id)
-    if record["state"] != jobs_mod.DONE:
+    if record["state"] != job_records.DONE:
         return jsonify(error=f"job {job_id} is {record['state']}, not done", state=record["state"]), 409
     mimetype = record.get("result_type", "application/octet-stream")
     name = record["result"].rsplit("/", 1)[-1]
@@ -136,7 +136,7 @@ def preview(job_id: str):
     not ended has none yet. Asking for it marks a job that has not ended watched, so its worker
     makes previews for the next few seconds; an ended job's is served while it is kept, else 404."""
     record = job_or_404(job_id)
-    live = record["state"] not in jobs_mod.ENDED
+    live = record["state"] not in job_records.ENDED
     data = web().producer.preview(job_id, watch=live)
     no_store = {"Cache-Control": "no-store"}
     if data is None:

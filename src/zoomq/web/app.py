@@ -10,8 +10,8 @@ from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from zoomq import config
 from zoomq.config import Settings
-from zoomq.config import settings as current_settings
 from zoomq.errors import ArtifactStoreUnreachable, BrokerUnavailable, QueueFull, Unauthorized, ZoomqError
 from zoomq.producer.producer import Producer
 from zoomq.web import api, metrics, pages, security
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(s: Settings | None = None) -> Flask:
-    s = s or current_settings()
+    s = s or config.settings()
     app = Flask(__name__)
     if s.trusted_proxies:
         # The client address is the one that many proxies back in X-Forwarded-For, not the

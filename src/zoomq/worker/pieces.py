@@ -39,7 +39,7 @@ from zoomq.render.ov_models import CompiledParts
 from zoomq.render.request import RenderRequest
 from zoomq.repeating import repeating
 from zoomq.storage.base import ArtifactStore
-from zoomq.worker import guidance_split_redis as split
+from zoomq.worker import guidance_split_redis
 from zoomq.worker.lease import Lease
 from zoomq.zoom.keyframe import keyframe_name, render_keyframe
 from zoomq.zoom.segment import render_segment, segment_name
@@ -224,7 +224,7 @@ def run_image(ctx: Context, job_id: str) -> None:
                     params[name] = Image.open(io.BytesIO(data)).convert("L" if name == "mask" else "RGB")
             request = RenderRequest(**params)
             renderer = ctx.renderer(job["model"])
-            with split.leading(ctx, job_id, "image", job["model"], params) as wrap_unet:
+            with guidance_split_redis.leading(ctx, job_id, "image", job["model"], params) as wrap_unet:
                 result = renderer.render(request, _progress(ctx, job_id, "image", "denoising"),
                                          preview=_preview(ctx, job_id, "image"), wrap_unet=wrap_unet)
             lease.check()
@@ -296,7 +296,8 @@ def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
                                                    "init_image": str(_fetch(ctx, settings.init_image, tmp))})
             out = tmp / keyframe_name(k)
             stage = f"keyframe {k + 1}/{settings.keyframes}"
-            with split.leading(ctx, job_id, f"keyframe:{k}", job["model"], settings.to_dict()) as wrap_unet:
+            piece, params = f"keyframe:{k}", settings.to_dict()
+            with guidance_split_redis.leading(ctx, job_id, piece, job["model"], params) as wrap_unet:
                 render_keyframe(ctx.renderer(job["model"]), settings, k, previous, out,
                                 _progress(ctx, job_id, f"keyframe:{k}", stage), JobTexts(ctx.store, job_id),
                                 _preview(ctx, job_id, f"keyframe:{k}"), wrap_unet=wrap_unet)

@@ -16,16 +16,13 @@ import redis
 from celery import signals
 from kombu.exceptions import OperationalError
 
-from zoomq import logs
-from zoomq.config import settings as current_settings
+from zoomq import config, logs
 from zoomq.config import worker_identity
 from zoomq.errors import ArtifactStoreUnreachable, PieceBusy, RenderCancelled, ZoomqError
-from zoomq.queue import connection, registry, stats
-from zoomq.queue import job_records as jobs_mod
+from zoomq.queue import connection, job_records, registry, stats
 from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_SPLIT, TASK_STITCH, make_app
 from zoomq.storage import open_store
-from zoomq.worker import guidance_split_redis as split
-from zoomq.worker import pieces, warmup, watchdog
+from zoomq.worker import guidance_split_redis, pieces, warmup, watchdog
 
 log = logging.getLogger("zoomq.worker")
 app = make_app()
@@ -46,12 +43,12 @@ def context() -> pieces.Context:
     """This process's context, made on first use (after the fork: no OpenVINO before it)."""
     global _context
     if _context is None:
-        s = current_settings()
+        s = config.settings()
         client = connection.client(s)
         _context = pieces.Context(
             settings=s,
             redis=client,
-            jobs=jobs_mod.Jobs(client, s.job_ttl),
+            jobs=job_records.Jobs(client, s.job_ttl),
             store=open_store(s, client),
             worker=worker_name(),
             models=registry.describe_models(list(s.models)),
@@ -81,7 +78,7 @@ def _banner(instance=None, **_) -> None:
 @signals.worker_process_init.connect
 def _warm_up(**_) -> None:
     """Each pool process compiles its models in the background as it starts (``ZOOMQ_WARMUP``)."""
-    if current_settings().warmup:
+    if config.settings().warmup:
         warmup.start(context())
 
 
@@ -136,7 +133,7 @@ def split_help(sid: str) -> None:
     if not ctx.settings.guidance_split:
         return
     try:
-        split.help_render(ctx, sid)
+        guidance_split_redis.help_render(ctx, sid)
     except Exception:  # noqa: BLE001 — the leader notices and carries on alone; this worker lives on
         log.exception("helping split %s failed", sid)
 
@@ -148,14 +145,14 @@ _stop = threading.Event()
 
 @signals.worker_ready.connect
 def _start_background(sender=None, **_):
-    s = current_settings()
+    s = config.settings()
     client = connection.client(s)
     identity = worker_identity()
     name = identity.name
     models = registry.describe_models(list(s.models))
     info = {"models": models, "queues": list(identity.queues), "concurrency": identity.concurrency,
             "threads": s.threads}
-    jobs = jobs_mod.Jobs(client, s.job_ttl)
+    jobs = job_records.Jobs(client, s.job_ttl)
     interval = max(2.0, s.stale_after / 4)
 
     def loop() -> None:
@@ -179,6 +176,6 @@ def _start_background(sender=None, **_):
 def _stop_background(**_):
     _stop.set()
     try:
-        registry.withdraw(connection.client(current_settings()), worker_name())
+        registry.withdraw(connection.client(config.settings()), worker_name())
     except redis.RedisError:
         pass

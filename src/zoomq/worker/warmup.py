@@ -17,7 +17,7 @@ import time
 from zoomq.config import worker_identity
 from zoomq.model import manifest as mf
 from zoomq.queue.celery_app import render_queue
-from zoomq.render import precompile as warmup
+from zoomq.render import precompile
 from zoomq.worker.pieces import Context
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def _compile(ctx: Context, models: list[str]) -> None:
         start = time.perf_counter()
         try:
             parts = ctx.compiled_parts(model)
-            warmup.compile_default(parts, mf.read(parts.folder))
+            precompile.compile_default(parts, mf.read(parts.folder))
         except Exception:  # the job that needs the model will fail with the reason; the worker lives on
             log.exception("warm-up of model %s failed", model)
         else:
