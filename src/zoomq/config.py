@@ -14,7 +14,6 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from zoomq.errors import InvalidParameter
 
@@ -132,20 +131,44 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "ZOOMQ_API_TOKEN",
         "",
-        "A single key, without a file: it acts as an admin key named `admin` (with `ZOOMQ_API_KEYS_FILE` or "
-        "alone).",
+        "A single key, without a file: an admin key (with `ZOOMQ_API_KEYS_FILE` or alone), at least 32 "
+        "characters. Its jobs are recorded under `$ZOOMQ_API_TOKEN`, a name no key in the file can have.",
+    ),
+    Variable(
+        "ZOOMQ_KEY_ATTEMPTS",
+        "10/300",
+        "Wrong API keys (a bad `Authorization: Bearer` key, a bad key on the web form) allowed per client "
+        "address: `N/SECONDS`, counted in Redis; past them every key from that address is refused (429 with "
+        "`Retry-After`) until the window ends. `0` turns the throttle off.",
+    ),
+    Variable(
+        "ZOOMQ_ALLOW_ANONYMOUS",
+        "0",
+        "`1`: `zoomq up`, `zoomq web` and `gunicorn zoomq.web.wsgi:app` may listen on an address other hosts "
+        "reach (`0.0.0.0`, a LAN address) with no API key configured, open to anyone (a warning is logged at "
+        "every start); the same as `--allow-anonymous`. `0`: they refuse to, until a key exists "
+        "(`ZOOMQ_API_KEYS_FILE` with a key, or `ZOOMQ_API_TOKEN`). Loopback addresses are always served.",
     ),
     Variable(
         "ZOOMQ_TRUSTED_PROXIES",
         "0",
         "How many reverse proxies in front of the web server append to `X-Forwarded-For`; the client address "
-        "(for anonymous rate limits and logs) is taken that many hops from its right end. 0 ignores the header.",
+        "(for anonymous rate limits and logs) is taken that many hops from its right end, and the nearest proxy's "
+        "`X-Forwarded-Proto` says whether the client used HTTPS (the session cookie is then `Secure`, named "
+        "`__Host-zoomq_session`). 0 ignores both headers.",
     ),
     Variable(
         "ZOOMQ_SECRET_KEY",
         "",
-        "Signs the web session and its CSRF tokens; empty shares one random key between all web "
-        "processes through Redis.",
+        "Flask's `SECRET_KEY`, for code that uses Flask's signed cookie session; zoomq's own sessions do not "
+        "(a random id with its record in Redis, the CSRF token derived from it), so no secret is shared between "
+        "web processes, nor kept in Redis. Empty: none, and Flask's cookie session stays off.",
+    ),
+    Variable(
+        "ZOOMQ_SESSION_TTL",
+        "43200",
+        "Seconds a browser stays signed in after entering a key on a form (12 hours); signing out ends it "
+        "sooner. The session's record in Redis expires then.",
     ),
     Variable(
         "ZOOMQ_RATE_LIMIT",
@@ -241,11 +264,14 @@ class Settings:
     stale_after: int
     api_token: str
     secret_key: str
+    session_ttl: int  # seconds a browser session lasts
     rate_limit: tuple[int, int]  # (submissions, per seconds); (0, 0) is off
+    key_attempts: tuple[int, int]  # (wrong keys, per seconds) from one address; (0, 0) is off
     max_upload: int
     max_prompt: int
     api_keys_file: str
     trusted_proxies: int
+    allow_anonymous: bool  # serve a non-loopback address with no key configured (zoomq.web.exposure)
     max_queued: int  # 0: no cap
     max_queued_per_key: int
     max_steps: int
@@ -317,6 +343,28 @@ def _rate(env: Environment, name: str) -> tuple[int, int]:
     return (int(count), int(seconds))
 
 
+def _flag(env: Environment, name: str) -> bool:
+    raw = _get(env, name)
+    if raw not in ("0", "1"):
+        raise InvalidParameter(name, raw, "must be 1 (yes) or 0 (no)")
+    return raw == "1"
+
+
+MIN_TOKEN = 32
+
+
+def _api_token(env: Environment) -> str:
+    """``ZOOMQ_API_TOKEN``: a guessable token would open every job, so a short one is refused (never shown)."""
+    token = _get(env, "ZOOMQ_API_TOKEN")
+    if token and len(token) < MIN_TOKEN:
+        raise InvalidParameter(
+            "ZOOMQ_API_TOKEN", f"{len(token)} characters",
+            f"must be at least {MIN_TOKEN} characters; make one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))', or use named keys (zoomq keys add)",
+        )
+    return token
+
+
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
@@ -374,18 +422,38 @@ def _redis_url(env: Environment) -> str:
     return url
 
 
+_QUERY_PASSWORD = re.compile(r"(?i)[?&]password=([^&]*)")
+
+
 def redacted(url: str) -> str:
-    """The URL with its password (in the address, or a ``password=`` query) shown as ``***``."""
-    try:
-        netloc = urlsplit(url).netloc
-    except ValueError:
-        return url.partition("://")[0] + "://***"
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, colon, _ = userinfo.partition(":")
-        # Without a colon the one word may well be a password written in the user's place.
-        url = url.replace(netloc, f"{user}:***@{host}" if colon else f"***@{host}", 1)
-    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+    """The URL with its password (in the address, or a ``password=`` query) shown as ``***``, whatever
+    characters it holds: ``/``, ``#``, ``?``, ``@``, ``:`` and percent-escapes included.
+
+    The address's password runs to the last ``@``, so a password holding ``/``, ``#`` or ``?`` (which
+    end the address for ``urlsplit``) is hidden whole; where a URL could be read two ways, every part
+    either reading makes a password is hidden (more than the password at worst, never less)."""
+    scheme, sep, _ = url.partition("://")
+    start = len(scheme) + len(sep) if sep else 0
+    spans = []
+    at = url.rfind("@", start)
+    if at >= 0:
+        user, colon, _ = url[start:at].partition(":")
+        # Without a colon the one word may well be a password written in the user's place; a "user"
+        # holding what ends an address is part of a password too.
+        shown_user = bool(colon) and not re.search(r"[/?#@]", user)
+        spans.append((start + len(user) + 1 if shown_user else start, at))
+    spans += [m.span(1) for m in _QUERY_PASSWORD.finditer(url, start)]
+    merged: list[tuple[int, int]] = []
+    for begin, end in sorted(spans):
+        if merged and begin <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((begin, end))
+    pieces, position = [], 0
+    for begin, end in merged:
+        pieces += [url[position:begin], "***"]
+        position = end
+    return "".join(pieces) + url[position:]
 
 
 def is_set(name: str) -> bool:
@@ -463,13 +531,16 @@ def _parse(env: Environment) -> Settings:
         heartbeat=_int(env, "ZOOMQ_HEARTBEAT", 1),
         health_file=os.path.expanduser(_get(env, "ZOOMQ_HEALTH_FILE")),
         stale_after=_int(env, "ZOOMQ_STALE_AFTER", 2),
-        api_token=_get(env, "ZOOMQ_API_TOKEN"),
+        api_token=_api_token(env),
         secret_key=_get(env, "ZOOMQ_SECRET_KEY"),
+        session_ttl=_int(env, "ZOOMQ_SESSION_TTL", 60),
         rate_limit=_rate(env, "ZOOMQ_RATE_LIMIT"),
+        key_attempts=_rate(env, "ZOOMQ_KEY_ATTEMPTS"),
         max_upload=_int(env, "ZOOMQ_MAX_UPLOAD", 1024),
         max_prompt=_int(env, "ZOOMQ_MAX_PROMPT", 1),
         api_keys_file=os.path.expanduser(_get(env, "ZOOMQ_API_KEYS_FILE")),
         trusted_proxies=_int(env, "ZOOMQ_TRUSTED_PROXIES", 0),
+        allow_anonymous=_flag(env, "ZOOMQ_ALLOW_ANONYMOUS"),
         max_queued=_int(env, "ZOOMQ_MAX_QUEUED", 0),
         max_queued_per_key=_int(env, "ZOOMQ_MAX_QUEUED_PER_KEY", 0),
         max_steps=_int(env, "ZOOMQ_MAX_STEPS", 1),

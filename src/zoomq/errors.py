@@ -105,6 +105,27 @@ class Unauthorized(ZoomqError):
     """Keys are configured and the request carries no valid one (401)."""
 
 
+class TooManyKeyAttempts(ZoomqError):
+    """Too many wrong API keys came from one client address in the window of ``ZOOMQ_KEY_ATTEMPTS``:
+    every key from it is refused (429) for ``retry_after`` more seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class KeysUnavailable(ZoomqError):
+    """The API keys file went bad while the server runs: no key can be checked (503). The message,
+    which names the file, the line and perhaps a key's name and hash, is for the log, not for clients."""
+
+
+class OpenWithoutKeys(ZoomqError):
+    """The web server was asked to listen on an address other hosts can reach, and no API key is
+    configured: every caller would see, submit and cancel every job. Bad usage (exit code 2)."""
+
+    exit_code = 2
+
+
 class PieceBusy(ZoomqError):
     """Another live worker holds this piece's lease; try again later."""
 

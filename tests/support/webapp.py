@@ -28,7 +28,7 @@ def make_client(server, tiny_t2i, tiny_inpaint):
     apps = []
 
     def make(workers: bool = True, **overrides):
-        s = replace(settings(), **{"redis_url": server.url, "rate_limit": (0, 0), **overrides})
+        s = replace(settings(), **{"redis_url": server.url, "rate_limit": (0, 0), "key_attempts": (0, 0), **overrides})
         app = create_app(s)
         app.test_client_class = Client
         producer = app.extensions["zoomq"].producer

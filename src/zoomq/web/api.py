@@ -10,7 +10,7 @@ from flask import Blueprint, Response, abort, jsonify, request, send_file, url_f
 from zoomq.errors import BrokerUnavailable, InvalidParameter, InvalidParameters
 from zoomq.queue import job_records
 from zoomq.web import present, security, spec, submission
-from zoomq.web.context import caller, job_or_404, web
+from zoomq.web.context import caller, is_admin, job_or_404, web
 from zoomq.zoom.keyframe import keyframe_name
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -47,7 +47,7 @@ def create_job():
         dry_run = _flag("dry_run")
     except InvalidParameter as e:
         return _errors([e])
-    refused = None if dry_run else _rate_limited(who)
+    refused = _rate_limited(who)  # a dry run costs Redis reads and the estimate: it counts too
     if refused:
         return refused
     if request.mimetype == "application/json":
@@ -103,9 +103,14 @@ def _artifact(job_id: str, name: str, mimetype: str, download_name: str):
     data = web().producer.artifact(job_id, name)
     if data is None:
         abort(404)
-    # conditional=True answers Range requests (206), so players can seek in videos.
-    return send_file(io.BytesIO(data), mimetype=mimetype, conditional=True, etag=f"{job_id}-{name}",
-                     as_attachment=download, download_name=download_name, max_age=3600)
+    # conditional=True answers Range requests (206), so players can seek in videos. No max_age here:
+    # Werkzeug would make it public; the result is the key holder's, so only their browser keeps it.
+    response = send_file(io.BytesIO(data), mimetype=mimetype, conditional=True, etag=f"{job_id}-{name}",
+                         as_attachment=download, download_name=download_name, max_age=None)
+    response.cache_control.no_cache = None
+    response.cache_control.private = True
+    response.cache_control.max_age = 3600
+    return response
 
 
 @bp.get("/jobs/<job_id>/result")
@@ -156,8 +161,15 @@ def keyframe(job_id: str, k: int):
 
 @bp.get("/health")
 def health():
+    """The cluster in full for an admin key (or when no keys are configured); for anyone else only
+    what a load balancer needs: no worker, host or Redis address."""
     body = present.health(web().producer)
-    return jsonify(body), 200 if body["broker"]["reachable"] else 503
+    status = 200 if body["broker"]["reachable"] else 503
+    try:
+        admin = is_admin()
+    except BrokerUnavailable:  # a session cookie, with Redis (holding the sessions) down
+        admin = False
+    return jsonify(body if admin else present.public_health(body)), status
 
 
 @bp.get("/openapi.json")

@@ -4,13 +4,16 @@ The operator keeps one key per line in ``ZOOMQ_API_KEYS_FILE``: ``NAME SHA256-HE
 Only hashes are stored, and a presented key is hashed and compared with every stored hash in
 constant time, so neither the file nor the timing of a refusal gives a key away. Keys are random
 256-bit tokens: a fast hash is enough (no password stretching needed for such entropy).
-``ZOOMQ_API_TOKEN``, a single key without a file, counts as an admin key named ``admin``.
+``ZOOMQ_API_TOKEN``, a single key without a file, counts as an admin key named ``$ZOOMQ_API_TOKEN``:
+no line of the file can take that name (``$`` is not allowed in one), so a file key named ``admin``
+is not the token and owns none of its jobs. A key's name is its identity: jobs are owned by it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -18,11 +21,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoomq.errors import InvalidParameter
+from zoomq.errors import InvalidParameter, KeysUnavailable
 
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _HASH = re.compile(r"[0-9a-f]{64}")
-TOKEN_NAME = "admin"
+TOKEN_NAME = "$ZOOMQ_API_TOKEN"  # not a valid name in the file (see _NAME): the token's own identity
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,15 @@ class KeyRing:
                 self._stamp = stamp
             return self._keys
 
+    def _serving(self) -> dict[str, Key]:
+        """The file's keys while serving: a file gone bad since the start is the operator's to fix,
+        so its error (path, line, perhaps a name and a hash) goes to the log, and clients get a 503."""
+        try:
+            return self._load()
+        except InvalidParameter as e:
+            log.error("API keys cannot be checked: %s", e)
+            raise KeysUnavailable("the server cannot check API keys right now; try again later") from None
+
     def find(self, presented: str | None) -> Key | None:
         """The key ``presented`` is, or None."""
         return self.by_digest(digest(presented)) if presented else None
@@ -111,7 +124,7 @@ class KeyRing:
         if not hashed:
             return None
         given = hashed.encode()
-        known = dict(self._load()) if self.path is not None else {}
+        known = dict(self._serving()) if self.path is not None else {}
         if self.token_hash is not None:
             known.setdefault(self.token_hash, Key(TOKEN_NAME, True))
         found = None

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import logging
-import secrets
 
-import redis
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from zoomq import config
 from zoomq.config import Settings
-from zoomq.errors import ArtifactStoreUnreachable, BrokerUnavailable, QueueFull, Unauthorized, ZoomqError
+from zoomq.errors import (
+    ArtifactStoreUnreachable,
+    BrokerUnavailable,
+    KeysUnavailable,
+    QueueFull,
+    TooManyKeyAttempts,
+    Unauthorized,
+    ZoomqError,
+)
 from zoomq.producer.producer import Producer
-from zoomq.web import api, metrics, pages, security
+from zoomq.web import api, headers, metrics, pages, security
 from zoomq.web.api_keys import KeyRing
 from zoomq.web.context import Web, web
+from zoomq.web.throttle import KeyAttempts
 
 log = logging.getLogger(__name__)
 
@@ -26,35 +33,33 @@ def create_app(s: Settings | None = None) -> Flask:
     app = Flask(__name__)
     if s.trusted_proxies:
         # The client address is the one that many proxies back in X-Forwarded-For, not the
-        # leftmost (which any client can write).
+        # leftmost (which any client can write); the scheme is the nearest proxy's
+        # X-Forwarded-Proto, so a TLS-terminating proxy makes the session cookie Secure.
         # Flask's documented way to add WSGI middleware, which its types call assigning to a method.
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=s.trusted_proxies, x_proto=0, x_host=0, x_port=0, x_prefix=0
+            app.wsgi_app, x_for=s.trusted_proxies, x_proto=1, x_host=0, x_port=0, x_prefix=0
         )
     producer = Producer(s)
     keys = KeyRing(s.api_keys_file, s.api_token)
-    app.extensions["zoomq"] = Web(s, producer, security.RateLimit(producer.redis, *s.rate_limit), keys)
+    app.extensions["zoomq"] = Web(s, producer, security.RateLimit(producer.redis, *s.rate_limit), keys,
+                                  sessions=security.Sessions(producer.redis, s),
+                                  key_attempts=KeyAttempts(producer.redis, *s.key_attempts))
     app.config.update(
         MAX_CONTENT_LENGTH=s.max_upload,
-        SECRET_KEY=s.secret_key or _shared_secret(producer.redis),
+        # zoomq's sessions are security.Sessions; without ZOOMQ_SECRET_KEY, Flask's own signed
+        # cookie session stays off (using it fails loudly), and no secret is kept anywhere.
+        SECRET_KEY=s.secret_key or None,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         JSON_SORT_KEYS=False,
     )
+    app.after_request(security.save_cookie)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     metrics.register(app, producer)
+    headers.register(app)
     _register_errors(app)
     return app
-
-
-def _shared_secret(client: redis.Redis) -> str:
-    try:
-        return security.shared_secret(client)
-    except redis.RedisError as e:
-        # Without Redis nothing can be submitted anyway; a process-local key keeps pages working.
-        log.warning("Redis unreachable (%s): this web process signs sessions with its own key", e)
-        return secrets.token_hex(32)
 
 
 def wants_json() -> bool:
@@ -80,6 +85,17 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(Unauthorized)
     def unauthorized(e):
         return reply(401, str(e), {"WWW-Authenticate": 'Bearer realm="zoomq"'})
+
+    @app.errorhandler(TooManyKeyAttempts)
+    def too_many_key_attempts(e):
+        return reply(429, str(e), {"Retry-After": str(e.retry_after)})
+
+    @app.errorhandler(KeysUnavailable)
+    def keys_unavailable(e):
+        # Plain text for pages too: the error page's own template would ask for the keys again.
+        if wants_json():
+            return jsonify(error=str(e)), 503
+        return Response(str(e) + "\n", 503, mimetype="text/plain")
 
     @app.errorhandler(QueueFull)
     def queue_full(e):

@@ -5,6 +5,9 @@ collector on a registry of the app's own reads queues, jobs, workers and the cou
 ``zoomq.queue.stats`` at every scrape, in four round trips to Redis (pipelined) plus the scan for render
 queues that ``/api/health`` does too. When Redis cannot be reached the scrape still answers, with
 ``zoomq_redis_up 0``.
+
+With API keys configured, a scrape needs an admin key (``Authorization: Bearer``): 401 without a
+valid one, 403 for a key that is not an admin's.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ import logging
 from dataclasses import dataclass
 
 import redis
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response, abort, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from zoomq.errors import Unauthorized
 from zoomq.producer.producer import Producer
 from zoomq.queue import registry, stats
 from zoomq.queue.job_records import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Jobs
 from zoomq.web import present
+from zoomq.web.context import web
+from zoomq.web.throttle import bearer
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -131,4 +137,12 @@ def register(app: Flask, producer: Producer) -> None:
 
 @bp.get("/metrics")
 def scrape():
+    w = web()
+    if w.keys.enabled:  # a wrong key counts against the address, as on every route
+        key = w.key_attempts.key(w.keys, request.remote_addr or "unknown", bearer(request))
+        if key is None:
+            raise Unauthorized("/metrics needs an admin key: send Authorization: Bearer <key> "
+                               "(Prometheus: authorization: {credentials_file: ...} in the scrape config)")
+        if not key.admin:
+            abort(403, "/metrics needs an admin key; this key is not one (zoomq keys add NAME --admin)")
     return Response(generate_latest(current_app.extensions[_REGISTRY]), content_type=CONTENT_TYPE_LATEST)

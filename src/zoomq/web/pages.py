@@ -28,13 +28,23 @@ def _defaults(cls) -> dict:
             if f.default not in (None, MISSING) and not isinstance(f.default, DefaultSeam)}
 
 
+def _who() -> security.Caller | None:
+    """The caller, or None when signed out, or when Redis (holding the sessions) cannot say."""
+    w = web()
+    try:
+        return security.identify(request, w.keys, w.sessions)
+    except BrokerUnavailable:
+        return None
+
+
 @bp.app_context_processor
 def _common():
-    w = web()
+    who = _who()
     return {
         "csrf_token": security.csrf_token,
         "csrf_field": security.CSRF_FIELD,
-        "needs_token": security.identify(request, w.keys) is None,
+        "needs_token": who is None,
+        "signed_in": who is not None and who.by_cookie,
     }
 
 
@@ -68,7 +78,8 @@ def submit_form():
     if not security.csrf_ok(request):
         expired = {"form": "the form has expired or was not sent by this site; submit it again"}
         return _form_page(kind, values, expired, 400)
-    who = security.accept_key(request.form.get("token"), w.keys)
+    _count_key_attempt()
+    who = security.accept_key(request.form.get("token"), w.keys, w.sessions)
     if who is None:
         return _form_page(kind, values, {"token": "wrong or missing API key"}, 401)
     wait = w.rate_limit.hit(who.submitter)
@@ -96,6 +107,13 @@ def _by_field(errors: list[InvalidParameter]) -> dict:
     return out
 
 
+def _count_key_attempt() -> None:
+    """A wrong key typed into a form counts against the client's address like a wrong Bearer key;
+    past ``ZOOMQ_KEY_ATTEMPTS`` every key from it is refused (``TooManyKeyAttempts``, 429)."""
+    w = web()
+    w.key_attempts.key(w.keys, request.remote_addr or "unknown", request.form.get("token"))
+
+
 @bp.get("/jobs/<job_id>")
 def job(job_id: str):
     record = job_or_404(job_id)
@@ -110,7 +128,8 @@ def cancel(job_id: str):
     w = web()
     if not security.csrf_ok(request):
         abort(400, "the form has expired; reload the page")
-    if security.accept_key(request.form.get("token"), w.keys) is None:
+    _count_key_attempt()
+    if security.accept_key(request.form.get("token"), w.keys, w.sessions) is None:
         return render_template("error.html", status=401, message="wrong or missing API key"), 401
     job_or_404(job_id)
     w.producer.cancel(job_id)
@@ -121,8 +140,19 @@ def cancel(job_id: str):
 def overview():
     w = web()
     cluster = present.health(w.producer)
-    who = security.identify(request, w.keys)  # signed out: the cluster, but nobody's jobs
+    who = _who()  # signed out: the cluster, but nobody's jobs
     owner = None if who is None or who.key is None or who.key.admin else who.key.name
     reachable = cluster["broker"]["reachable"] and who is not None
     jobs = [present.job_summary(r) for r in w.producer.jobs.recent(50, owner)] if reachable else []
+    if who is None or (who.key is not None and not who.key.admin):  # workers and hosts: admins only
+        cluster = present.public_health(cluster)
     return render_template("overview.html", jobs=jobs, cluster=cluster)
+
+
+@bp.post("/logout")
+def logout():
+    """Sign the browser out: its session ends on the server, so the old cookie, replayed, is refused."""
+    if not security.csrf_ok(request):
+        abort(400, "the form has expired; reload the page")
+    security.sign_out(web().sessions)
+    return redirect(url_for(".index"), 303)

@@ -69,6 +69,12 @@ def health(producer: Producer) -> dict:
     }
 
 
+def public_health(body: dict) -> dict:
+    """What a load balancer needs of ``health()``, for callers without an admin key: whether the
+    broker answers and any worker is alive. No worker names or hosts, no Redis address or error."""
+    return {"ok": body["ok"], "broker": {"reachable": body["broker"]["reachable"]}}
+
+
 def queue_lengths(client: redis.Redis, workers: list[dict]) -> dict[str, int]:
     """Queue → tasks waiting in it: the encode queue, every queue a live worker consumes, and
     the render queues of models nobody serves right now (they still hold waiting jobs)."""
