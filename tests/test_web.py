@@ -342,7 +342,7 @@ def test_list_limit_is_checked(client):
 @pytest.mark.parametrize("gunicorn", [False, True], ids=["zoomq-web", "gunicorn"])
 def test_servers_share_sessions_across_processes(server, tmp_path, gunicorn):
     """`zoomq web` and gunicorn (two worker processes) serve the app; a form's CSRF token is good
-    in every process, because they share one session key through Redis."""
+    in every process, with no secret shared between them: it derives from the session id."""
     import http.cookiejar
     import urllib.error
     import urllib.parse
