@@ -109,6 +109,38 @@ def test_the_pages_need_no_inline_script_or_style():
         assert not re.search(r"<style|\sstyle=|\son[a-z]+=|javascript:", text, re.I), template.name
 
 
+@pytest.mark.browser
+def test_the_pages_work_under_their_csp_and_no_other_site_frames_them(server, tmp_path):
+    """In Chromium: the submit page's script and style run with nothing refused by the policy,
+    and a page of another origin that frames it gets an empty frame."""
+    from support.browser import chromium, serve
+    from zoomq.node.processes import WebProcess
+
+    web = WebProcess(server.url, tmp_path)
+    try:
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "frame.html").write_text(f'<iframe id="zq" src="{web.url}/"></iframe>')
+        with chromium() as browser, serve(tmp_path / "site") as other_site:
+            page = browser.new_page()
+            refused: list[str] = []
+            page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+            page.goto(web.url + "/")
+            page.locator("[data-tab=image]").click()  # submit.js switches forms without a reload
+            assert page.locator("#image-form").is_visible() and page.locator("#zoom-form").is_hidden()
+            assert page.url.endswith("?kind=image")
+            style = page.eval_on_selector("header", "e => getComputedStyle(e).display")
+            assert style == "flex"  # zoomq.css applied
+            page.goto(web.url + "/jobs")
+            assert refused == []
+
+            page.goto(other_site + "/frame.html")
+            page.wait_for_timeout(500)
+            frame = page.frame_locator("#zq")
+            assert frame.locator("header").count() == 0  # blocked: frame-ancestors 'none'
+    finally:
+        web.stop()
+
+
 # -- /metrics and /api/health ---------------------------------------------------------------------------------
 
 def test_metrics_need_an_admin_key_when_keys_exist(make_client, keyring):
