@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # A worker imports diffusers only where it renders, and only then: it starts in a fraction of the time.
         _quiet_libraries(now=not getattr(args, "light", False))
+        if not getattr(args, "own_redis", False):
+            use_running_stack()
         return args.run(args) or 0
     except InvalidParameter as e:
         lines = [f"zoomq: error: {option_name(error.param)}: {error.rule} (got {error.value!r})"
@@ -81,6 +83,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # a bug: one line that says what and where, the traceback kept for the report
         return internal_error(e, subcommands(parser, argv), argv, args.zoomq_debug)
+
+
+def use_running_stack() -> None:
+    """With ``ZOOMQ_REDIS_URL`` unset (or naming it without its password), a ``zoomq up`` of this user
+    running on ``ZOOMQ_DATA_DIR`` lends this command its embedded Redis, password included
+    (``zoomq.node.embedded_redis``): through the environment, so Celery's broker gets it too."""
+    from zoomq.config import settings
+    from zoomq.node import embedded_redis
+
+    try:
+        data = settings().data_dir
+    except InvalidParameter:
+        return  # a bad setting: the command says so where it reads it
+    found = embedded_redis.running_url(data, os.environ.get("ZOOMQ_REDIS_URL", "").strip() or None)
+    if found:
+        os.environ["ZOOMQ_REDIS_URL"] = found
 
 
 # -- unexpected errors ---------------------------------------------------------------------------

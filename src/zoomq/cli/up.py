@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "seconds; the next zoomq up finishes them.",
     )
     _add_stack_options(p, "web server port (default 8000)")
-    p.set_defaults(run=run_up, light=True)
+    p.set_defaults(run=run_up, light=True, own_redis=True)
 
     p = sub.add_parser(
         "demo",
@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     _add_stack_options(p, "web server port (default 8000; a free one if it is taken)")
     p.add_argument("--out", type=Path, default=Path("out"), help="folder for the results (default out)")
-    p.set_defaults(run=run_demo, light=True)
+    p.set_defaults(run=run_demo, light=True, own_redis=True)
 
 
 class StopRequests:
@@ -112,8 +112,11 @@ def run_up(args: argparse.Namespace) -> int:
     with StopRequests() as stops:
         try:
             stack.start()
-            _say(f"up: open {stack.web.url}/ ; Ctrl-C stops. From another shell: "
-                 f"export ZOOMQ_REDIS_URL={redacted(stack.redis_url)} ; zoomq submit ...")
+            if stack.redis is not None:  # the embedded one: other commands of this user find it, password and all
+                elsewhere = f"zoomq submit ... (this user's commands find its Redis and password in {stack.data})"
+            else:
+                elsewhere = f"export ZOOMQ_REDIS_URL={redacted(stack.redis_url)} ; zoomq submit ..."
+            _say(f"up: open {stack.web.url}/ ; Ctrl-C stops. From another shell: {elsewhere}")
             stack.watch(lambda: stops.count > 0)
         finally:
             _stopping(stack, stops)

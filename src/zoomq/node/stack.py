@@ -2,9 +2,10 @@
 render workers sized to the node, and the web server on gunicorn — started in that order, watched
 (a part that exits on its own is started again), and stopped in reverse.
 
-Everything it keeps lives in one data folder (``ZOOMQ_DATA_DIR``): the Redis data under ``redis/``,
-each part's log under ``logs/``, a lock so two stacks never share one AOF, and ``stack.json`` saying
-what runs where while it runs. With ``ZOOMQ_REDIS_URL`` set, that Redis is used instead.
+Everything it keeps lives in one data folder (``ZOOMQ_DATA_DIR``): the Redis data under ``redis/``
+(0700, with the Redis's password in a 0600 file: ``zoomq.node.embedded_redis``), each part's log
+under ``logs/``, a lock so two stacks never share one AOF, and ``stack.json`` saying what runs where
+while it runs. With ``ZOOMQ_REDIS_URL`` set, that Redis is used instead.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import redis
 
 from zoomq.config import Settings
 from zoomq.errors import InvalidParameter, ZoomqError
-from zoomq.node import sizing
+from zoomq.node import embedded_redis, sizing
 from zoomq.node.processes import RedisServer, WebProcess, WorkerProcess, free_port, port_is_free
 from zoomq.queue import connection
 
@@ -106,15 +107,16 @@ class Stack:
                     e, s, "start it, or unset ZOOMQ_REDIS_URL to use the embedded one") from None
             self.say(f"redis    ready  {connection.redacted(self.redis_url)} (ZOOMQ_REDIS_URL)")
             return
-        folder = self.data / "redis"
-        port_file = folder / "port"
+        folder = embedded_redis.folder(self.data)
+        port_file = folder / embedded_redis.PORT_FILE
         # The same port as last time where it is free, so an exported ZOOMQ_REDIS_URL stays good.
         remembered = int(port_file.read_text()) if port_file.is_file() and port_file.read_text().isdigit() else 0
         port = remembered if remembered and port_is_free("127.0.0.1", remembered) else free_port()
-        self.redis = RedisServer(folder, appendonly=True, port=port, appendfsync="everysec", die_with_parent=True)
+        self.redis = embedded_redis.server(self.data, port, die_with_parent=True)  # locked: a password, no CONFIG
         port_file.write_text(str(port))
-        self.redis_url = self.redis.url
-        self.say(f"redis    ready  {self.redis_url} (embedded; data with AOF in {folder})")
+        self.redis_url = self.redis.url  # with the password: for the stack's own parts, through their environment
+        self.say(f"redis    ready  {embedded_redis.plain_url(port)} (embedded; data with AOF in {folder}; "
+                 f"password in {folder / embedded_redis.PASSWORD_FILE})")
         from zoomq.worker.recovery import recover
 
         recovered = recover(replace(self.settings, redis_url=self.redis_url))
@@ -154,6 +156,7 @@ class Stack:
         web, worker = self.web, self.worker
         assert web is not None and worker is not None  # started just before
         state = {"pid": os.getpid(), "redis_url": connection.redacted(self.redis_url), "web_url": web.url,
+                 "embedded": self.redis is not None,
                  "worker": worker.name, "models": [str(m) for m in self.models], "started": time.time()}
         (self.data / "stack.json").write_text(json.dumps(state, indent=1))
 
@@ -189,7 +192,7 @@ class Stack:
     def _restart_redis(self) -> None:
         assert self.redis is not None  # watch() restarts only the embedded Redis it started
         self.redis.start()
-        self.say(f"redis    ready  {self.redis_url} (started again)")
+        self.say(f"redis    ready  {embedded_redis.plain_url(self.redis.port)} (started again)")
 
     # -- stopping --------------------------------------------------------------------------
 
