@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -124,10 +126,19 @@ def models(tiny_t2i, tiny_inpaint) -> list[Path]:
 
 
 def test_up_serves_stops_cleanly_and_resumes_after_a_restart(tmp_path, models):
+    """Also: its Redis is locked with a password kept in a 0600 file, which no command line, log or
+    output shows, which this user's other commands find, and which a restart reuses; a public address
+    without keys is served only with --allow-anonymous, and says so."""
     data = tmp_path / "data"
     up = Up(data, models, web_port(), "--grace", "1")
     try:
         assert up.said("redis    ready  redis://127.0.0.1:") and up.said("(embedded; data with AOF in")
+        secret_file = data / "redis" / "password"
+        secret = secret_file.read_text().strip()
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        with socket.create_connection(("127.0.0.1", int((data / "redis" / "port").read_text())), timeout=10) as s:
+            s.sendall(b"PING\r\n")
+            assert s.recv(100).startswith(b"-NOAUTH")
         cores = len(os.sched_getaffinity(0))
         expected = "1 process x 2 threads" if cores == 2 else ""  # auto on this project's 2-core machines
         assert up.said("workers  ready") and up.said(f"{expected} ({cores} cores, ")
@@ -143,6 +154,11 @@ def test_up_serves_stops_cleanly_and_resumes_after_a_restart(tmp_path, models):
         wait_done(up, image, 120)
         status, png = http("GET", f"{up.url}/api/jobs/{image}/result")
         assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+        # Another shell of this user, with no ZOOMQ_REDIS_URL: `zoomq status` finds the stack's Redis and password.
+        shell = {**{k: v for k, v in os.environ.items() if k != "ZOOMQ_REDIS_URL"}, "ZOOMQ_DATA_DIR": str(data)}
+        done = subprocess.run([sys.executable, "-m", "zoomq", "status", image], env=shell, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and "done" in done.stdout and secret not in done.stdout + done.stderr, done.stderr
 
         status, metrics = http("GET", f"{up.url}/metrics")
         assert status == 200
@@ -154,16 +170,23 @@ def test_up_serves_stops_cleanly_and_resumes_after_a_restart(tmp_path, models):
         wait_running(up, zoom, 3)
         started = up.processes()
         assert len(started) >= 6  # up, redis, worker and its pool process, gunicorn and its workers
+        assert not [p.cmdline() for p in started if secret in " ".join(p.cmdline())]
         assert up.stop() == 0
         assert up.said("stopping: running pieces get up to 1 s to finish") and up.said("stopped")
         assert_all_gone(started)
         assert not (data / "stack.json").exists()
+        assert secret not in up.output()
+        for log in [*(data / "logs").iterdir(), data / "redis" / "redis.log"]:
+            assert secret not in log.read_text(errors="replace"), log
     finally:
         if up.proc.poll() is None:
             up.stop(signal.SIGKILL)
 
-    again = Up(data, models, up.port)
+    again = Up(data, models, up.port, "--host", "0.0.0.0", "--allow-anonymous")
     try:
+        assert again.said("serving --host 0.0.0.0 with no API key")
+        assert secret_file.read_text().strip() == secret
+        assert not [p.cmdline() for p in again.processes() if secret in " ".join(p.cmdline())]
         assert again.said("resuming 1 job(s) left queued or running")
         record = wait_done(again, zoom, 300)
         assert record["keyframes_done"] == 3

@@ -30,6 +30,9 @@ def _add_stack_options(p: argparse.ArgumentParser, port_help: str) -> None:
                    help="seconds running pieces get to finish at a stop before they go back to the queue (default 30)")
     p.add_argument("--web-workers", type=int, default=2, help="gunicorn processes (default 2)")
     p.add_argument("--events", action="store_true", help="workers send task events, for Flower")
+    p.add_argument("--allow-anonymous", action="store_true",
+                   help="let --host be an address other hosts reach with no API key configured, open to anyone "
+                   "(as ZOOMQ_ALLOW_ANONYMOUS=1); without a key it is refused")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,8 +81,10 @@ def _stack(args: argparse.Namespace, port_fallback: bool):
     from zoomq.node import sizing
     from zoomq.node.stack import Stack, StackOptions
     from zoomq.queue.registry import describe_models, find_models
+    from zoomq.web import exposure
 
     s = settings()
+    exposure.check(s, [args.host], "--host", args.allow_anonymous)  # before anything starts
     processes = sizing.parse_concurrency(args.concurrency)
     for name in ("threads", "web_workers"):
         value = getattr(args, name)
@@ -94,7 +99,8 @@ def _stack(args: argparse.Namespace, port_fallback: bool):
     options = StackOptions(models=models, data_dir=s.data_dir,
                            redis_url=s.redis_url if is_set("ZOOMQ_REDIS_URL") else None,
                            host=args.host, port=args.port, port_fallback=port_fallback, processes=processes,
-                           threads=args.threads, grace=args.grace, web_workers=args.web_workers, events=args.events)
+                           threads=args.threads, grace=args.grace, web_workers=args.web_workers, events=args.events,
+                           web_env={"ZOOMQ_ALLOW_ANONYMOUS": "1"} if args.allow_anonymous else {})
     return Stack(options, s, _say)
 
 

@@ -46,6 +46,7 @@ class StackOptions:
     web_workers: int = 2
     events: bool = False          # task events for Flower
     worker_env: dict = field(default_factory=dict)
+    web_env: dict = field(default_factory=dict)  # for the web server alone (ZOOMQ_ALLOW_ANONYMOUS)
 
 
 class Stack:
@@ -149,7 +150,7 @@ class Stack:
         if self.web is not None:
             self.web.stop()
         self.web = WebProcess(self.redis_url, self.logs, host=o.host, port=self.port, gunicorn=True,
-                              workers=o.web_workers, die_with_parent=True)
+                              workers=o.web_workers, env=o.web_env, die_with_parent=True)
         self.say(f"web      ready  {self.web.url}/ (gunicorn, {o.web_workers} processes)")
 
     def _write_state(self) -> None:
