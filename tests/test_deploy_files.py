@@ -7,6 +7,7 @@ on a read-only root; every pod spec in every manifest is walked, whatever its ki
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -14,6 +15,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -590,6 +593,51 @@ def port_answers(client: redis.Redis) -> bool:
         return False
     return True
 
+
+
+def test_compose_flower_asks_for_the_key_and_reads_the_broker_from_its_environment(tmp_path):
+    """The flower service's command and environment, run here with the Flower installed here on a
+    Redis with the password: it reaches the broker, answers only with admin and the API token, and its
+    command line holds neither secret."""
+    server = RedisServer(tmp_path / "redis", password=PASSWORD)
+    done = compose("--profile", "flower", "config")
+    assert done.returncode == 0, done.stderr
+    service = yaml.safe_load(done.stdout)["services"]["flower"]
+    env = {k: str(v).replace("@redis:6379", f"@127.0.0.1:{server.port}") for k, v in service["environment"].items()}
+    port = free_port()
+    command = [arg.replace("--port=5555", f"--port={port}") for arg in service["command"]] + ["--address=127.0.0.1"]
+    assert command[0] == "celery"
+    log = (tmp_path / "flower.log").open("wb")
+    flower = subprocess.Popen([tool("celery"), *command[1:]], env={**os.environ, **env}, cwd=tmp_path,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def get(auth: str | None) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers")
+        if auth:
+            request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, ""
+        except OSError:
+            return 0, ""
+
+    try:
+        wait_for(lambda: get(None)[0], 60, "Flower to answer")
+        assert get(None)[0] == 401 and get(f"admin:{PASSWORD}")[0] == 401
+        assert get(f"admin:{TOKEN}")[0] == 200
+        # Flower is connected to the broker, with the password CELERY_BROKER_URL gave it (without that
+        # variable it would try amqp://localhost).
+        watcher = server.client()
+        wait_for(lambda: len(watcher.client_list()) > 1, 30, "Flower to connect to Redis")
+        cmdline = Path(f"/proc/{flower.pid}/cmdline").read_bytes()
+        assert PASSWORD.encode() not in cmdline and TOKEN.encode() not in cmdline, cmdline
+    finally:
+        flower.terminate()
+        flower.wait(timeout=30)
+        log.close()
+        server.stop()
 
 # -- the health file the checks read ----------------------------------------------------------
 

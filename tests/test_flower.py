@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import urllib.request
@@ -18,9 +19,10 @@ def test_flower_sees_the_tasks_of_a_worker_with_events(tmp_path, monkeypatch, ti
     worker = Worker("watched", server.url, [tiny_t2i], tmp_path, events=True)
     port = free_port()
     log = open(tmp_path / "flower.log", "wb")
-    # docs/operations.md's command: Flower needs only the broker, not zoomq's code.
-    flower = subprocess.Popen([str(Path(sys.executable).parent / "celery"), "--broker", server.url, "flower",
-                               f"--port={port}", "--address=127.0.0.1"],
+    # docs/operations.md's command: Flower needs only the broker, not zoomq's code, and reads it from
+    # the environment (never the command line, where a password would show).
+    flower = subprocess.Popen([str(Path(sys.executable).parent / "celery"), "flower", f"--port={port}",
+                               "--address=127.0.0.1"], env={**os.environ, "CELERY_BROKER_URL": server.url},
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def metrics() -> str:
