@@ -52,3 +52,23 @@ def test_redis_artifacts_expire(tmp_path):
         assert 0 < server.client().ttl("zoomq:artifact:job/a") <= 60
     finally:
         server.stop()
+
+
+def test_open_streams_the_artifact_in_chunks_and_ranges(store):
+    from zoomq.storage.base import CHUNK
+
+    job = "0f1e2d3c-0000-4000-8000-000000000001"
+    data = bytes(range(251)) * (3 * CHUNK // 251 + 7)  # three chunks and a bit; 251: no chunk repeats another
+    assert store.open(f"{job}/v.mp4") is None
+    store.put(f"{job}/v.mp4", data)
+    artifact = store.open(f"{job}/v.mp4")
+    assert artifact is not None and artifact.size == len(data)
+    chunks = list(artifact.chunks())
+    assert b"".join(chunks) == data and max(map(len, chunks)) <= CHUNK and len(chunks) >= 4
+    for start, stop in ((0, 1), (5, 100), (CHUNK - 3, CHUNK + 3), (len(data) - 10, len(data)), (7, 7)):
+        assert b"".join(artifact.chunks(start, stop)) == data[start:stop], (start, stop)
+    assert b"".join(artifact.chunks(len(data) - 4, len(data) + 100)) == data[-4:]
+    store.put(f"{job}/empty", b"")
+    empty = store.open(f"{job}/empty")
+    assert empty is not None and empty.size == 0 and b"".join(empty.chunks()) == b""
+    store.delete_job(job)

@@ -28,6 +28,7 @@ from zoomq.queue.celery_app import ENCODE_QUEUE, TASK_IMAGE, TASK_KEYFRAME, make
 from zoomq.render.png import load_image
 from zoomq.render.request import RenderRequest, check_cache, check_decoder, validate
 from zoomq.storage import open_store
+from zoomq.storage.base import Artifact
 from zoomq.zoom.settings import ZoomSettings, parse_schedule
 from zoomq.zoom.settings import validate as validate_zoom
 
@@ -228,6 +229,11 @@ class Producer:
 
     def artifact(self, job_id: str, name: str) -> bytes | None:
         return self._call(self.store.get, f"{job_records.check_id(job_id)}/{name}")
+
+    def open_artifact(self, job_id: str, name: str) -> Artifact | None:
+        """The artifact to stream (``Artifact.chunks``), read a chunk at a time: a video is never whole
+        in memory."""
+        return self._call(self.store.open, f"{job_records.check_id(job_id)}/{name}")
 
     def result(self, job_id: str) -> bytes:
         record = self.status(job_id)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -20,10 +23,36 @@ def check_key(key: str) -> str:
     return key
 
 
+#: How much of an artifact is read at a time when it is streamed: the web process holds about this
+#: much per download, whatever the artifact's size.
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact found in a store, not yet read: its size, when it was written (None where the
+    store does not say) and ``chunks(start, stop)``, its bytes ``[start, stop)`` a ``CHUNK`` at a
+    time. Nothing is read until the chunks are iterated, and a range reads only that range."""
+
+    size: int
+    modified: datetime | None
+    _read: Callable[[int, int], Iterator[bytes]]
+
+    def chunks(self, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
+        stop = self.size if stop is None else min(stop, self.size)
+        if start >= stop:
+            return iter(())
+        return self._read(start, stop)
+
+
 class ArtifactStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
 
     def get(self, key: str) -> bytes | None: ...
+
+    def open(self, key: str) -> Artifact | None:
+        """The artifact at ``key``, to be streamed; None when there is none."""
+        ...
 
     def exists(self, key: str) -> bool: ...
 

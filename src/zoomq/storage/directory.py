@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
-from zoomq.storage.base import ArtifactStore, check_key, write_atomic
+from zoomq.errors import ArtifactStoreError
+from zoomq.storage.base import CHUNK, Artifact, ArtifactStore, check_key, write_atomic
 
 
 class DirectoryStore(ArtifactStore):
@@ -35,6 +38,31 @@ class DirectoryStore(ArtifactStore):
             return self._path(key).read_bytes()
         except FileNotFoundError:
             return None
+
+    def open(self, key: str) -> Artifact | None:
+        path = self._path(key)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        if not path.is_file():
+            return None
+
+        def read(start: int, stop: int) -> Iterator[bytes]:
+            """The file from ``start`` (a seek, not a read) to ``stop``, a chunk at a time."""
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_ino != stat.st_ino:  # replaced since: not the size we answered
+                    raise ArtifactStoreError(f"artifact {key} was replaced while being sent; ask again")
+                f.seek(start)
+                left = stop - start
+                while left > 0:
+                    chunk = f.read(min(CHUNK, left))
+                    if not chunk:
+                        raise ArtifactStoreError(f"artifact {key} was shortened while being sent; ask again")
+                    left -= len(chunk)
+                    yield chunk
+
+        return Artifact(stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc), read)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

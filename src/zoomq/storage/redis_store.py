@@ -1,10 +1,16 @@
-"""Artifacts as Redis strings with an expiry: the default store, nothing to mount or configure."""
+"""Artifacts as Redis strings with an expiry: the default store, nothing to mount or configure.
+
+A download is streamed out of Redis with ``GETRANGE``, a chunk at a time: the artifact is whole in
+Redis's memory (where the store keeps it), never in the web process's."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import redis
 
-from zoomq.storage.base import ArtifactStore, check_key
+from zoomq.errors import ArtifactStoreError
+from zoomq.storage.base import CHUNK, Artifact, ArtifactStore, check_key
 
 
 class RedisStore(ArtifactStore):
@@ -24,6 +30,24 @@ class RedisStore(ArtifactStore):
         data = self.client.get(self._k(key))
         assert not isinstance(data, str)  # the client returns bytes (it does not set decode_responses)
         return data
+
+    def open(self, key: str) -> Artifact | None:
+        name = self._k(key)
+        size = int(self.client.strlen(name))
+        if not size and not self.client.exists(name):
+            return None
+
+        def read(start: int, stop: int) -> Iterator[bytes]:
+            at = start
+            while at < stop:
+                chunk = self.client.getrange(name, at, min(at + CHUNK, stop) - 1)
+                assert isinstance(chunk, bytes)
+                if not chunk:  # expired or deleted since: GETRANGE of no key is empty
+                    raise ArtifactStoreError(f"artifact {key} expired while being sent")
+                at += len(chunk)
+                yield chunk
+
+        return Artifact(size, None, read)
 
     def exists(self, key: str) -> bool:
         return bool(self.client.exists(self._k(key)))

@@ -3,9 +3,7 @@ in ``submission``, presentation in ``present``, the work in the producer."""
 
 from __future__ import annotations
 
-import io
-
-from flask import Blueprint, Response, abort, jsonify, request, send_file, url_for
+from flask import Blueprint, Response, abort, jsonify, request, url_for
 
 from zoomq.errors import BrokerUnavailable, InvalidParameter, InvalidParameters
 from zoomq.queue import job_records
@@ -100,16 +98,30 @@ def _artifact(job_id: str, name: str, mimetype: str, download_name: str):
         download = _flag("download")
     except InvalidParameter as e:
         return _errors([e])
-    data = web().producer.artifact(job_id, name)
-    if data is None:
+    artifact = web().producer.open_artifact(job_id, name)
+    if artifact is None:
         abort(404)
-    # conditional=True answers Range requests (206), so players can seek in videos. No max_age here:
-    # Werkzeug would make it public; the result is the key holder's, so only their browser keeps it.
-    response = send_file(io.BytesIO(data), mimetype=mimetype, conditional=True, etag=f"{job_id}-{name}",
-                         as_attachment=download, download_name=download_name, max_age=None)
-    response.cache_control.no_cache = None
+    # Streamed: Werkzeug answers the conditional and Range headers (304, 206, 416) from the size
+    # alone, then the body is only the bytes it settled on, read from the store a chunk at a time
+    # (a seek or a ranged GET for a range), so players can seek in videos and the web process holds
+    # a chunk per download, whatever the video's size.
+    response = Response([], mimetype=mimetype, direct_passthrough=True)
+    response.content_length = artifact.size
+    response.set_etag(f"{job_id}-{name}")
+    if artifact.modified is not None:
+        response.last_modified = artifact.modified
+    response.headers.set("Content-Disposition", "attachment" if download else "inline", filename=download_name)
+    # No max_age through Werkzeug's helpers (they would make it public): the result is the key
+    # holder's, so only their browser keeps it.
     response.cache_control.private = True
     response.cache_control.max_age = 3600
+    response.make_conditional(request, accept_ranges=True, complete_length=artifact.size)
+    if response.status_code == 206:
+        served = response.content_range  # set by make_conditional for a 206, stop exclusive
+        assert served is not None and served.start is not None and served.stop is not None
+        response.response = artifact.chunks(served.start, served.stop)
+    elif response.status_code == 200 and request.method != "HEAD":
+        response.response = artifact.chunks()
     return response
 
 
