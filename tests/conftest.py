@@ -13,9 +13,10 @@ from pathlib import Path
 # models: the miniature models, built once per run (tiny_t2i, tiny_inpaint, ...); images: init_image
 # and square_mask; cluster: server and cluster (a private redis-server and workers on it); s3server:
 # moto_server and s3_bucket, a real S3-compatible server; webapp: make_client; prerequisites: the
-# browser and root markers, skipped where their prerequisite is missing and counted at the end.
+# browser and root markers, skipped where their prerequisite is missing and counted at the end;
+# schedule: the longest test files start first.
 pytest_plugins = ["support.models", "support.images", "support.cluster", "support.s3server", "support.webapp",
-                  "support.prerequisites"]
+                  "support.prerequisites", "support.schedule"]
 
 
 def pytest_configure(config):
