@@ -22,9 +22,10 @@ def parsed(pattern: str, cell: str) -> tuple[float, ...]:
 
 
 @pytest.mark.slow
-def test_bench_deepcache_writes_its_section(tmp_path, capsys):
+def test_bench_deepcache_writes_its_section(tmp_path, capsys, bench_models):
     out = report_beside_another(tmp_path)
-    assert main(["deepcache", "--tiny", "--models-dir", str(tmp_path / "models"), "--out", str(out)]) == 0
+    models = bench_models(tmp_path / "models", "tiny-t2i", "tiny-inpaint")
+    assert main(["deepcache", "--tiny", "--models-dir", str(models), "--out", str(out)]) == 0
     report = out.read_text()
     assert "<!-- bench:queue -->\nqueue figures\n<!-- /bench:queue -->" in report  # another section, left alone
     raw = json.loads((out.parent / "bench-deepcache.json").read_text())

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import report_beside_another, run_cli
+from zoomq.config import settings
 from zoomq.node.processes import Fleet
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -56,7 +57,8 @@ def test_a_fleet_hands_its_redis_over_without_the_environment():
 
 
 @pytest.mark.slow
-def test_bench_queue_writes_its_section(tmp_path, capsys):
+def test_bench_queue_writes_its_section(tmp_path, capsys, bench_models):
+    bench_models(settings().cache_dir / "bench-models", "tiny-t2i", "tiny-inpaint")  # where it looks for them
     out = report_beside_another(tmp_path)
     out.write_text(out.read_text().replace("bench:queue", "bench:other"))  # another section to leave alone
     before = os.environ.get("ZOOMQ_REDIS_URL")

@@ -41,9 +41,10 @@ def numbers(cell: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_bench_render_writes_the_report(tmp_path, capsys):
+def test_bench_render_writes_the_report(tmp_path, capsys, bench_models):
     out = report_beside_another(tmp_path)
-    assert main(["render", "--tiny", "--quick", "--models-dir", str(tmp_path / "models"), "--out", str(out)]) == 0
+    models = bench_models(tmp_path / "models")
+    assert main(["render", "--tiny", "--quick", "--models-dir", str(models), "--out", str(out)]) == 0
     report = out.read_text()
     assert "<!-- bench:queue -->\nqueue figures\n<!-- /bench:queue -->" in report  # another section, left alone
     raw = json.loads((out.parent / "bench-render.json").read_text())

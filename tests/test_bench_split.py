@@ -18,9 +18,10 @@ def figures(cell: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_bench_split_writes_its_section(tmp_path, capsys):
+def test_bench_split_writes_its_section(tmp_path, capsys, bench_models):
     out = report_beside_another(tmp_path)
-    assert main(["split", "--tiny", "--steps", "6", "--frames", "3", "--models-dir", str(tmp_path / "models"),
+    models = bench_models(tmp_path / "models", "tiny-inpaint")
+    assert main(["split", "--tiny", "--steps", "6", "--frames", "3", "--models-dir", str(models),
                  "--out", str(out)]) == 0, capsys.readouterr().out
     report = out.read_text()
     assert "<!-- bench:queue -->\nqueue figures\n<!-- /bench:queue -->" in report  # another section, left alone

@@ -136,3 +136,29 @@ def tiny_t2i_taesd() -> Path:
 def tiny_turbo() -> Path:
     """A miniature SD-Turbo kind: the miniature SD2 text-to-image model with SD-Turbo's scheduler."""
     return shared_model("turbo", turbo=True)
+
+
+#: The benchmarks' miniature models, by the folder name ``zoomq.model_prep.bench_models`` gives each,
+#: and the shared model (name, ``prepare_random`` options) that is the same build.
+BENCH_MODELS: dict[str, tuple[str, dict]] = {
+    "tiny-t2i": ("t2i", {}),
+    "tiny-inpaint": ("inpaint", {"inpainting": True}),
+    "tiny-t2i-int8-hybrid": ("t2i-int8-hybrid", {"weights": "int8-hybrid"}),
+    "tiny-inpaint-int8-hybrid": ("inpaint-int8-hybrid", {"inpainting": True, "weights": "int8-hybrid"}),
+    "tiny-turbo-taesd": ("turbo-taesd", {"turbo": True, "tiny_autoencoder": "random"}),
+}
+
+
+@pytest.fixture
+def bench_models():
+    """``fill(folder, *names)``: a benchmark's models folder holding copies of the shared builds of
+    the miniature models ``names`` (keys of ``BENCH_MODELS``; all by default). The benchmark then
+    finds them prepared, as on its second run, instead of converting its own (a minute each)."""
+    def fill(folder: Path, *names: str) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names or tuple(BENCH_MODELS):
+            shared, options = BENCH_MODELS[name]
+            shutil.rmtree(folder / name, ignore_errors=True)
+            shutil.copytree(shared_model(shared, **options), folder / name)
+        return folder
+    return fill

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 TINY: dict[str, Any] = dict(steps=1, width=64, height=64)  # a job that is nearly all queue
 WORK: dict[str, Any] = dict(steps=8, width=256, height=256)  # a job that is mostly render
 ZOOM: dict[str, Any] = dict(keyframes=6, size=256, mask_width=64, interpolation_frames=15, steps=10, seed=1)
+QUICK_ZOOM: dict[str, Any] = {**ZOOM, "keyframes": 4, "interpolation_frames": 6, "steps": 4}  # --quick: a third
 
 
 @dataclass(frozen=True)
@@ -48,16 +49,18 @@ def run(out: Path, quick: bool = False, say: Callable[[str], None] = print) -> d
     models = [cached_model(settings().cache_dir / "bench-models", kind, full=False) for kind in ("t2i", "inpaint")]
     with Fleet(models, concurrency=1, threads=1) as fleet:
         stage = _Stage(Producer(fleet.settings), models[0].name, models[1].name)
-        figures = _one_worker(fleet, stage, n, say)
+        zoom = QUICK_ZOOM if quick else ZOOM
+        figures = _one_worker(fleet, stage, n, zoom, say)
         figures.update(_two_processes(fleet, stage, n, say))
-        figures.update(_two_workers(fleet, stage, say))
-    _write(out, figures, quick)
+        figures.update(_two_workers(fleet, stage, zoom, say))
+    _write(out, figures, quick, zoom)
     return figures
 
 
 # -- the three set-ups ----------------------------------------------------------------------------
 
-def _one_worker(fleet: Fleet, stage: _Stage, n: int, say: Callable[[str], None]) -> dict[str, float]:
+def _one_worker(fleet: Fleet, stage: _Stage, n: int, zoom: dict[str, Any],
+                say: Callable[[str], None]) -> dict[str, float]:
     """Latency, a burst of tiny jobs, throughput and a zoom's wall time on one single-thread worker."""
     fleet.start("one")
     _burst(stage, 2, **TINY)  # compile and cache before measuring
@@ -70,7 +73,7 @@ def _one_worker(fleet: Fleet, stage: _Stage, n: int, say: Callable[[str], None])
     say("throughput: 1 process x 1 thread")
     figures["one_by_one_jobs_per_s"] = _burst(stage, n // 2, **WORK)
     say("zoom wall time with 1 worker")
-    figures["zoom_1_worker_s"] = _zoom(stage)
+    figures["zoom_1_worker_s"] = _zoom(stage, zoom)
     fleet.stop_workers()
     return figures
 
@@ -85,13 +88,13 @@ def _two_processes(fleet: Fleet, stage: _Stage, n: int, say: Callable[[str], Non
     return figures
 
 
-def _two_workers(fleet: Fleet, stage: _Stage, say: Callable[[str], None]) -> dict[str, float]:
+def _two_workers(fleet: Fleet, stage: _Stage, zoom: dict[str, Any], say: Callable[[str], None]) -> dict[str, float]:
     """A zoom's wall time on two single-thread workers."""
     fleet.start("a")
     fleet.start("b")
     _burst(stage, 4, **WORK)
     say("zoom wall time with 2 workers")
-    figures = {"zoom_2_workers_s": _zoom(stage)}
+    figures = {"zoom_2_workers_s": _zoom(stage, zoom)}
     fleet.stop_workers()
     return figures
 
@@ -119,10 +122,10 @@ def _burst(stage: _Stage, count: int, **options: Any) -> float:
     return count / (max(r["finished"] for r in records) - start)
 
 
-def _zoom(stage: _Stage) -> float:
-    """Seconds from submitting the zoom ``ZOOM`` to its end."""
+def _zoom(stage: _Stage, zoom: dict[str, Any]) -> float:
+    """Seconds from submitting ``zoom`` to its end."""
     start = time.time()
-    job = stage.producer.submit_zoom("bench", model=stage.inpaint, **ZOOM)
+    job = stage.producer.submit_zoom("bench", model=stage.inpaint, **zoom)
     record = stage.producer.wait(job, poll=0.05, timeout=1800)
     if record["state"] != "done":
         raise RuntimeError(f"bench zoom failed: {record.get('error')}")
@@ -131,8 +134,10 @@ def _zoom(stage: _Stage) -> float:
 
 # -- the report -----------------------------------------------------------------------------------
 
-def _write(out: Path, f: dict[str, float], quick: bool) -> None:
+def _write(out: Path, f: dict[str, float], quick: bool, zoom: dict[str, Any]) -> None:
     speedup = f["two_by_one_jobs_per_s"] / f["one_by_one_jobs_per_s"]
+    frames = (zoom["keyframes"] - 1) * zoom["interpolation_frames"] + 1
+    shape = f"zoom ({zoom['keyframes']} keyframes × {zoom['steps']} steps, {zoom['size']} px, {frames} frames)"
     zoom_gain = f["zoom_1_worker_s"] / f["zoom_2_workers_s"]
     body = f"""## Queue (`zoomq bench queue{' --quick' if quick else ''}`)
 
@@ -146,7 +151,7 @@ processes with one OpenVINO thread each, the miniature models. Rerun with `zoomq
 | tiny jobs (1 step, 64 px), burst through 1 worker | {f['tiny_jobs_per_s']:.1f} jobs/s |
 | image jobs (8 steps, 256 px): 1 process × 1 thread | {f['one_by_one_jobs_per_s']:.2f} jobs/s |
 | image jobs (8 steps, 256 px): 2 processes × 1 thread | {f['two_by_one_jobs_per_s']:.2f} jobs/s ({speedup:.2f}×) |
-| zoom (6 keyframes × 10 steps, 256 px, 76 frames): 1 worker | {f['zoom_1_worker_s']:.1f} s |
+| {shape}: 1 worker | {f['zoom_1_worker_s']:.1f} s |
 | the same zoom: 2 workers | {f['zoom_2_workers_s']:.1f} s ({zoom_gain:.2f}×) |
 
 Reading the figures:
