@@ -60,6 +60,7 @@ class Producer:
         if self._app is None:
             self._app = make_app(self.settings)
         self._app.send_task(task, args=args, queue=queue)
+        registry.note_queue(self.redis, queue)  # so health and /metrics find it without a SCAN
 
     def workers(self) -> list[dict]:
         return self._call(registry.live_workers, self.redis)

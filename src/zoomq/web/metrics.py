@@ -2,9 +2,9 @@
 
 The web app runs as several processes (gunicorn), so nothing is counted in process memory: a
 collector on a registry of the app's own reads queues, jobs, workers and the counters in
-``zoomq.queue.stats`` at every scrape, in four round trips to Redis (pipelined) plus the scan for render
-queues that ``/api/health`` does too. When Redis cannot be reached the scrape still answers, with
-``zoomq_redis_up 0``.
+``zoomq.queue.stats`` at every scrape, in a few round trips to Redis (pipelined) that never walk the
+keyspace: workers and queues come from the registry's sets. When Redis cannot be reached the scrape
+still answers, with ``zoomq_redis_up 0``.
 
 With API keys configured, a scrape needs an admin key (``Authorization: Bearer``): 401 without a
 valid one, 403 for a key that is not an admin's.

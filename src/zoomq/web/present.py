@@ -6,6 +6,7 @@ import redis
 from flask import url_for
 
 from zoomq.producer.producer import Producer
+from zoomq.queue import registry
 from zoomq.queue.celery_app import ENCODE_QUEUE, render_queue
 from zoomq.queue.connection import redacted, unavailable
 from zoomq.queue.job_records import DONE, RUNNING
@@ -77,10 +78,11 @@ def public_health(body: dict) -> dict:
 
 def queue_lengths(client: redis.Redis, workers: list[dict]) -> dict[str, int]:
     """Queue → tasks waiting in it: the encode queue, every queue a live worker consumes, and
-    the render queues of models nobody serves right now (they still hold waiting jobs)."""
+    the render queues of models nobody serves right now (they still hold waiting jobs). Read from
+    the registry's queue set, never by scanning the keyspace."""
     queues = {ENCODE_QUEUE} | {q for w in workers for q in w.get("queues", [])}
     queues |= {render_queue(m) for w in workers for m in w.get("models", {})}
-    queues |= {k.decode() for k in client.scan_iter(match=render_queue("*"), count=500, _type="list")}
+    queues |= registry.render_queues(client, queues)
     names = sorted(queues)
     with client.pipeline(transaction=False) as p:
         for q in names:

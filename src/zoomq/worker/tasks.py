@@ -35,8 +35,15 @@ def worker_name() -> str:
     return worker_identity().name
 
 
+_sender: redis.Redis | None = None
+
+
 def send(task: str, args: list, queue: str) -> None:
+    global _sender
     app.send_task(task, args=args, queue=queue)
+    if _sender is None:
+        _sender = connection.client(config.settings())
+    registry.note_queue(_sender, queue)  # so health and /metrics find it without a SCAN
 
 
 def context() -> pieces.Context:
