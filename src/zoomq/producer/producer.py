@@ -26,9 +26,10 @@ from zoomq.producer import estimate, limits
 from zoomq.queue import connection, job_records, registry, stats
 from zoomq.queue.celery_app import ENCODE_QUEUE, TASK_IMAGE, TASK_KEYFRAME, make_app, render_queue
 from zoomq.render.png import load_image
-from zoomq.render.request import RenderRequest, check_cache, check_decoder, validate
+from zoomq.render.request import RenderRequest, at_render_size, check_cache, check_decoder, validate
 from zoomq.storage import open_store
 from zoomq.storage.base import Artifact
+from zoomq.zoom.geometry import fit_init_image
 from zoomq.zoom.settings import ZoomSettings, parse_schedule
 from zoomq.zoom.settings import validate as validate_zoom
 
@@ -116,6 +117,7 @@ class Producer:
         to; ``submitter``: who its queue cap counts against. Returns the job id."""
         request = self.check_image(prompt, model=model, init_image=init_image, mask=mask, **options)
         self.admit(submitter)
+        request = at_render_size(request)  # stored as the render will use them, not at the upload's size
         job_id = job_records.new_id()
         params = {k: v for k, v in asdict(request).items() if k not in ("init_image", "mask")}
         if request.init_image is not None:
@@ -181,9 +183,10 @@ class Producer:
         self.admit(submitter)
         work = estimate.zoom_work(settings, init is not None)
         job_id = job_records.new_id()
-        if init is not None:
+        if init is not None:  # stored as keyframe 0 will use it, not at the upload's size
+            fitted = fit_init_image(init, settings.size)
             settings = ZoomSettings.from_dict(
-                {**settings.to_dict(), "init_image": self._put_image(job_id, "init", init)}
+                {**settings.to_dict(), "init_image": self._put_image(job_id, "init", fitted)}
             )
         self._call(self.jobs.create, job_id, "zoom", model, {"zoom": settings.to_dict()},
                    work.denoising_steps + settings.total_frames, owner=owner, submitter=submitter,

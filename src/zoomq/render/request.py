@@ -262,6 +262,22 @@ def validate(request: RenderRequest, task: str, native_size: int, latent_factor:
     )
 
 
+def at_render_size(request: RenderRequest) -> RenderRequest:
+    """``request`` (validated: its size set) with its init image and mask resized to the render's
+    size as the renderer resizes them (``VaeImageProcessor.resize``: Lanczos, no reducing gap), so a
+    4096 px upload for a 512 px render is kept at 512 px and renders the very same pixels: the
+    renderer's own resize of a picture already at its size is a copy."""
+    assert request.width is not None and request.height is not None, "validate() sets the size"
+    size = (request.width, request.height)
+
+    def fitted(image: Image.Image | None) -> Image.Image | None:
+        if image is None or image.size == size:
+            return image
+        return image.resize(size, resample=Image.Resampling.LANCZOS, reducing_gap=None)
+
+    return replace(request, init_image=fitted(request.init_image), mask=fitted(request.mask))
+
+
 def fewest_steps(strength: float) -> int | None:
     """The fewest steps that leave one denoising step at ``strength`` (in (0, 1]) as diffusers
     counts them, ``int(steps * strength) >= 1``; None below 1e-9, where no run is that long."""

@@ -9,7 +9,13 @@ keyframe is pasted back through an alpha ramp s px wide, so the square leaves no
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+
+def fit_init_image(image: Image.Image, side: int) -> Image.Image:
+    """A user's init image as keyframe 0: scaled and centre-cropped to the square (bicubic). Fitting
+    a picture already fitted gives it back unchanged, so the producer stores it fitted."""
+    return ImageOps.fit(image, (side, side), Image.Resampling.BICUBIC)
 
 
 def shrink(image: Image.Image, mask_width: int) -> Image.Image:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from zoomq.errors import ModelError
 from zoomq.render import png
@@ -58,7 +58,7 @@ def render_keyframe(
     zoom = {"keyframe": k, "job_seed": settings.seed, "mask_width": settings.mask_width, "seam": settings.seam}
     side = settings.size
     if k == 0 and settings.init_image:
-        image = ImageOps.fit(png.load_image(settings.init_image, "init_image"), (side, side), Image.Resampling.BICUBIC)
+        image = geometry.fit_init_image(png.load_image(settings.init_image, "init_image"), side)
         recipe = {"mode": "init-image", "source": str(settings.init_image), **zoom}
     else:
         assert settings.seam is not None, "render_keyframe needs validated settings (validate() sets the seam)"
