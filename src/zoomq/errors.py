@@ -150,3 +150,17 @@ class ArtifactStoreUnreachable(ArtifactStoreError):
 
 class VideoError(ZoomqError):
     """ffmpeg failed; the message carries its last lines."""
+
+
+class ModelNotServed(ZoomqError):
+    """A job reached a worker that does not serve its model (a job written by hand, or a worker
+    restarted with other models): the job fails, naming the model."""
+
+    def __init__(self, model: str, served: list[str]):
+        self.model = model
+        super().__init__(f"model {model!r}: this worker does not serve it ({', '.join(served) or 'none'})")
+
+
+class ArtifactMissing(ZoomqError):
+    """An artifact a job needs (its init image, a keyframe) is gone from the store, expired or
+    deleted. The message names the job's own key, nothing of the store's location: users see it."""

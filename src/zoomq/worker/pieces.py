@@ -29,14 +29,15 @@ from PIL import Image
 
 from zoomq import logs
 from zoomq.config import Settings
-from zoomq.errors import LeaseLost, PieceBusy, RenderCancelled, ZoomqError
+from zoomq.errors import ArtifactMissing, InvalidParameter, LeaseLost, ModelNotServed, PieceBusy, RenderCancelled
 from zoomq.model import manifest as mf
+from zoomq.producer import limits
 from zoomq.queue import stats
 from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, render_queue
 from zoomq.queue.job_records import CANCELLED, ENDED, PREVIEW_NAME, Jobs, watched_key
 from zoomq.render import png, precision
 from zoomq.render.ov_models import CompiledParts
-from zoomq.render.request import RenderRequest
+from zoomq.render.request import RenderRequest, validate
 from zoomq.repeating import repeating
 from zoomq.storage.base import ArtifactStore
 from zoomq.worker import guidance_split_redis
@@ -44,6 +45,7 @@ from zoomq.worker.lease import Lease
 from zoomq.zoom.keyframe import keyframe_name, render_keyframe
 from zoomq.zoom.segment import render_segment, segment_name
 from zoomq.zoom.settings import ZoomSettings
+from zoomq.zoom.settings import validate as validate_zoom
 from zoomq.zoom.stitch import keyframe_entry, stitch
 
 if TYPE_CHECKING:
@@ -69,7 +71,7 @@ class Context:
 
     def _served(self, model: str) -> Path:
         if model not in self.models:
-            raise ZoomqError(f"model {model!r}: this worker does not serve it ({', '.join(self.models)})")
+            raise ModelNotServed(model, list(self.models))
         return Path(self.models[model]["path"])
 
     def compiled_parts(self, model: str) -> CompiledParts:
@@ -198,6 +200,23 @@ def _preview(ctx: Context, job_id: str, piece: str) -> Preview | None:
     return Preview(sink=sink, wanted=wanted)
 
 
+def _unknown(params: dict, known: set[str], kind: str) -> None:
+    for name in sorted(set(params) - known):
+        raise InvalidParameter(name, params[name], f"is not {kind} parameter")
+
+
+def _checked_image(ctx: Context, model: str, params: dict) -> RenderRequest:
+    """The job's request, checked again with the producer's rules and this worker's ``ZOOMQ_MAX_*``
+    limits: a record written into Redis by hand (bypassing the producer) is refused, not rendered."""
+    _unknown(params, set(RenderRequest.__dataclass_fields__), "an image")
+    request = RenderRequest(**params)
+    ctx._served(model)  # ModelNotServed before anything is compiled
+    info = ctx.models[model]
+    checked = validate(request, info["task"], info["native_size"], info.get("latent_factor", 8), info.get("defaults"))
+    limits.check_image(checked, limits.Limits.of(ctx.settings))
+    return request
+
+
 def _live(ctx: Context, job_id: str) -> dict | None:
     """The job's record if it still wants work done, else None."""
     job = ctx.jobs.get(job_id)
@@ -220,9 +239,9 @@ def run_image(ctx: Context, job_id: str) -> None:
                 if params.get(name):
                     data = ctx.store.get(params[name])
                     if data is None:
-                        raise ZoomqError(f"{name} of job {job_id} is no longer in the artifact store")
+                        raise ArtifactMissing(f"{name} of job {job_id} is no longer in the artifact store")
                     params[name] = Image.open(io.BytesIO(data)).convert("L" if name == "mask" else "RGB")
-            request = RenderRequest(**params)
+            request = _checked_image(ctx, job["model"], params)
             renderer = ctx.renderer(job["model"])
             with guidance_split_redis.leading(ctx, job_id, "image", job["model"], params) as wrap_unet:
                 result = renderer.render(request, _progress(ctx, job_id, "image", "denoising"),
@@ -258,8 +277,19 @@ class JobTexts:
             self.store.put(key, buffer.getvalue())
 
 
-def _zoom(job: dict) -> ZoomSettings:
-    return ZoomSettings.from_dict(job["params"]["zoom"])
+def _zoom(ctx: Context, job: dict) -> ZoomSettings:
+    """The job's zoom settings, checked again (see ``_checked_image``) by every piece that reads them."""
+    raw = job["params"].get("zoom")
+    if not isinstance(raw, dict):
+        raise InvalidParameter("zoom", type(raw).__name__, "must be the zoom settings the producer writes")
+    _unknown(raw, set(ZoomSettings.__dataclass_fields__), "a zoom")
+    try:
+        settings = ZoomSettings.from_dict(raw)
+    except TypeError as e:  # a schedule row with fields no PromptChange has
+        raise InvalidParameter("schedule", raw.get("schedule"), f"is not a list of prompt changes ({e})") from None
+    info = ctx.models.get(job["model"], {})  # an encode worker may not serve the model: steps are filled in
+    limits.check_zoom(validate_zoom(settings, info.get("defaults")), limits.Limits.of(ctx.settings))
+    return settings
 
 
 def keyframe_key(job_id: str, k: int) -> str:
@@ -273,7 +303,7 @@ def segment_key(job_id: str, k: int) -> str:
 def _fetch(ctx: Context, key: str, folder: Path) -> Path:
     path = folder / key.rsplit("/", 1)[-1]
     if not ctx.store.get_file(key, path):
-        raise ZoomqError(f"{key} is missing from the artifact store")
+        raise ArtifactMissing(f"{key} is missing from the artifact store")
     return path
 
 
@@ -281,7 +311,7 @@ def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
     job = _live(ctx, job_id)
     if job is None:
         return
-    settings = _zoom(job)
+    settings = _zoom(ctx, job)
     key = keyframe_key(job_id, k)
     queue = render_queue(job["model"])
     if k and not ctx.store.exists(keyframe_key(job_id, k - 1)):
@@ -317,7 +347,7 @@ def run_segment(ctx: Context, job_id: str, k: int) -> None:
     job = _live(ctx, job_id)
     if job is None:
         return
-    settings = _zoom(job)
+    settings = _zoom(ctx, job)
     key = segment_key(job_id, k)
     if not ctx.store.exists(keyframe_key(job_id, k + 1)):
         return  # delivered early: keyframe k+1 sends this piece again when it is done
@@ -340,7 +370,7 @@ def run_stitch(ctx: Context, job_id: str) -> None:
     job = _live(ctx, job_id)
     if job is None:
         return
-    settings = _zoom(job)
+    settings = _zoom(ctx, job)
     key = f"{job_id}/result.mp4"
     if not all(ctx.store.exists(segment_key(job_id, k)) for k in range(settings.keyframes - 1)):
         return  # delivered early: the last segment sends this piece again when it is done

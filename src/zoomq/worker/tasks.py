@@ -1,7 +1,8 @@
 """Celery tasks: thin wrappers that run a piece and turn its outcome into job state.
 
-``celery -A zoomq.worker.tasks worker`` works as well as ``zoomq worker``. A piece that raises a
-zoomq error fails its job with that message; a lost broker connection is retried with backoff; a
+``celery -A zoomq.worker.tasks worker`` works as well as ``zoomq worker``. A piece that fails ends
+its job with a short category and message for users (``failures.public_error``), the full text in
+the worker's log; a lost broker connection is retried with backoff; a
 piece whose lease another worker holds is tried again a little later.
 """
 
@@ -23,6 +24,7 @@ from zoomq.queue import connection, job_records, registry, stats
 from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_SPLIT, TASK_STITCH, make_app
 from zoomq.storage import open_store
 from zoomq.worker import guidance_split_redis, pieces, warmup, watchdog
+from zoomq.worker.failures import public_error
 
 log = logging.getLogger("zoomq.worker")
 app = make_app()
@@ -100,12 +102,22 @@ def _run(task, piece: str, job_id: str, *args) -> None:
     except TRANSIENT:
         raise  # autoretry_for: backoff and try again
     except ZoomqError as e:
+        log.error("job %s: %s failed: %s", job_id, piece, e)  # the full text here; the job gets its category
         stats.count_piece_failed(ctx.redis, piece)  # counted first: the job's end is what watchers wait for
-        ctx.jobs.fail(job_id, str(e))
+        ctx.jobs.fail(job_id, public_error(e, _model(ctx, job_id)))
     except Exception as e:  # a bug or a broken model: the job says so, the worker lives on
         log.exception("job %s: %s failed", job_id, piece)
         stats.count_piece_failed(ctx.redis, piece)
-        ctx.jobs.fail(job_id, f"{type(e).__name__}: {e}")
+        ctx.jobs.fail(job_id, public_error(e, _model(ctx, job_id)))
+
+
+def _model(ctx: pieces.Context, job_id: str) -> str:
+    """The job's model, for its error; '' when the record cannot be read."""
+    try:
+        job = ctx.jobs.get(job_id)
+    except redis.RedisError:
+        return ""
+    return str(job.get("model", "")) if job else ""
 
 
 _OPTIONS = dict(bind=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, retry_jitter=True,
