@@ -130,13 +130,13 @@ def cross_field_faults(body: dict, models: dict, s) -> set[str]:
         value = body.get(name)
         return default if value is None else value
 
-    faults = {name for name in ("init_image", "mask")  # the pattern checks base64, not the image in it
-              if body.get(name) is not None and image_size(body[name]) is None}
+    # No waiver for the uploads: the document states them (base64 of at least 24 bytes, image-data),
+    # and schema-valid data carries a real image (the "image-data" format above); bytes that are no
+    # image, which no schema can tell apart, are only ever negative data.
+    faults: set[str] = set()
     if body.get("kind", "image") == "image":
         inpainting = models[body["model"]]["task"] == "inpainting"
         init = image_size(body["init_image"]) if body.get("init_image") is not None else None
-        if "init_image" in faults and body.get("strength") is not None:
-            faults.add("strength")  # a strength needs the init image that could not be read
         steps = int(given("steps", (models[body["model"]].get("defaults") or {}).get("steps", 20)))
         strength = given("strength", 1.0 if inpainting else 0.8 if init else None)
         if strength is not None and int(steps * strength) < 1:
@@ -177,11 +177,13 @@ def served_schema(client, config: dict, base_url: str | None = None):
 
 
 def exempt(failure, case, response, web) -> bool:
-    """Two failures the API's contract makes principled, each only in its exact circumstances:
-    a schema-valid body that breaks a rule across fields the document can state only in words,
-    refused with a 400 that names nothing but such fields (JSON Schema cannot say "less than half
-    the size"); and a job read after DELETE that shows it ``cancelled``: DELETE cancels, and the
-    record stays readable (a second DELETE is a 409) until ZOOMQ_JOB_TTL, by design."""
+    """The two waivers left, each only in its exact circumstances and each for a rule no schema can
+    state: a schema-valid body that breaks a rule across fields the document can state only in
+    words, refused with a 400 that names nothing but such fields (JSON Schema has no arithmetic
+    across fields: "less than half the size", width × height, steps × strength, the frame count,
+    schedule rows below the keyframe count); and a job read after DELETE that shows it
+    ``cancelled``: DELETE cancels, and the record stays readable (a second DELETE is a 409) until
+    ZOOMQ_JOB_TTL, by design, which OpenAPI has no way to say."""
     if isinstance(failure, RejectedPositiveData) and case.operation.label == "POST /api/jobs":
         faults = cross_field_faults(case.body, web.producer.models(), web.settings)
         named = {e["field"].split("[")[0] for e in response.json().get("errors", [])}
@@ -488,3 +490,39 @@ def test_the_document_states_every_image_and_zoom_parameter():
     assert set(image) == {"kind", "model", "prompt", *IMAGE_FIELDS, *UPLOADS["image"]}
     assert set(zoom) == {"kind", "model", "prompt", *ZOOM_FIELDS, *UPLOADS["zoom"], "schedule"}
     assert image["width"]["maximum"] == image["height"]["maximum"] == MAX_SIDE
+
+
+def smallest(fmt: str) -> bytes:
+    return image_bytes(fmt, (1, 1), (0, 0, 0))
+
+
+def test_the_document_refuses_the_empty_and_short_uploads_and_blank_prompts_the_api_refuses(make_client):
+    """What the server refuses and a schema can state, the served document states: an empty or
+    too-short upload (under 24 bytes: no PNG, JPEG or WebP is that small) and a prompt blank in
+    Python's sense (which counts \\x1c-\\x1f and \\x85 as whitespace; ECMA-262's \\S does not).
+    Every such value is a 400 naming its field; the smallest real images pass the schema."""
+    import jsonschema
+
+    client = make_client(**LIMITS)
+    schemas = client.get("/api/openapi.json").get_json()["components"]["schemas"]
+    refused = ["", "data:image/png;base64,", "AAAA", "data:,AAAAAAAA", "A" * 28]
+    for kind, model in (("image", "inpaint"), ("zoom", "inpaint")):
+        props = schemas["ImageJob" if kind == "image" else "ZoomJob"]["properties"]
+        for name in UPLOADS[kind]:
+            field = jsonschema.Draft202012Validator(props[name])
+            for value in refused:
+                assert not field.is_valid(value), (kind, name, value)
+                answer = client.post("/api/jobs", json={"kind": kind, "model": model, "prompt": "x", name: value})
+                assert answer.status_code == 400, (kind, name, value, answer.get_json())
+                assert name in {e["field"] for e in answer.get_json()["errors"]}, answer.get_json()
+            for fmt in ("PNG", "JPEG", "WEBP"):
+                for data_url in (False, True):
+                    assert field.is_valid(as_text(smallest(fmt), data_url)), (kind, name, fmt)
+            assert props[name]["contentMediaType"] == "image/*"
+        prompt = jsonschema.Draft202012Validator(props["prompt"])
+        for blank in ("\x1f", " \x1c\x85", "\u3000", "\t \n"):
+            assert not prompt.is_valid(blank), repr(blank)
+            answer = client.post("/api/jobs", json={"kind": kind, "model": model, "prompt": blank})
+            assert answer.status_code == 400 and "prompt" in {e["field"] for e in answer.get_json()["errors"]}
+        for text in ("a", "\ufeffx", "\ufeff"):
+            assert prompt.is_valid(text), repr(text)
