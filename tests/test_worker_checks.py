@@ -9,10 +9,21 @@ import shutil
 import time
 from dataclasses import asdict
 
+from zoomq.errors import (
+    ArtifactMissing,
+    ArtifactStoreError,
+    ArtifactStoreUnreachable,
+    InvalidParameter,
+    ModelError,
+    ModelNotServed,
+    VideoError,
+    ZoomqError,
+)
 from zoomq.producer import Producer
 from zoomq.queue import job_records
 from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, make_app, render_queue
 from zoomq.render.request import RenderRequest
+from zoomq.worker.failures import public_error
 from zoomq.zoom.settings import ZoomSettings
 
 LIMITS = {"ZOOMQ_MAX_STEPS": "10", "ZOOMQ_MAX_PIXELS": str(128 * 128)}
@@ -71,3 +82,31 @@ def test_an_internal_error_shows_a_short_category_and_the_worker_log_the_full_te
     assert "/" not in error and str(tmp_path) not in error and len(error) < 200, error
     logged = worker.log_path.read_text(errors="replace")
     assert job in logged and str(model) in logged, logged[-3000:]
+
+
+SECRET_PLACES = ("/srv/models", "s3.internal.example", "https://", "10.0.0.7", "/tmp/zoomq-kf-")
+
+
+def test_each_failure_is_a_short_category_with_nothing_internal():
+    """What users see for each kind of failure: the messages written for them pass, the rest are
+    named by category alone, whatever paths, endpoints or addresses their text holds."""
+    table = [
+        (InvalidParameter("steps", 10000, "is above this server's limit of 150 denoising steps (ZOOMQ_MAX_STEPS)"),
+         "invalid parameter: steps: is above this server's limit of 150 denoising steps (ZOOMQ_MAX_STEPS) "
+         "(got 10000)"),
+        (ModelNotServed("sd2", ["t2i"]), "model not found: sd2"),
+        (ArtifactMissing("JOB/keyframe-001.png is missing from the artifact store"),
+         "artifact missing: JOB/keyframe-001.png is missing from the artifact store"),
+        (ModelError("/srv/models/sd2: unet.bin does not match its sha256 in zoomq.json"), "model unavailable: "),
+        (ArtifactStoreError("bucket zoomq at https://s3.internal.example: AccessDenied"), "artifact store failed: "),
+        (ArtifactStoreUnreachable("https://s3.internal.example (10.0.0.7) did not answer"), "artifact store failed: "),
+        (VideoError("ffmpeg failed: /tmp/zoomq-kf-1/seg.mp4: No space left"), "video encoding failed"),
+        (MemoryError(), "render failed: out of memory"),
+        (RuntimeError("Exception from src/inference: std::bad_alloc"), "render failed: out of memory"),
+        (ZoomqError("redis://10.0.0.7:6379 refused"), "render failed: internal error (ZoomqError)"),
+        (PermissionError(13, "Permission denied", "/srv/models/sd2/unet.xml"), "render failed: internal error"),
+    ]
+    for error, start in table:
+        shown = public_error(error, "sd2")
+        assert shown.startswith(start), (error, shown)
+        assert not any(place in shown for place in SECRET_PLACES) and len(shown) < 200, shown
