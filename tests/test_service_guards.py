@@ -45,7 +45,7 @@ def test_a_key_sees_lists_and_cancels_only_its_own_jobs(make_client, keyring):
     client = make_client(api_keys_file=str(path))
     a = client.post("/api/jobs", json=IMAGE, headers=bearer(k["alice"])).get_json()["id"]
     b = client.post("/api/jobs", json=IMAGE, headers=bearer(k["bob"])).get_json()["id"]
-    assert client.producer.jobs.get(a)["owner"] == "alice"
+    assert client.producer.jobs.get(a)["owner"] == f"alice#{api_keys.digest(k['alice'])[:16]}"
 
     assert client.get(f"/api/jobs/{a}", headers=bearer(k["alice"])).status_code == 200
     assert client.get(f"/api/jobs/{b}", headers=bearer(k["alice"])).status_code == 404
@@ -98,7 +98,25 @@ def test_zoomq_keys_add_writes_a_hash_the_server_accepts(make_client, tmp_path, 
     assert run_cli("keys", "add", "dana", "--file", path, capsys=capsys)[0] == 2  # names are unique
     client = make_client(api_keys_file=str(path))
     job = client.post("/api/jobs", json=IMAGE, headers=bearer(key)).get_json()["id"]
-    assert client.producer.jobs.get(job)["owner"] == "dana"
+    assert client.producer.jobs.get(job)["owner"].split("#")[0] == "dana"
+
+
+def test_a_name_given_to_a_new_key_owns_none_of_the_old_keys_jobs(make_client, tmp_path):
+    """Jobs belong to the key, not to its name: an operator who removes alice's key and later adds a
+    new key named alice gives the new holder none of the old key's jobs."""
+    old, new = api_keys.new_key(), api_keys.new_key()
+    path = tmp_path / "keys"
+    path.write_text(api_keys.line("alice", old, admin=False) + "\n")
+    client = make_client(api_keys_file=str(path))
+    job = client.post("/api/jobs", json=IMAGE, headers=bearer(old)).get_json()["id"]
+    assert client.get(f"/api/jobs/{job}", headers=bearer(old)).status_code == 200
+    path.write_text(api_keys.line("alice", new, admin=False) + "\n# rewritten: the old key is gone\n")
+    assert client.get(f"/api/jobs/{job}", headers=bearer(old)).status_code == 401
+    assert client.get(f"/api/jobs/{job}", headers=bearer(new)).status_code == 404
+    assert client.delete(f"/api/jobs/{job}", headers=bearer(new)).status_code == 404
+    assert client.get("/api/jobs", headers=bearer(new)).get_json()["jobs"] == []
+    mine = client.post("/api/jobs", json=IMAGE, headers=bearer(new)).get_json()["id"]
+    assert [j["id"] for j in client.get("/api/jobs", headers=bearer(new)).get_json()["jobs"]] == [mine]
 
 
 def test_the_form_signs_in_with_a_key_and_the_job_page_is_the_owners(make_client, keyring):

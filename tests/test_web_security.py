@@ -217,8 +217,8 @@ def test_the_token_and_a_file_key_named_admin_are_different_owners(make_client, 
     client = make_client(api_keys_file=str(path), api_token=TOKEN)
     theirs = client.post("/api/jobs", json=IMAGE, headers=bearer(TOKEN)).get_json()["id"]
     mine = client.post("/api/jobs", json=IMAGE, headers=bearer(mallory)).get_json()["id"]
-    assert client.producer.jobs.get(mine)["owner"] == "admin"
-    assert client.producer.jobs.get(theirs)["owner"] != "admin"
+    assert client.producer.jobs.get(mine)["owner"] == f"admin#{api_keys.digest(mallory)[:16]}"
+    assert client.producer.jobs.get(theirs)["owner"] == api_keys.TOKEN_NAME
     assert client.get(f"/api/jobs/{theirs}", headers=bearer(mallory)).status_code == 404
     assert client.delete(f"/api/jobs/{theirs}", headers=bearer(mallory)).status_code == 404
     listed = client.get("/api/jobs", headers=bearer(mallory)).get_json()["jobs"]

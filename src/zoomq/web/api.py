@@ -72,7 +72,7 @@ def list_jobs():
     limit = request.args.get("limit", "20")
     if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 200:  # not "²" or "٣"
         return _errors([InvalidParameter("limit", limit, "must be a whole number from 1 to 200")])
-    owner = None if who.key is None or who.key.admin else who.key.name
+    owner = None if who.key is None or who.key.admin else who.key.owner
     records = web().producer.jobs.recent(int(limit), owner)
     return jsonify(jobs=[present.job_summary(r) for r in records])
 

@@ -6,7 +6,9 @@ constant time, so neither the file nor the timing of a refusal gives a key away.
 256-bit tokens: a fast hash is enough (no password stretching needed for such entropy).
 ``ZOOMQ_API_TOKEN``, a single key without a file, counts as an admin key named ``$ZOOMQ_API_TOKEN``:
 no line of the file can take that name (``$`` is not allowed in one), so a file key named ``admin``
-is not the token and owns none of its jobs. A key's name is its identity: jobs are owned by it.
+is not the token and owns none of its jobs. Jobs are owned by a key's identity: its name and the
+start of its hash (``alice#1f2e...``), so a name removed from the file and given to a new key later
+owns none of the old key's jobs.
 """
 
 from __future__ import annotations
@@ -29,10 +31,18 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 TOKEN_NAME = "$ZOOMQ_API_TOKEN"  # not a valid name in the file (see _NAME): the token's own identity
 
 
+IDENTITY_HASH = 16  # hex digits of the key's hash in its identity: 64 bits, no two keys of a file share them
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
     admin: bool
+    identity: str = ""  # who owns the jobs this key submits (see the module docstring); the name if empty
+
+    @property
+    def owner(self) -> str:
+        return self.identity or self.name
 
 
 def digest(key: str) -> str:
@@ -66,7 +76,7 @@ def parse(text: str, source: str = "ZOOMQ_API_KEYS_FILE") -> dict[str, Key]:
         if not _HASH.fullmatch(hashed):
             raise InvalidParameter(where, words[1], "the hash must be 64 hex digits (zoomq keys add writes it)")
         names.add(name)
-        keys[hashed] = Key(name, len(words) == 3)
+        keys[hashed] = Key(name, len(words) == 3, f"{name}#{hashed[:IDENTITY_HASH]}")
     return keys
 
 

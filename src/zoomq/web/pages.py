@@ -141,7 +141,7 @@ def overview():
     w = web()
     cluster = present.health(w.producer)
     who = _who()  # signed out: the cluster, but nobody's jobs
-    owner = None if who is None or who.key is None or who.key.admin else who.key.name
+    owner = None if who is None or who.key is None or who.key.admin else who.key.owner
     reachable = cluster["broker"]["reachable"] and who is not None
     jobs = [present.job_summary(r) for r in w.producer.jobs.recent(50, owner)] if reachable else []
     if who is None or (who.key is not None and not who.key.admin):  # workers and hosts: admins only

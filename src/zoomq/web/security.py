@@ -51,8 +51,8 @@ class Caller:
 
     @property
     def owner(self) -> str | None:
-        """The name jobs submitted now are recorded under; None: no keys, anyone sees them."""
-        return self.key.name if self.key else None
+        """The identity jobs submitted now are recorded under; None: no keys, anyone sees them."""
+        return self.key.owner if self.key else None
 
     @property
     def submitter(self) -> str:
@@ -61,7 +61,7 @@ class Caller:
 
     def sees(self, record: dict) -> bool:
         """Whether this caller may see (and so cancel) the job of ``record``."""
-        return self.key is None or self.key.admin or record.get("owner") == self.key.name
+        return self.key is None or self.key.admin or record.get("owner") == self.key.owner
 
 
 class Sessions:
