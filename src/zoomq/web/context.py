@@ -12,7 +12,7 @@ from zoomq.errors import InvalidParameter, Unauthorized
 from zoomq.producer.producer import Producer
 from zoomq.web import security
 from zoomq.web.api_keys import KeyRing
-from zoomq.web.throttle import KeyAttempts, bearer
+from zoomq.web.throttle import KeyAttempts
 
 
 @dataclass
@@ -36,8 +36,8 @@ def key_holder() -> security.Caller | None:
     wrong ``Authorization: Bearer`` key counts against the client's address, and an address past
     ``ZOOMQ_KEY_ATTEMPTS`` is refused (``TooManyKeyAttempts``, 429) whatever key it sends."""
     w = web()
-    w.key_attempts.key(w.keys, request.remote_addr or "unknown", bearer(request))
-    return security.identify(request, w.keys, w.sessions)
+    address = request.remote_addr or "unknown"
+    return security.identify(request, w.keys, w.sessions, lambda key: w.key_attempts.key(w.keys, address, key))
 
 
 def is_admin() -> bool:

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import re
 import secrets
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -27,6 +26,7 @@ from flask import Request, Response, g, request
 from zoomq.config import Settings
 from zoomq.queue import connection
 from zoomq.web.api_keys import Key, KeyRing, digest
+from zoomq.web.throttle import FixedWindow, bearer, wait_seconds
 
 CSRF_FIELD = "csrf_token"
 COOKIE = "zoomq_session"
@@ -133,15 +133,17 @@ def save_cookie(response: Response) -> Response:
     return response
 
 
-def identify(request: Request, ring: KeyRing, sessions: Sessions) -> Caller | None:
+def identify(request: Request, ring: KeyRing, sessions: Sessions,
+             find: Callable[[str], Key | None] | None = None) -> Caller | None:
     """The caller, or None when keys are configured and the request carries none that is valid:
-    an ``Authorization: Bearer`` header (API clients) or a session that entered one on a form."""
+    an ``Authorization: Bearer`` header (API clients), looked up by ``find`` (default ``ring.find``;
+    the views pass the wrong-key throttle's), or a session that entered one on a form."""
     address = request.remote_addr or "unknown"
     if not ring.enabled:
         return Caller(None, address)
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
-        key = ring.find(header[7:].strip())
+    presented = bearer(request)
+    if presented is not None:
+        key = (find or ring.find)(presented)
         return Caller(key, address) if key else None
     session_id = _session_id()
     key = ring.by_digest(sessions.key_digest(session_id)) if session_id else None
@@ -223,22 +225,15 @@ class RateLimit:
     counter in Redis, so every web process shares it)."""
 
     def __init__(self, client: redis.Redis, count: int, seconds: int):
-        self.r, self.count, self.seconds = client, count, seconds
+        self.count, self.seconds = count, seconds
+        self.window = FixedWindow(client, "zoomq:rate:", seconds)
 
     def hit(self, who: str) -> int | None:
         """Count one submission by ``who``; returns the seconds to wait when over the limit."""
         if not self.count:
             return None
-        now = time.time()
-        window = int(now // self.seconds)
-        key = f"zoomq:rate:{who}:{window}"
-        with self.r.pipeline() as p:
-            p.incr(key)
-            p.expire(key, self.seconds + 1)
-            used, _ = p.execute()
-        if used <= self.count:
-            return None
-        return max(1, math.ceil((window + 1) * self.seconds - now))
+        used, left = self.window.add(who)
+        return None if used <= self.count else wait_seconds(left)
 
     def refusal(self, wait: int) -> str:
         return f"too many submissions: at most {self.count} per {self.seconds} s (ZOOMQ_RATE_LIMIT); retry in {wait} s"
