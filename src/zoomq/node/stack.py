@@ -87,7 +87,7 @@ class Stack:
 
     def _lock(self) -> None:
         """One stack per data folder: two redis-servers appending to one AOF would corrupt it."""
-        self._lock_file = open(self.data / "up.lock", "a+")
+        self._lock_file = open(self.data / embedded_redis.LOCK_FILE, "a+")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -159,12 +159,12 @@ class Stack:
         state = {"pid": os.getpid(), "redis_url": connection.redacted(self.redis_url), "web_url": web.url,
                  "embedded": self.redis is not None,
                  "worker": worker.name, "models": [str(m) for m in self.models], "started": time.time()}
-        (self.data / "stack.json").write_text(json.dumps(state, indent=1))
+        (self.data / embedded_redis.STATE_FILE).write_text(json.dumps(state, indent=1))
 
     def state(self) -> dict | None:
         """What ``stack.json`` says of the stack running on this data folder, if any."""
         try:
-            return json.loads((self.data / "stack.json").read_text())
+            return json.loads((self.data / embedded_redis.STATE_FILE).read_text())
         except (OSError, ValueError):
             return None
 
@@ -210,7 +210,7 @@ class Stack:
             self.redis.stop()
             self.redis = None
         if self._lock_file is not None:
-            (self.data / "stack.json").unlink(missing_ok=True)
+            (self.data / embedded_redis.STATE_FILE).unlink(missing_ok=True)
             self._lock_file.close()  # releases the lock
             self._lock_file = None
 
