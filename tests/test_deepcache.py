@@ -320,14 +320,14 @@ def test_api_refuses_caching_on_a_model_without_it(make_client, old_model):
     assert branch.status_code == 400 and {e["field"] for e in branch.get_json()["errors"]} == {"cache_branch"}
 
 
-def test_queue_runs_an_image_job_cached(tmp_path, monkeypatch, tiny_t2i, tiny_inpaint):
+def test_queue_runs_an_image_job_cached(tmp_path, monkeypatch, tiny_t2i, tiny_inpaint, redis_server):
     """Through the queue: a real worker process renders the job with caching, as this process does."""
     import io
 
-    from support.cluster import RedisServer, Worker
+    from support.cluster import Worker
     from zoomq.producer import Producer
 
-    server = RedisServer(tmp_path / "redis")
+    server = redis_server(tmp_path / "redis")
     monkeypatch.setenv("ZOOMQ_REDIS_URL", server.url)
     worker = Worker("w1", server.url, [tiny_t2i, tiny_inpaint], tmp_path)
     try:

@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import zoomq
-from support.cluster import RedisServer, Worker, wait_for
+from support.cluster import Worker, wait_for
 from zoomq.config import VARIABLES
 from zoomq.node import sizing
 from zoomq.node.processes import free_port, redis_server_binary
@@ -595,11 +595,11 @@ def port_answers(client: redis.Redis) -> bool:
 
 
 
-def test_compose_flower_asks_for_the_key_and_reads_the_broker_from_its_environment(tmp_path):
+def test_compose_flower_asks_for_the_key_and_reads_the_broker_from_its_environment(tmp_path, redis_server):
     """The flower service's command and environment, run here with the Flower installed here on a
     Redis with the password: it reaches the broker, answers only with admin and the API token, and its
     command line holds neither secret."""
-    server = RedisServer(tmp_path / "redis", password=PASSWORD)
+    server = redis_server(tmp_path / "redis", password=PASSWORD)
     done = compose("--profile", "flower", "config")
     assert done.returncode == 0, done.stderr
     service = yaml.safe_load(done.stdout)["services"]["flower"]
@@ -641,7 +641,7 @@ def test_compose_flower_asks_for_the_key_and_reads_the_broker_from_its_environme
 
 # -- the health file the checks read ----------------------------------------------------------
 
-def test_health_file_is_fresh_while_the_worker_reaches_redis(tmp_path, tiny_t2i):
+def test_health_file_is_fresh_while_the_worker_reaches_redis(tmp_path, tiny_t2i, redis_server):
     """A real worker touches ZOOMQ_HEALTH_FILE at each heartbeat that reaches Redis; the compose
     health check's own command passes on it, and fails once the file is older than 30 s. With
     Redis gone the file is no longer touched."""
@@ -649,7 +649,7 @@ def test_health_file_is_fresh_while_the_worker_reaches_redis(tmp_path, tiny_t2i)
                    if "find" in t).replace("$$", "$")
     health = tmp_path / "alive"
     command = command.replace("/tmp/zoomq-alive", str(health))
-    server = RedisServer(tmp_path / "redis")
+    server = redis_server(tmp_path / "redis")
     worker = Worker("healthy", server.url, [tiny_t2i], tmp_path, env={"ZOOMQ_HEALTH_FILE": str(health)})
 
     def missed() -> int:  # heartbeats that could not reach Redis, as the worker logs them

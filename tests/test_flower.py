@@ -8,13 +8,13 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from support.cluster import RedisServer, Worker, wait_for
+from support.cluster import Worker, wait_for
 from zoomq.node.processes import free_port
 from zoomq.producer import Producer
 
 
-def test_flower_sees_the_tasks_of_a_worker_with_events(tmp_path, monkeypatch, tiny_t2i):
-    server = RedisServer(tmp_path / "redis")
+def test_flower_sees_the_tasks_of_a_worker_with_events(tmp_path, monkeypatch, tiny_t2i, redis_server):
+    server = redis_server(tmp_path / "redis")
     monkeypatch.setenv("ZOOMQ_REDIS_URL", server.url)
     worker = Worker("watched", server.url, [tiny_t2i], tmp_path, events=True)
     port = free_port()

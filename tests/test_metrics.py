@@ -63,20 +63,22 @@ def ran(tmp_path_factory, tiny_t2i):
     nobody serves."""
     folder = tmp_path_factory.mktemp("metrics")
     srv = RedisServer(folder / "redis")
-    s = replace(settings(), redis_url=srv.url, rate_limit=(0, 0))
-    producer = Producer(s)
-    broken = producer.submit_image("a door", model="t2i", init_image=Image.new("RGB", (256, 256), (90, 20, 20)),
-                                   strength=0.5, steps=4, seed=1)
-    producer.store.delete_job(broken)
-    good = producer.submit_image("a castle", model="t2i", steps=4, seed=3)
-    worker = Worker("m1", srv.url, [tiny_t2i], folder, env={"ZOOMQ_LOG_FORMAT": "json"})
-    try:
+    worker = None
+    try:  # from here: a module's server outlives the run if anything fails before its finally
+        s = replace(settings(), redis_url=srv.url, rate_limit=(0, 0))
+        producer = Producer(s)
+        broken = producer.submit_image("a door", model="t2i", init_image=Image.new("RGB", (256, 256), (90, 20, 20)),
+                                       strength=0.5, steps=4, seed=1)
+        producer.store.delete_job(broken)
+        good = producer.submit_image("a castle", model="t2i", steps=4, seed=3)
+        worker = Worker("m1", srv.url, [tiny_t2i], folder, env={"ZOOMQ_LOG_FORMAT": "json"})
         assert producer.wait(broken, timeout=120)["state"] == "failed"
         assert producer.wait(good, timeout=120)["state"] == "done"
         waiting = producer.submit_image("a tower", model="nobody-serves-it", steps=4)
         yield Ran(create_app(s).test_client(), producer, good, broken, waiting, folder / "worker-m1.log", worker.name)
     finally:
-        worker.stop()
+        if worker is not None:
+            worker.stop()
         srv.stop()
 
 
@@ -118,8 +120,8 @@ def test_worker_logs_each_piece_as_json(ran):
     assert ended["seconds"] == pytest.approx(histogram, abs=0.0006)
 
 
-def test_counters_follow_job_states_and_the_watchdog(tmp_path):
-    srv = RedisServer(tmp_path / "redis")
+def test_counters_follow_job_states_and_the_watchdog(tmp_path, redis_server):
+    srv = redis_server(tmp_path / "redis")
     try:
         client = create_app(replace(settings(), redis_url=srv.url)).test_client()
         r = srv.client()
@@ -151,8 +153,8 @@ def test_counters_follow_job_states_and_the_watchdog(tmp_path):
         srv.stop()
 
 
-def test_histogram_buckets_are_cumulative(tmp_path):
-    srv = RedisServer(tmp_path / "redis")
+def test_histogram_buckets_are_cumulative(tmp_path, redis_server):
+    srv = redis_server(tmp_path / "redis")
     try:
         r = srv.client()
         for seconds in (0.2, 0.7, 3.0, 3.0, 4000.0):
@@ -166,8 +168,8 @@ def test_histogram_buckets_are_cumulative(tmp_path):
         srv.stop()
 
 
-def test_metrics_answer_when_redis_is_down(tmp_path):
-    srv = RedisServer(tmp_path / "redis")
+def test_metrics_answer_when_redis_is_down(tmp_path, redis_server):
+    srv = redis_server(tmp_path / "redis")
     client = create_app(replace(settings(), redis_url=srv.url)).test_client()
     assert scrape(client)["zoomq_redis_up"] == {(): 1.0}
     srv.stop()

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from support.cli import run_cli
-from support.cluster import RedisServer, Worker, wait_for
+from support.cluster import Worker, wait_for
 from zoomq.errors import LeaseLost
 from zoomq.producer import Producer
 from zoomq.render.pipeline import Renderer
@@ -216,8 +216,8 @@ def test_broker_unreachable_is_one_clear_line(monkeypatch, capsys):
     assert code == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in err and len(err.strip().splitlines()) == 1
 
 
-def test_redis_restart_with_aof_loses_no_job(tmp_path, monkeypatch, tiny_t2i, tiny_inpaint):
-    server = RedisServer(tmp_path / "aof", appendonly=True)
+def test_redis_restart_with_aof_loses_no_job(tmp_path, monkeypatch, tiny_t2i, tiny_inpaint, redis_server):
+    server = redis_server(tmp_path / "aof", appendonly=True)
     monkeypatch.setenv("ZOOMQ_REDIS_URL", server.url)
     workers = []
     try:
@@ -305,11 +305,11 @@ def test_duplicate_deliveries_do_no_work_twice(cluster, tmp_path):
         "keyframe:0": 1, "keyframe:1": 1, "keyframe:2": 1, "segment:0": 1, "segment:1": 1, "stitch": 1}
 
 
-def test_redis_restart_during_a_keyframe_is_survived(tmp_path, monkeypatch, tiny_t2i, tiny_inpaint):
+def test_redis_restart_during_a_keyframe_is_survived(tmp_path, monkeypatch, tiny_t2i, tiny_inpaint, redis_server):
     """The broker goes away mid-render and comes back: the piece's Redis calls are retried (by
     redis-py, and past that by the task's own backoff) and the job completes; AOF kept the queue,
     the lease and the records."""
-    server = RedisServer(tmp_path / "aof", appendonly=True)
+    server = redis_server(tmp_path / "aof", appendonly=True)
     monkeypatch.setenv("ZOOMQ_REDIS_URL", server.url)
     worker = Worker("w1", server.url, [tiny_t2i, tiny_inpaint], tmp_path)
     try:

@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
-from support.cluster import RedisServer, Worker
+from support.cluster import Worker
 from support.s3server import MotoServer, aws_env, raw_client, s3_store, use_aws_env
 from zoomq.config import settings
 from zoomq.errors import InvalidParameter, ZoomqError
@@ -248,11 +248,11 @@ def test_wrong_credentials_are_named(tmp_path, monkeypatch):
 
 # -- a whole zoom through the queue ---------------------------------------------------------
 
-def test_zoom_over_two_workers_keeps_every_artifact_in_s3(s3_bucket, tiny_inpaint, tmp_path, monkeypatch):
+def test_zoom_over_two_workers_keeps_every_artifact_in_s3(s3_bucket, tiny_inpaint, tmp_path, monkeypatch, redis_server):
     from zoomq.producer import Producer
 
     monkeypatch.setenv("ZOOMQ_ARTIFACTS", f"s3://{s3_bucket.name}/cluster-a")
-    redis_server = RedisServer(tmp_path / "redis")
+    redis_server = redis_server(tmp_path / "redis")
     monkeypatch.setenv("ZOOMQ_REDIS_URL", redis_server.url)
     env = {**s3_bucket.env, "ZOOMQ_ARTIFACTS": os.environ["ZOOMQ_ARTIFACTS"]}
     workers = []

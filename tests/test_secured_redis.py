@@ -43,9 +43,11 @@ JOB: dict[str, Any] = dict(steps=3, seed=5)
 def pw_server(tmp_path_factory):
     """A redis-server with ``requirepass`` and an ACL user of its own password."""
     server = RedisServer(tmp_path_factory.mktemp("redis-pw"), password=PASSWORD)
-    server.client().execute_command("ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all")
-    yield server
-    server.stop()
+    try:
+        server.client().execute_command("ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all")
+        yield server
+    finally:
+        server.stop()
 
 
 def url_of(server: RedisServer, userinfo: str = "") -> str:

@@ -44,8 +44,8 @@ def test_keys_cannot_leave_the_store(store, key):
         store.put(key, b"x")
 
 
-def test_redis_artifacts_expire(tmp_path):
-    server = RedisServer(tmp_path / "redis")
+def test_redis_artifacts_expire(tmp_path, redis_server):
+    server = redis_server(tmp_path / "redis")
     try:
         store = RedisStore(server.client(), ttl=60)
         store.put("job/a", b"1")

@@ -286,12 +286,11 @@ def test_zoom_keyframes_decode_with_the_tiny_decoder(tiny_inpaint, tmp_path):
 
 
 def test_producer_refuses_the_tiny_decoder_for_a_model_announced_without_it(tiny_t2i, tiny_t2i_taesd, tmp_path,
-                                                                           monkeypatch):
-    from support.cluster import RedisServer
+                                                                           monkeypatch, redis_server):
     from zoomq.producer import Producer
     from zoomq.queue import registry
 
-    server = RedisServer(tmp_path / "redis")
+    server = redis_server(tmp_path / "redis")
     try:
         monkeypatch.setenv("ZOOMQ_REDIS_URL", server.url)
         producer = Producer()

@@ -225,14 +225,14 @@ def test_parity_check_tells_the_step_counts_apart(turbo):
 
 # -- the producer applies the same defaults ----------------------------------------------------------
 
-def test_producer_fills_requests_with_the_served_models_defaults(tmp_path, monkeypatch, tiny_turbo, tiny_t2i):
+def test_producer_fills_requests_with_the_served_models_defaults(tmp_path, monkeypatch, tiny_turbo, tiny_t2i,
+                                                                 redis_server):
     """The workers' registry carries each model's defaults; the producer validates with them, so a
     queued job renders what the same request renders in process."""
-    from support.cluster import RedisServer
     from zoomq.producer import Producer
     from zoomq.queue import registry
 
-    server = RedisServer(tmp_path / "redis")
+    server = redis_server(tmp_path / "redis")
     try:
         monkeypatch.setenv("ZOOMQ_REDIS_URL", server.url)
         producer = Producer()

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from support.cli import run_cli
-from support.cluster import RedisServer, wait_for
+from support.cluster import wait_for
 from zoomq.node.processes import port_is_free
 from zoomq.queue.job_records import Jobs
 
@@ -298,14 +298,14 @@ def fresh_clone(target: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_make_demo_on_a_fresh_clone_goes_through_the_queue(tmp_path):
+def test_make_demo_on_a_fresh_clone_goes_through_the_queue(tmp_path, redis_server):
     """`make demo` (with this suite's environment standing in for its set-up step) builds the
     miniature models, runs an image and a zoom job through the stack's queue on the Redis that
     ZOOMQ_REDIS_URL names, writes both results, and leaves no process behind."""
     if shutil.which("make") is None:
         pytest.fail("make is not installed")
     clone = fresh_clone(tmp_path / "clone")
-    server = RedisServer(tmp_path / "redis")
+    server = redis_server(tmp_path / "redis")
     venv = Path(sys.executable).parent.parent
     env = {**os.environ, "ZOOMQ_REDIS_URL": server.url, "ZOOMQ_DATA_DIR": str(tmp_path / "data")}
     before = {p.pid for p in psutil.process_iter()}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from support.cluster import RedisServer, Worker, wait_for
+from support.cluster import Worker, wait_for
 from zoomq.config import settings
 from zoomq.model import manifest as mf
 from zoomq.queue import registry
@@ -49,8 +49,8 @@ def test_a_worker_warms_only_the_models_it_renders(tiny_t2i, tiny_inpaint, monke
     assert worker_warmup.start(ctx) == []
 
 
-def test_worker_process_warms_up_at_start_without_a_job(tmp_path, tiny_t2i, tiny_inpaint):
-    server = RedisServer(tmp_path / "redis")
+def test_worker_process_warms_up_at_start_without_a_job(tmp_path, tiny_t2i, tiny_inpaint, redis_server):
+    server = redis_server(tmp_path / "redis")
     worker = Worker("warm", server.url, [tiny_t2i, tiny_inpaint], tmp_path)
     log = Path(worker.log.name)
     try:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from support.browser import ARTIFACTS, chromium
-from support.cluster import RedisServer, Worker, wait_for
+from support.cluster import Worker, wait_for
 from zoomq.node.processes import WebProcess
 from zoomq.zoom import video
 
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-def stack(tmp_path, tiny_inpaint, tiny_t2i_taesd):
-    server = RedisServer(tmp_path / "redis")
+def stack(tmp_path, tiny_inpaint, tiny_t2i_taesd, redis_server):
+    server = redis_server(tmp_path / "redis")
     worker = web = None
     try:
         worker = Worker("web1", server.url, [tiny_inpaint, tiny_t2i_taesd], tmp_path)

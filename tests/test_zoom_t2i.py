@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from support.cli import run_cli
-from support.cluster import RedisServer, Worker
+from support.cluster import Worker
 from support.images import psnr
 from zoomq.errors import InvalidParameter
 from zoomq.render import png, schedulers
@@ -159,13 +159,13 @@ def test_turbo_zoom_with_no_options_uses_the_models_defaults(tiny_turbo, tmp_pat
     assert inner.size and np.array_equal(inner, shrunk)
 
 
-def test_queued_zoom_from_a_turbo_model_equals_the_local_one(tmp_path, monkeypatch, tiny_turbo):
+def test_queued_zoom_from_a_turbo_model_equals_the_local_one(tmp_path, monkeypatch, tiny_turbo, redis_server):
     """Through the producer (which takes the model's defaults from the workers' registry) and a
     worker, a zoom on the SD-Turbo kind renders the frames the same zoom renders in process."""
     from zoomq.config import settings as current
     from zoomq.producer import Producer
 
-    server = RedisServer(tmp_path / "redis")
+    server = redis_server(tmp_path / "redis")
     monkeypatch.setenv("ZOOMQ_REDIS_URL", server.url)
     worker = Worker("w1", server.url, [tiny_turbo], tmp_path)
     try:

@@ -25,6 +25,22 @@ def Worker(name: str, redis_url: str, models: list[Path], log_dir: Path, env: di
 
 
 @pytest.fixture
+def redis_server():
+    """``redis_server(folder, **options)``: a ``RedisServer`` of this test's own, stopped when the test
+    ends whatever happened after it started (a worker that failed to start, an assertion before the
+    test's own ``finally``): a server left running outlives the test run, reparented to init."""
+    started: list[RedisServer] = []
+
+    def start(folder, **options) -> RedisServer:
+        started.append(RedisServer(folder, **options))
+        return started[-1]
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
 def server(tmp_path, monkeypatch):
     srv = RedisServer(tmp_path / "redis")
     monkeypatch.setenv("ZOOMQ_REDIS_URL", srv.url)  # never the machine's shared Redis
