@@ -138,8 +138,7 @@ def build_random_unet(folder: Path, *, full: bool, inpainting: bool, size: int, 
     arguments) as ``folder/unet``: for benchmarks of the UNet alone, without the other parts' cost."""
     torch.manual_seed(seed)
     unet = _unet(full, 9 if inpainting else 4, size // latent_factor)
-    # diffusers' package-level names resolve, for type checkers, to its placeholder classes without torch
-    unet.save_pretrained(Path(folder) / "unet", safe_serialization=True)  # type: ignore[attr-defined]
+    unet.save_pretrained(Path(folder) / "unet", safe_serialization=True)
 
 
 def build_random_pipeline(
@@ -189,5 +188,4 @@ def build_random_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    # diffusers' package-level names resolve, for type checkers, to its placeholder classes without torch
-    pipe.save_pretrained(folder, safe_serialization=True)  # type: ignore[union-attr]
+    pipe.save_pretrained(folder, safe_serialization=True)
