@@ -34,6 +34,17 @@ def decoded(data: bytes, folder) -> list[np.ndarray]:
     return list(video.read_frames(path))
 
 
+def frame_differences(frames: list[np.ndarray], reference: list[np.ndarray]) -> list[str]:
+    """Each frame that differs from its reference: index, largest difference, share of values changed
+    (a failure then says whether one piece or the whole video moved, and by how much)."""
+    found = []
+    for i, (a, b) in enumerate(zip(frames, reference, strict=True)):
+        if not np.array_equal(a, b):
+            diff = np.abs(a.astype(int) - b.astype(int))
+            found.append(f"frame {i}: max {diff.max()}, {np.mean(diff > 0):.1%} of values")
+    return found
+
+
 def record_of(producer: Producer, job: str) -> dict:
     """``job``'s record, which the test expects to exist."""
     record = producer.jobs.get(job)
@@ -80,7 +91,7 @@ def test_zoom_job_over_two_workers(cluster, tiny_inpaint, tmp_path):
     frames = decoded(producer.result(job), tmp_path)
     reference = reference_zoom(tiny_inpaint, tmp_path, keyframes=6, **SMALL_ZOOM)
     assert len(frames) == len(reference) == 5 * 6 + 1
-    assert all(np.array_equal(a, b) for a, b in zip(frames, reference))
+    assert not frame_differences(frames, reference), frame_differences(frames, reference)
     gif, sidecar = producer.artifact(job, "result.gif"), producer.artifact(job, "sidecar.json")
     assert gif is not None and gif[:6] == b"GIF89a"
     assert sidecar is not None and b'"frames": 31' in sidecar
@@ -115,7 +126,7 @@ def test_worker_killed_mid_keyframe_resumes_with_identical_video(cluster, tiny_i
     frames = decoded(producer.result(job), tmp_path)
     reference = reference_zoom(tiny_inpaint, tmp_path, keyframes=3, **SLOW_ZOOM)
     assert len(frames) == len(reference) == 2 * 4 + 1  # no segment twice
-    assert all(np.array_equal(a, b) for a, b in zip(frames, reference))
+    assert not frame_differences(frames, reference), (frame_differences(frames, reference), producer.jobs.pieces(job))
 
 
 @pytest.mark.slow
