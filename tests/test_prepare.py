@@ -173,7 +173,7 @@ def test_int8_weights_are_smaller_and_render(tmp_path, tiny_t2i):
     assert figure > 20
 
 
-def test_int8_hybrid_quantizes_the_unet_calibrated_on_itself(tmp_path, tiny_inpaint):
+def test_int8_hybrid_quantizes_the_unet_calibrated_on_itself(tiny_inpaint, tiny_inpaint_int8_hybrid):
     import collections
 
     import openvino as ov
@@ -183,7 +183,7 @@ def test_int8_hybrid_quantizes_the_unet_calibrated_on_itself(tmp_path, tiny_inpa
     from zoomq.render.pipeline import Renderer
     from zoomq.render.request import RenderRequest
 
-    hybrid = prepare_random(tmp_path / "hybrid", full=False, inpainting=True, weights="int8-hybrid")
+    hybrid = mf.read(tiny_inpaint_int8_hybrid)
     assert hybrid.data["weights"] == "int8-hybrid"
     hybrid.verify_files()  # raises unless the hashes were taken after quantization
     ops = collections.Counter(op.get_type_name() for op in ov.Core().read_model(hybrid.folder / "unet.xml").get_ops())

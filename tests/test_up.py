@@ -298,13 +298,17 @@ def fresh_clone(target: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_make_demo_on_a_fresh_clone_goes_through_the_queue(tmp_path, redis_server):
-    """`make demo` (with this suite's environment standing in for its set-up step) builds the
+def test_make_demo_on_a_fresh_clone_goes_through_the_queue(tmp_path, redis_server, tiny_t2i, tiny_inpaint):
+    """`make demo` (with this suite's environment standing in for its set-up step) prepares the
     miniature models, runs an image and a zoom job through the stack's queue on the Redis that
-    ZOOMQ_REDIS_URL names, writes both results, and leaves no process behind."""
+    ZOOMQ_REDIS_URL names, writes both results, and leaves no process behind. Its models folder holds
+    the suite's builds of the same two models (prepare_random's, as `zoomq prepare --tiny`'s; building
+    is tested in test_prepare), so `make demo` finds them prepared instead of building them again."""
     if shutil.which("make") is None:
         pytest.fail("make is not installed")
     clone = fresh_clone(tmp_path / "clone")
+    shutil.copytree(tiny_t2i, clone / "models" / "tiny-sd2")
+    shutil.copytree(tiny_inpaint, clone / "models" / "tiny-sd2-inpainting")
     server = redis_server(tmp_path / "redis")
     venv = Path(sys.executable).parent.parent
     env = {**os.environ, "ZOOMQ_REDIS_URL": server.url, "ZOOMQ_DATA_DIR": str(tmp_path / "data")}

@@ -138,6 +138,13 @@ def tiny_turbo() -> Path:
     return shared_model("turbo", turbo=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_inpaint_int8_hybrid() -> Path:
+    """``tiny_inpaint`` with an int8-hybrid UNet (calibrated and quantized: a minute to build), the
+    benchmarks' build of it too."""
+    return shared_model("inpaint-int8-hybrid", inpainting=True, weights="int8-hybrid")
+
+
 #: The benchmarks' miniature models, by the folder name ``zoomq.model_prep.bench_models`` gives each,
 #: and the shared model (name, ``prepare_random`` options) that is the same build.
 BENCH_MODELS: dict[str, tuple[str, dict]] = {
