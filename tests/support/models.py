@@ -1,12 +1,14 @@
 """The miniature models (a pytest plugin, see conftest.py): real random-weight SD2 pipelines converted
 by ``zoomq.model_prep.prepare.prepare_random``, the code users run.
 
-Each is built once per test run and shared by every pytest-xdist worker, and by later runs: it lives
-in ``build/test-models/<name>-<key>/<name>`` (or under ``$TEST_MODELS_DIR``), where the key hashes
-the sources that build it, the libraries' versions and the options. A file lock makes the first
-worker that needs it build it and the others wait for it; a ``done`` file marks a finished build
-(anything without it is built again).
-Folders no run has used for a week are removed. Tests copy a model before they change it.
+Each is built once and shared by every pytest-xdist worker, by later runs and by other clones on
+the machine (as pip shares its wheels): it lives in ``~/.cache/zoomq/test-models/<name>-<key>/<name>``
+(``$XDG_CACHE_HOME`` or ``$TEST_MODELS_DIR`` move it), where the key hashes the sources that build
+it, the libraries' versions and the options, so a change to how models are built builds them again.
+A file lock makes the first worker that needs it build it and the others wait for it; a ``done``
+file marks a finished build (anything without it is built again), and a build whose files no longer
+match their manifest's hashes is built again. Folders no run has used for a week are removed. Tests
+copy a model before they change it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-#: TEST_MODELS_DIR moves them (a CI cache, a run that must build afresh).
-MODELS = Path(os.environ.get("TEST_MODELS_DIR") or ROOT / "build" / "test-models")
+#: TEST_MODELS_DIR moves them (a CI cache; an empty folder makes a run build afresh).
+MODELS = Path(os.environ.get("TEST_MODELS_DIR")
+              or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zoomq" / "test-models")
 #: What a model's files depend on: the code that builds it and the libraries it runs.
 SOURCES = ("src/zoomq/model_prep", "src/zoomq/model", "src/zoomq/__init__.py")
 LIBRARIES = ("torch", "diffusers", "transformers", "openvino", "nncf", "onnx", "safetensors", "numpy")
@@ -68,6 +71,19 @@ def _remove_unused(name: str, keep: Path) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
+def _intact(folder: Path) -> bool:
+    """Whether a finished build's files are still those its manifest hashed (a test that changed a
+    shared model in place, against the rule, would otherwise break every later run)."""
+    from zoomq.errors import ModelError
+    from zoomq.model import manifest as mf
+
+    try:
+        mf.read(folder).verify_files()
+    except ModelError:
+        return False
+    return True
+
+
 def shared_model(name: str, **options) -> Path:
     """The miniature model ``prepare_random(folder, full=False, **options)`` builds, in a folder named
     ``name`` (its model name), built by the first process that asks and reused by all others."""
@@ -77,7 +93,7 @@ def shared_model(name: str, **options) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     folder, done = home / name, home / "done"
     with _locked(home / "lock"):
-        if not done.exists():
+        if not done.exists() or not _intact(folder):
             shutil.rmtree(folder, ignore_errors=True)  # a build an earlier run did not finish
             prepare_random(folder, full=False, **options)
             done.touch()
