@@ -56,7 +56,13 @@ class ArtifactStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
-    def delete_job(self, job_id: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Remove the artifact at ``key``; nothing happens when there is none."""
+        ...
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove every artifact under ``<job id>/``; nothing happens when there is none."""
+        ...
 
     def put_file(self, key: str, path: Path) -> None:
         self.put(key, Path(path).read_bytes())

@@ -67,5 +67,14 @@ class DirectoryStore(ArtifactStore):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def delete_job(self, job_id: str) -> None:
-        shutil.rmtree(self._path(job_id), ignore_errors=True)
+        """The job's folder, never a link out of the store: ``check_key`` keeps the name one plain
+        component below the root, and a link in its place is unlinked, not followed."""
+        path = self._path(job_id)
+        if path.is_symlink():
+            path.unlink(missing_ok=True)
+            return
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,5 +1,8 @@
 """Artifacts as Redis strings with an expiry: the default store, nothing to mount or configure.
 
+Each job's artifact names are kept in a set (``zoomq:artifacts-of:<job id>``, expiring with them),
+so deleting a job's artifacts reads that set: no request or sweep walks the keyspace.
+
 A download is streamed out of Redis with ``GETRANGE``, a chunk at a time: the artifact is whole in
 Redis's memory (where the store keeps it), never in the web process's."""
 
@@ -23,8 +26,19 @@ class RedisStore(ArtifactStore):
     def _k(self, key: str) -> str:
         return f"zoomq:artifact:{check_key(key)}"
 
+    @staticmethod
+    def _index(job_id: str) -> str:
+        return f"zoomq:artifacts-of:{check_key(job_id)}"
+
     def put(self, key: str, data: bytes) -> None:
-        self.client.set(self._k(key), data, ex=self.ttl)
+        name = self._k(key)
+        with self.client.pipeline() as p:  # MULTI: an artifact is never stored without its index entry
+            if "/" in key:
+                index = self._index(key.split("/", 1)[0])
+                p.sadd(index, name)
+                p.expire(index, self.ttl)
+            p.set(name, data, ex=self.ttl)
+            p.execute()
 
     def get(self, key: str) -> bytes | None:
         data = self.client.get(self._k(key))
@@ -52,7 +66,18 @@ class RedisStore(ArtifactStore):
     def exists(self, key: str) -> bool:
         return bool(self.client.exists(self._k(key)))
 
+    def delete(self, key: str) -> None:
+        name = self._k(key)
+        with self.client.pipeline() as p:
+            if "/" in key:
+                p.srem(self._index(key.split("/", 1)[0]), name)
+            p.delete(name)
+            p.execute()
+
     def delete_job(self, job_id: str) -> None:
-        keys = list(self.client.scan_iter(match=self._k(check_key(job_id)) + "/*", count=500))
-        if keys:
-            self.client.delete(*keys)
+        """Every artifact of the job, found by its index set (no SCAN), and the set."""
+        index = self._index(job_id)
+        names = [n for n in self.client.smembers(index)]
+        for at in range(0, len(names), 500):
+            self.client.delete(*names[at:at + 500])
+        self.client.delete(index)

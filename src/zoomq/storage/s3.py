@@ -229,6 +229,11 @@ class S3Store(ArtifactStore):
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    def delete(self, key: str) -> None:
+        name = self._k(key)
+        with self._errors(f"deleting {key}"):
+            self.client.delete_object(Bucket=self.bucket, Key=name)  # S3 answers 204 for a missing key too
+
     def delete_job(self, job_id: str) -> None:
         """Every object under ``<prefix>/<job id>/``, a page (at most 1000 keys) at a time."""
         under = self._k(job_id) + "/"
