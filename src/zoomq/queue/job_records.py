@@ -4,7 +4,9 @@ error and result — what ``zoomq status``, the API and the web page show.
 A job is ``queued`` until its first piece starts, ``running`` until it is ``done``, ``failed`` or
 ``cancelled``. Progress is counted in work units (denoising steps of keyframes and images, plus
 video frames), each running piece reporting its own units, so pieces running side by side on
-different workers add up without double counting. Ended records expire after ``ZOOMQ_JOB_TTL``.
+different workers add up without double counting. Ended records expire after ``ZOOMQ_JOB_TTL``:
+each record shows when (``expires_at``), and ended jobs are indexed by that time (``EXPIRY_SET``)
+so the retention sweep (``producer.retention``) deletes their artifacts without walking the keyspace.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class Jobs:
     QUEUED_SET = "zoomq:queued"  # job ids by submit time: the queue position
     RUNNING_SET = "zoomq:running-jobs"  # job ids under way, by start time
     ALL_SET = "zoomq:jobs"  # every job id by submit time
+    EXPIRY_SET = "zoomq:expiring"  # ended job ids by the time their record expires (finished + ttl)
+    ENDED_OWNERS = "zoomq:ended-owners"  # ended job id -> its owner, for the sweep once the record is gone
+    RECHECK_SET = "zoomq:purged-recheck"  # purged job ids by when their artifacts are deleted once more
 
     @staticmethod
     def owned_set(owner: str) -> str:
@@ -168,6 +173,42 @@ class Jobs:
         """Mark the job cancelled; running pieces see it within one step. False if it had ended."""
         return self._transition(job_id, (QUEUED, RUNNING), CANCELLED, finished=time.time(), stage="cancelled")
 
+    def mark_purged(self, job_id: str, recheck_after: float) -> None:
+        """The job's artifacts are deleted (``producer.retention.purge``): its record says when, and
+        the sweep deletes them once more ``recheck_after`` seconds from now, in case a piece that
+        was storing as the job was purged wrote after the deletion. Only an existing record is
+        marked (HSET would otherwise make a record without expiry)."""
+        now = time.time()
+        with self.r.pipeline() as p:
+            while True:
+                try:
+                    p.watch(_key(job_id))
+                    if not p.exists(_key(job_id)):
+                        p.unwatch()
+                        return
+                    p.multi()
+                    p.hset(_key(job_id), mapping={"purged": now, "updated": now})
+                    p.zadd(self.RECHECK_SET, {job_id: now + recheck_after})
+                    p.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def remove(self, job_id: str) -> None:
+        """Delete an expired job's record, side hashes and index entries (the sweep, after its
+        artifacts): what Redis would expire anyway, now, and the indexes Redis cannot."""
+        key = _key(job_id)
+        owner = self.r.hget(self.ENDED_OWNERS, job_id) or self.r.hget(key, "owner")
+        with self.r.pipeline() as p:
+            p.delete(key, *(f"{key}:{side}" for side in ("work", "pieces", "starts", "keyframes", "watched")))
+            p.zrem(self.ALL_SET, job_id)
+            if owner is not None:
+                p.zrem(self.owned_set(text(owner)), job_id)
+            p.zrem(self.EXPIRY_SET, job_id)
+            p.zrem(self.RECHECK_SET, job_id)
+            p.hdel(self.ENDED_OWNERS, job_id)
+            p.execute()
+
     def _transition(self, job_id: str, from_states: tuple[str, ...], to: str, **fields) -> bool:
         """Move the job to ``to`` only if it is in one of ``from_states`` (atomic, by WATCH); the
         set of running jobs and the ended-jobs counters change in the same transaction."""
@@ -176,12 +217,14 @@ class Jobs:
             while True:
                 try:
                     p.watch(key)
-                    state, kind, submitter = p.hmget(key, "state", "kind", "submitter")
+                    state, kind, submitter, owner = p.hmget(key, "state", "kind", "submitter", "owner")
                     if state is None or text(state) not in from_states:
                         p.unwatch()
                         return False
                     p.multi()
                     changes = {"state": to, "updated": time.time(), **fields}
+                    if to in ENDED:
+                        changes["expires_at"] = float(fields.get("finished") or changes["updated"]) + self.ttl
                     p.hset(key, mapping={k: _enc(v) for k, v in changes.items()})
                     if to == RUNNING:
                         p.zadd(self.RUNNING_SET, {job_id: time.time()})
@@ -192,6 +235,9 @@ class Jobs:
                             p.zrem(self.unfinished_set(text(submitter)), job_id)
                         stats.count_ended(p, text(kind or b"unknown"), to)
                         p.expire(key, self.ttl)
+                        p.zadd(self.EXPIRY_SET, {job_id: changes["expires_at"]})
+                        if owner is not None:
+                            p.hset(self.ENDED_OWNERS, job_id, owner)
                         for side in ("work", "pieces", "starts", "keyframes"):
                             p.expire(f"{key}:{side}", self.ttl)
                     p.execute()
@@ -211,6 +257,12 @@ class Jobs:
         if not raw:
             return None
         record = {text(k): _dec(text(k), v) for k, v in raw.items()}
+        if record["state"] not in ENDED:
+            record["expires_at"] = None  # unfinished: ZOOMQ_JOB_TTL after it ends
+        else:  # written when it ended; computed for a record that ended before there was the field
+            record.setdefault("expires_at", float(record.get("finished") or record["updated"]) + self.ttl)
+            if record["expires_at"] <= time.time():
+                return None  # expired: the sweep deletes it (and its artifacts) within a minute
         record["params"] = json.loads(record.get("params") or "{}")
         work = {text(k): int(v) for k, v in self.r.hgetall(f"{_key(job_id)}:work").items()}
         frames_done = sum(v for k, v in work.items() if k.startswith("segment"))
@@ -295,11 +347,12 @@ def _enc(value) -> str | float | int:
 _NUMBERS = {
     "created", "updated", "started", "finished", "heartbeat", "work_total", "work_done", "frames_total",
     "keyframes_total", "keyframes_done", "seconds_per_step", "seconds_per_frame", "worker_pid",
-    "encode_worker_pid", "unet_per_step", "megapixels", "preview_step", "cache_interval",
+    "encode_worker_pid", "unet_per_step", "megapixels", "preview_step", "cache_interval", "purged",
+    "expires_at",
 }
 
 
-_FLOATS = {"seconds_per_step", "seconds_per_frame", "unet_per_step", "megapixels"}
+_FLOATS = {"seconds_per_step", "seconds_per_frame", "unet_per_step", "megapixels", "expires_at", "purged"}
 
 
 def _dec(field: str, raw: bytes | str):
