@@ -86,7 +86,10 @@ VARIABLES: tuple[Variable, ...] = (
         "`s3://BUCKET[/PREFIX]` (an S3-compatible object store; endpoint and credentials from the AWS_* variables).",
     ),
     Variable("ZOOMQ_ARTIFACT_TTL", "604800", "Seconds artifacts are kept in Redis (7 days)."),
-    Variable("ZOOMQ_JOB_TTL", "604800", "Seconds a job record is kept after the job ends (7 days)."),
+    Variable("ZOOMQ_JOB_TTL", "604800", "Seconds a job record is kept after the job ends (7 days); then its "
+             "artifacts are deleted from every store, S3 and directories included, by the workers' retention sweep."),
+    Variable("ZOOMQ_SWEEP_INTERVAL", "30", "Seconds between retention sweeps, which one worker at a time runs "
+             "(expired jobs lose their artifacts within this, plus a few seconds)."),
     Variable(
         "ZOOMQ_MODELS", "", "Model folders a worker serves, separated by `:` (`zoomq worker --models` overrides)."
     ),
@@ -258,6 +261,7 @@ class Settings:
     artifacts: str
     artifact_ttl: int
     job_ttl: int
+    sweep_interval: int  # seconds between retention sweeps over the cluster
     models: tuple[Path, ...]
     visibility_timeout: int
     heartbeat: int
@@ -524,6 +528,7 @@ def _parse(env: Environment) -> Settings:
         artifacts=artifacts,
         artifact_ttl=_int(env, "ZOOMQ_ARTIFACT_TTL", 1),
         job_ttl=_int(env, "ZOOMQ_JOB_TTL", 1),
+        sweep_interval=_int(env, "ZOOMQ_SWEEP_INTERVAL", 1),
         models=tuple(Path(p).expanduser() for p in _get(env, "ZOOMQ_MODELS").split(os.pathsep) if p),
         models_dir=Path(_get(env, "ZOOMQ_MODELS_DIR")).expanduser(),
         data_dir=Path(_get(env, "ZOOMQ_DATA_DIR")).expanduser(),

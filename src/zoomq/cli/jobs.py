@@ -32,6 +32,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("cancel", help="cancel a job (running pieces stop within one step)")
     p.add_argument("job_id")
+    p.add_argument("--purge", action="store_true",
+                   help="also delete every artifact and upload of the job, even one that has ended")
     p.set_defaults(run=run_cancel)
 
     p = sub.add_parser("fetch", help="write a finished job's result")
@@ -139,6 +141,10 @@ def run_status(args: argparse.Namespace) -> int:
 def run_cancel(args: argparse.Namespace) -> int:
     from zoomq.producer import Producer
 
+    if args.purge:
+        answer = Producer().purge(args.job_id)
+        print(f"{args.job_id} {'cancelled and ' if answer['cancelled'] else ''}purged")
+        return 0
     if Producer().cancel(args.job_id):
         print(f"{args.job_id} cancelled")
         return 0

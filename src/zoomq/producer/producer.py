@@ -22,7 +22,7 @@ from PIL import Image
 from zoomq import config
 from zoomq.config import Settings
 from zoomq.errors import Checks, InvalidParameter, QueueFull, ZoomqError
-from zoomq.producer import estimate, limits
+from zoomq.producer import estimate, limits, retention
 from zoomq.queue import connection, job_records, registry, stats
 from zoomq.queue.celery_app import ENCODE_QUEUE, TASK_IMAGE, TASK_KEYFRAME, make_app, render_queue
 from zoomq.render.png import load_image
@@ -218,7 +218,23 @@ class Producer:
         return record
 
     def cancel(self, job_id: str) -> bool:
-        return self._call(self.jobs.cancel, job_records.check_id(job_id))
+        """Cancel a job that has not ended (False if it had). Its uploads (init image, mask) are
+        deleted at once; what it made so far stays readable until its record expires."""
+        job_id = job_records.check_id(job_id)
+        cancelled = self._call(self.jobs.cancel, job_id)
+        if cancelled:
+            self._call(retention.drop_uploads, job_id, self.stores())
+        return cancelled
+
+    def stores(self) -> list:
+        """Every store a job's artifacts may be in (``retention.stores``)."""
+        return retention.stores(self.settings, self.redis, self.store)
+
+    def purge(self, job_id: str) -> dict:
+        """Cancel the job if it runs and delete every artifact and upload of it, whatever its state;
+        its record stays, marked ``purged``, until it expires. ``InvalidParameter`` for no such job."""
+        self.status(job_id)
+        return self._call(retention.purge, self.redis, self.jobs, job_records.check_id(job_id), self.stores())
 
     def watch(self, job_id: str) -> None:
         """Someone looks at the job: its worker makes live previews for the next few seconds."""
@@ -244,6 +260,8 @@ class Producer:
         if record["state"] != job_records.DONE:
             raise ZoomqError(f"job {job_id} is {record['state']}, not done"
                              + (f": {record['error']}" if record.get("error") else ""))
+        if record.get("purged") is not None:
+            raise ZoomqError(f"job {job_id} was purged: its result and uploads are deleted")
         data = self._call(self.store.get, record["result"])
         if data is None:
             raise ZoomqError(f"the result of job {job_id} has expired from the artifact store")

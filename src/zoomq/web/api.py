@@ -3,7 +3,7 @@ in ``submission``, presentation in ``present``, the work in the producer."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, jsonify, request, url_for
+from flask import Blueprint, Response, abort, jsonify, make_response, request, url_for
 
 from zoomq.errors import BrokerUnavailable, InvalidParameter, InvalidParameters
 from zoomq.queue import job_records
@@ -84,13 +84,29 @@ def job(job_id: str):
 
 @bp.delete("/jobs/<job_id>")
 def cancel(job_id: str):
+    """Cancel the job; with ``?purge=1`` also delete every artifact and upload of it, whatever its state."""
     job_or_404(job_id)
+    try:
+        purge = _flag("purge")
+    except InvalidParameter as e:
+        return _errors([e])
     producer = web().producer
+    if purge:
+        return jsonify(producer.purge(job_id))
     cancelled = producer.cancel(job_id)
     state = producer.jobs.state(job_id)
     if not cancelled:
         return jsonify(error=f"job {job_id} has already ended ({state})", state=state), 409
     return jsonify(id=job_id, state=state)
+
+
+def _kept(job_id: str) -> dict:
+    """``job_or_404``, and 410 Gone for a purged job: its artifacts were deleted on request."""
+    record = job_or_404(job_id)
+    if record.get("purged") is not None:
+        abort(make_response(jsonify(error=f"job {job_id} was purged: its artifacts and uploads are deleted",
+                                    state=record["state"], purged=record["purged"]), 410))
+    return record
 
 
 def _artifact(job_id: str, name: str, mimetype: str, download_name: str):
@@ -127,7 +143,7 @@ def _artifact(job_id: str, name: str, mimetype: str, download_name: str):
 
 @bp.get("/jobs/<job_id>/result")
 def result(job_id: str):
-    record = job_or_404(job_id)
+    record = _kept(job_id)
     if record["state"] != job_records.DONE:
         return jsonify(error=f"job {job_id} is {record['state']}, not done", state=record["state"]), 409
     mimetype = record.get("result_type", "application/octet-stream")
@@ -137,13 +153,13 @@ def result(job_id: str):
 
 @bp.get("/jobs/<job_id>/sidecar")
 def sidecar(job_id: str):
-    job_or_404(job_id)
+    _kept(job_id)
     return _artifact(job_id, "sidecar.json", "application/json", f"zoomq-{job_id}.json")
 
 
 @bp.get("/jobs/<job_id>/gif")
 def gif(job_id: str):
-    job_or_404(job_id)
+    _kept(job_id)
     return _artifact(job_id, "result.gif", "image/gif", f"zoomq-{job_id}.gif")
 
 
@@ -151,8 +167,9 @@ def gif(job_id: str):
 def preview(job_id: str):
     """The newest live preview of a running image or keyframe (200), or 204 while a job that has
     not ended has none yet. Asking for it marks a job that has not ended watched, so its worker
-    makes previews for the next few seconds; an ended job's is served while it is kept, else 404."""
-    record = job_or_404(job_id)
+    makes previews for the next few seconds; an ended job's is served while it is kept, else 404
+    (410 once purged)."""
+    record = _kept(job_id)
     live = record["state"] not in job_records.ENDED
     data = web().producer.preview(job_id, watch=live)
     no_store = {"Cache-Control": "no-store"}
@@ -165,7 +182,7 @@ def preview(job_id: str):
 
 @bp.get("/jobs/<job_id>/keyframes/<int:k>")
 def keyframe(job_id: str, k: int):
-    record = job_or_404(job_id)
+    record = _kept(job_id)
     if record["kind"] != "zoom" or k >= int(record.get("keyframes_total") or 0):
         abort(404)
     return _artifact(job_id, keyframe_name(k), "image/png", f"zoomq-{job_id}-{keyframe_name(k)}")

@@ -21,7 +21,7 @@ def job_json(record: dict) -> dict:
     out = {k: v for k, v in record.items() if k not in _HIDDEN}
     out["status_url"] = url_for("api.job", job_id=job_id)
     out["page_url"] = url_for("pages.job", job_id=job_id)
-    done = record["state"] == DONE
+    done = record["state"] == DONE and record.get("purged") is None  # a purged job's artifacts are gone
     out["result_url"] = url_for("api.result", job_id=job_id) if done else None
     out["download_url"] = url_for("api.result", job_id=job_id, download=1) if done else None
     out["sidecar_url"] = url_for("api.sidecar", job_id=job_id) if done and record.get("sidecar") else None
@@ -29,8 +29,8 @@ def job_json(record: dict) -> dict:
                       if done and record["kind"] == "zoom" and record["params"].get("zoom", {}).get("gif") else None)
     # While it runs: the newest live preview (204 until the first; fetching it asks for more).
     out["preview_url"] = url_for("api.preview", job_id=job_id) if record["state"] == RUNNING else None
-    out["keyframe_urls"] = [url_for("api.keyframe", job_id=job_id, k=k)
-                            for k in range(int(record.get("keyframes_done") or 0))]
+    kept = 0 if record.get("purged") is not None else int(record.get("keyframes_done") or 0)
+    out["keyframe_urls"] = [url_for("api.keyframe", job_id=job_id, k=k) for k in range(kept)]
     return out
 
 

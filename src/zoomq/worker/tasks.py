@@ -20,6 +20,7 @@ from kombu.exceptions import OperationalError
 from zoomq import config, logs
 from zoomq.config import worker_identity
 from zoomq.errors import ArtifactStoreUnreachable, PieceBusy, RenderCancelled, ZoomqError
+from zoomq.producer import retention
 from zoomq.queue import connection, job_records, registry, stats
 from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_SPLIT, TASK_STITCH, make_app
 from zoomq.storage import open_store
@@ -173,6 +174,7 @@ def _start_background(sender=None, **_):
             "threads": s.threads}
     jobs = job_records.Jobs(client, s.job_ttl)
     interval = max(2.0, s.stale_after / 4)
+    where = retention.stores(s, client)
 
     def loop() -> None:
         next_scan = 0.0
@@ -184,6 +186,9 @@ def _start_background(sender=None, **_):
                 if time.monotonic() >= next_scan:
                     watchdog.scan(client, jobs, send, s.stale_after, name, interval)
                     next_scan = time.monotonic() + interval
+                    retention.sweep_if_due(jobs, where, name, s.sweep_interval)  # one worker per period
+            except ZoomqError as e:  # a store unreachable: the expired jobs stay due for the next sweep
+                log.warning("retention sweep: %s", e)
             except redis.RedisError as e:
                 log.warning("cannot reach Redis for heartbeat: %s", e)
             _stop.wait(s.heartbeat)

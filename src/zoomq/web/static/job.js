@@ -113,7 +113,7 @@
     showKeyframes(job.keyframe_urls || []);
     showPreview(job);
     if (ENDED.indexOf(job.state) >= 0) $("cancel-form").hidden = true;
-    if (job.state === "done") showResult(job);
+    if (job.state === "done" && job.result_url) showResult(job);  // none once purged
   }
 
   function poll() {
