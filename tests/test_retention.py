@@ -245,6 +245,22 @@ def test_sweep_deletes_a_purged_jobs_artifacts_once_more(client):
     assert _record(producer.jobs, job_id)["purged"]  # the record stays until it expires
 
 
+def test_a_cancelled_or_purged_zoom_stores_no_more_prompt_embeddings(tmp_path):
+    """Keyframes store prompt embeddings before their first step, where no lease is checked."""
+    import numpy as np
+
+    from zoomq.worker.pieces import JobTexts
+
+    store = DirectoryStore(tmp_path / "artifacts")
+    live = [True]
+    texts = JobTexts(store, JOB, lambda: live[0])
+    texts.put("a spiral", np.zeros(4, dtype=np.float32))
+    assert texts.get("a spiral") is not None
+    live[0] = False
+    texts.put("a castle", np.zeros(4, dtype=np.float32))
+    assert texts.get("a castle") is None
+
+
 def test_one_worker_at_a_time_sweeps(client):
     jobs = client.producer.jobs
     assert retention.sweep_if_due(jobs, client.producer.stores(), "w1", every=30) == []

@@ -32,7 +32,7 @@ from zoomq.config import Settings
 from zoomq.errors import ArtifactMissing, InvalidParameter, LeaseLost, ModelNotServed, PieceBusy, RenderCancelled
 from zoomq.model import manifest as mf
 from zoomq.producer import limits
-from zoomq.queue import stats
+from zoomq.queue import stats, usage
 from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, render_queue
 from zoomq.queue.job_records import CANCELLED, ENDED, PREVIEW_NAME, Jobs, watched_key
 from zoomq.render import png, precision
@@ -127,6 +127,7 @@ def holding(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
         if outcome == "done":
             try:
                 stats.observe_piece(ctx.redis, piece, seconds)
+                usage.count_piece(ctx.redis, job_id, piece, seconds)  # its owner's figures (GET /api/usage)
             except redis.RedisError as e:  # the piece is done all the same
                 log.warning("could not record the time of %s: %s", piece, e)
         logs.event(log, "piece ended", logging.INFO, **about, seconds=round(seconds, 3), outcome=outcome)
@@ -192,6 +193,8 @@ def _preview(ctx: Context, job_id: str, piece: str) -> Preview | None:
 
     def sink(data: bytes, step: int, total: int) -> None:
         try:
+            if ctx.jobs.state(job_id) in ENDED:
+                return  # cancelled or purged meanwhile: nothing more is stored for it
             ctx.store.put(f"{job_id}/{PREVIEW_NAME}", data)
             ctx.jobs.update(job_id, preview_step=step, preview_piece=piece)
         except Exception as e:  # noqa: BLE001 — the store may be S3 or a folder; the render goes on
@@ -261,6 +264,8 @@ class JobTexts:
 
     store: ArtifactStore
     job_id: str
+    #: Whether the job still wants work: embeddings of a cancelled or purged job are not stored.
+    live: Callable[[], bool] = lambda: True
 
     def _key(self, text: str) -> str:
         return f"{self.job_id}/text-{hashlib.sha256(text.encode()).hexdigest()[:32]}.npy"
@@ -271,7 +276,7 @@ class JobTexts:
 
     def put(self, text: str, embeds: np.ndarray) -> None:
         key = self._key(text)
-        if not self.store.exists(key):
+        if self.live() and not self.store.exists(key):
             buffer = io.BytesIO()
             np.save(buffer, embeds, allow_pickle=False)
             self.store.put(key, buffer.getvalue())
@@ -329,7 +334,8 @@ def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
             piece, params = f"keyframe:{k}", settings.to_dict()
             with guidance_split_redis.leading(ctx, job_id, piece, job["model"], params) as wrap_unet:
                 render_keyframe(ctx.renderer(job["model"]), settings, k, previous, out,
-                                _progress(ctx, job_id, f"keyframe:{k}", stage), JobTexts(ctx.store, job_id),
+                                _progress(ctx, job_id, f"keyframe:{k}", stage),
+                                JobTexts(ctx.store, job_id, lambda: ctx.jobs.state(job_id) not in ENDED),
                                 _preview(ctx, job_id, f"keyframe:{k}"), wrap_unet=wrap_unet)
             lease.check()
             ctx.store.put_file(key, out)
