@@ -23,7 +23,7 @@ from zoomq import config
 from zoomq.config import Settings
 from zoomq.errors import Checks, InvalidParameter, QueueFull, ZoomqError
 from zoomq.producer import estimate, limits, retention
-from zoomq.queue import connection, job_records, registry, stats
+from zoomq.queue import connection, job_records, registry, stats, usage
 from zoomq.queue.celery_app import ENCODE_QUEUE, TASK_IMAGE, TASK_KEYFRAME, make_app, render_queue
 from zoomq.render.png import load_image
 from zoomq.render.request import RenderRequest, at_render_size, check_cache, check_decoder, validate
@@ -235,6 +235,13 @@ class Producer:
         its record stays, marked ``purged``, until it expires. ``InvalidParameter`` for no such job."""
         self.status(job_id)
         return self._call(retention.purge, self.redis, self.jobs, job_records.check_id(job_id), self.stores())
+
+    def usage(self, identities: list[str] | None = None) -> dict[str, dict[str, float]]:
+        """What each key identity has used (``queue.usage``): every identity counted, or only
+        ``identities`` (zeros where nothing was counted)."""
+        if identities is None:
+            return self._call(usage.read_all, self.redis)
+        return self._call(usage.read, self.redis, identities)
 
     def watch(self, job_id: str) -> None:
         """Someone looks at the job: its worker makes live previews for the next few seconds."""

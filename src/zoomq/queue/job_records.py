@@ -18,7 +18,7 @@ import uuid
 import redis
 
 from zoomq.errors import InvalidParameter
-from zoomq.queue import stats
+from zoomq.queue import stats, usage
 from zoomq.queue.connection import text
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
@@ -100,6 +100,7 @@ class Jobs:
             if submitter is not None:
                 p.zadd(self.unfinished_set(submitter), {job_id: now})
             stats.count_submitted(p, kind)
+            usage.count_job(p, owner)
             p.execute()
 
     # HSET only while the job has not ended: a worker cut off from Redis that comes back late must

@@ -13,7 +13,7 @@ valid one, 403 for a key that is not an admin's.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from flask import Blueprint, Flask, Response, abort, current_app, request
@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from zoomq.errors import Unauthorized
 from zoomq.producer.producer import Producer
-from zoomq.queue import registry, stats
+from zoomq.queue import registry, stats, usage
 from zoomq.queue.job_records import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Jobs
 from zoomq.web import present
 from zoomq.web.context import web
@@ -43,6 +43,7 @@ class Snapshot:
     counters: dict[tuple[str, ...], int]
     durations: dict[str, stats.Histogram]
     workers: list[dict]
+    usage: dict[str, dict[str, float]] = field(default_factory=dict)  # key identity → figures (queue.usage)
 
 
 def snapshot(client: redis.Redis) -> Snapshot:
@@ -53,9 +54,10 @@ def snapshot(client: redis.Redis) -> Snapshot:
         p.zcard(Jobs.RUNNING_SET)
         p.hgetall(stats.COUNTERS)
         p.hgetall(stats.DURATIONS)
-        queued, running, counters, durations = p.execute()
+        p.hgetall(usage.USAGE)
+        queued, running, counters, durations, used = p.execute()
     return Snapshot(queues, {QUEUED: queued, RUNNING: running}, stats.read_counters(counters),
-                    stats.read_durations(durations), workers)
+                    stats.read_durations(durations), workers, usage.parse(used))
 
 
 class ZoomqCollector(Collector):
@@ -125,6 +127,27 @@ def _families(s: Snapshot):
         resent.add_metric([piece], s.counters.get(("resent", piece), 0))
     yield failures
     yield resent
+    yield from _usage(s.usage)
+
+
+#: queue.usage's figures → (metric name, help); a label per key identity (never the key itself), whose
+#: count grows with the keys file only: every job without a key counts under "anonymous".
+USAGE_METRICS = {
+    usage.JOBS: ("zoomq_usage_jobs", "Jobs submitted, per API key identity."),
+    usage.UNET: ("zoomq_usage_unet_evaluations", "UNet evaluations of completed pieces, per API key identity."),
+    usage.MEGAPIXEL_STEPS: ("zoomq_usage_megapixel_steps",
+                            "Denoising steps times megapixels of completed pieces, per API key identity."),
+    usage.SECONDS: ("zoomq_usage_render_seconds",
+                    "Wall time of completed pieces (rendering and encoding), per API key identity."),
+}
+
+
+def _usage(used: dict[str, dict[str, float]]):
+    for figure, (name, help_) in USAGE_METRICS.items():
+        family = CounterMetricFamily(name, help_, labels=["key"])
+        for who in sorted(used):
+            family.add_metric([who], used[who][figure])
+        yield family
 
 
 def register(app: Flask, producer: Producer) -> None:
