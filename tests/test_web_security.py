@@ -68,6 +68,7 @@ def test_every_answer_is_private_unsniffed_and_unframed(client):
         f"/api/jobs/{job}/result": {}, f"/api/jobs/{job}/result?download=1": {"Range": "bytes=0-99"},
         f"/api/jobs/{job}/keyframes/0": {}, f"/api/jobs/{job}/sidecar": {}, f"/api/jobs/{job}/gif": {},
         f"/api/jobs/{running}/preview": {}, "/api/health": {}, "/api/openapi.json": {}, "/metrics": {},
+        "/api/usage": {},
         "/api/jobs/1c6b0a44-4d8e-4a31-9a53-0d1f1b0c1a2b": {}, "/static/job.js": {},
     }
     answered = set()

@@ -164,3 +164,19 @@ class ModelNotServed(ZoomqError):
 class ArtifactMissing(ZoomqError):
     """An artifact a job needs (its init image, a keyframe) is gone from the store, expired or
     deleted. The message names the job's own key, nothing of the store's location: users see it."""
+
+
+class IdempotencyConflict(ZoomqError):
+    """A submission with an ``Idempotency-Key`` whose first submission is still being admitted
+    (409): retry after ``retry_after`` seconds to get that job's answer."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class IdempotencyMismatch(ZoomqError):
+    """An ``Idempotency-Key`` reused, within its lifetime, for a different request (422): the key
+    names another job; send this request under a new key. Bad usage (exit code 2)."""
+
+    exit_code = 2

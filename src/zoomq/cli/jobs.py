@@ -23,6 +23,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--dry-run", action="store_true",
                        help="check the job and print its work and expected time as JSON; enqueue nothing")
         p.add_argument("--out", type=Path, help="where --wait writes the result")
+        p.add_argument("--idempotency-key", metavar="KEY",
+                       help="submitting the same job again under the same KEY within 24 h prints the first job's "
+                            "id instead of queueing another (a KEY reused for another job is refused)")
         p.set_defaults(run=run_submit, kind=name)
 
     p = sub.add_parser("status", help="a job's state, progress and ETA")
@@ -43,24 +46,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from zoomq.producer import Producer
+    from zoomq.producer import Producer, idempotency
 
     suffix = ".png" if args.kind == "image" else ".mp4"
     check_out(args.out, suffix)
     producer = Producer()
     if args.kind == "image":
         options = image_options(args)
-        submit = producer.estimate_image if args.dry_run else producer.submit_image
+        estimate, submit = producer.estimate_image, producer.submit_image
     else:
         options = zoom_options(args)
         options["schedule"] = [vars(c) for c in options.pop("schedule")]
-        submit = producer.estimate_zoom if args.dry_run else producer.submit_zoom
-    answer = submit(options.pop("prompt"), model=args.model, **options)
+        estimate, submit = producer.estimate_zoom, producer.submit_zoom
+    prompt = options.pop("prompt")
+    key = idempotency.check_key(args.idempotency_key)
     if args.dry_run:
-        print(json.dumps(answer, indent=2))
+        print(json.dumps(estimate(prompt, model=args.model, **options), indent=2))
         return 0
-    job_id = answer
-    assert isinstance(job_id, str)  # submit_image and submit_zoom return the job id
+    files = {k: Path(v) for k, v in options.items() if k == "init_image" and isinstance(v, str)}  # by content
+    fp = idempotency.submission_fingerprint(args.kind, args.model, prompt, {**options, **files})
+    job_id, _ = idempotency.submit_once(producer, idempotency.CLI_SCOPE, key, fp,
+                                        lambda: submit(prompt, model=args.model, **options), "--idempotency-key")
     print(job_id, flush=True)
     if not args.wait:
         return 0

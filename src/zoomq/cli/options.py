@@ -125,7 +125,8 @@ def check_out(path: Path | None, suffix: str) -> None:
 
 
 # Parameters whose CLI option is not simply --name-with-dashes.
-_OPTIONS = {"width": "--size", "height": "--size", "prompt": "PROMPT", "job_id": "JOB_ID"}
+_OPTIONS = {"width": "--size", "height": "--size", "prompt": "PROMPT", "job_id": "JOB_ID",
+            "Idempotency-Key": "--idempotency-key"}
 
 
 def option_name(param: str) -> str:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, jsonify, make_response, request, url_for
 
 from zoomq.errors import BrokerUnavailable, InvalidParameter, InvalidParameters
+from zoomq.producer import idempotency
 from zoomq.queue import job_records
-from zoomq.web import present, security, spec, submission
+from zoomq.web import idempotent, present, security, spec, submission
 from zoomq.web.context import caller, is_admin, job_or_404, web
 from zoomq.zoom.keyframe import keyframe_name
 
@@ -39,30 +40,56 @@ def _rate_limited(who: security.Caller):
 
 @bp.post("/jobs")
 def create_job():
-    """Validate a submission and enqueue it (202), or with ``?dry_run=1`` answer its estimate (200)."""
+    """Validate a submission and enqueue it (202), or with ``?dry_run=1`` answer its estimate (200).
+    With an ``Idempotency-Key`` (``producer.idempotency``), the key's first job is answered again."""
     who = caller()
     try:
         dry_run = _flag("dry_run")
+        key = idempotent.key(request)
     except InvalidParameter as e:
         return _errors([e])
+    if key is None or dry_run:  # a dry run enqueues nothing: there is nothing to answer twice
+        return _admit(who, dry_run)[0]
+    claim = idempotency.claim(web().producer, idempotent.scope(who), key, idempotent.fingerprint(request))
+    if isinstance(claim, str):  # its first job (409 and 422 are raised, see app.py)
+        return _accepted(claim, replayed=True)
+    try:
+        answer, job_id = _admit(who, dry_run=False)
+    except BaseException:  # QueueFull (429, 503), Redis down: the same request may come again under the key
+        claim.release()
+        raise
+    if job_id is None:  # refused (400, 429): as above
+        claim.release()
+    else:
+        claim.done(job_id)
+    return answer
+
+
+def _admit(who: security.Caller, dry_run: bool) -> tuple[tuple, str | None]:
+    """(the answer, the job id if one was enqueued)."""
     refused = _rate_limited(who)  # a dry run costs Redis reads and the estimate: it counts too
     if refused:
-        return refused
+        return refused, None
     if request.mimetype == "application/json":
         sub, checks = submission.from_json(submission.json_body(request))
     else:
         sub, checks = submission.from_form(request.form, request.files)
     try:
         if dry_run:
-            return jsonify(submission.estimate(web().producer, sub, checks))
+            return (jsonify(submission.estimate(web().producer, sub, checks)), 200), None
         job_id = submission.enqueue(web().producer, sub, checks, owner=who.owner, submitter=who.submitter)
     except InvalidParameters as e:
-        return _errors(e.errors)
+        return _errors(e.errors), None
     except InvalidParameter as e:
-        return _errors([e])
+        return _errors([e]), None
+    return _accepted(job_id), job_id
+
+
+def _accepted(job_id: str, replayed: bool = False):
     body = {"id": job_id, "status_url": url_for(".job", job_id=job_id),
             "page_url": url_for("pages.job", job_id=job_id)}
-    return jsonify(body), 202, {"Location": body["status_url"]}
+    headers = {"Location": body["status_url"], **({"Idempotent-Replayed": "true"} if replayed else {})}
+    return jsonify(body), 202, headers
 
 
 @bp.get("/jobs")
@@ -75,6 +102,15 @@ def list_jobs():
     owner = None if who.key is None or who.key.admin else who.key.owner
     records = web().producer.jobs.recent(int(limit), owner)
     return jsonify(jobs=[present.job_summary(r) for r in records])
+
+
+@bp.get("/usage")
+def usage_figures():
+    """What each key has used (``queue.usage``): an admin key (or anyone, with no keys configured)
+    every identity counted, any other key only its own, zeros included."""
+    who = caller()
+    figures = web().producer.usage(None if who.key is None or who.key.admin else [who.key.owner])
+    return jsonify(usage=[{"key": name, **values} for name, values in sorted(figures.items())])
 
 
 @bp.get("/jobs/<job_id>")

@@ -13,6 +13,8 @@ from zoomq.config import Settings
 from zoomq.errors import (
     ArtifactStoreUnreachable,
     BrokerUnavailable,
+    IdempotencyConflict,
+    IdempotencyMismatch,
     KeysUnavailable,
     QueueFull,
     TooManyKeyAttempts,
@@ -100,6 +102,14 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(QueueFull)
     def queue_full(e):
         return reply(e.status, str(e), {"Retry-After": str(e.retry_after)})
+
+    @app.errorhandler(IdempotencyConflict)
+    def idempotency_conflict(e):
+        return reply(409, str(e), {"Retry-After": str(e.retry_after)})
+
+    @app.errorhandler(IdempotencyMismatch)
+    def idempotency_mismatch(e):
+        return reply(422, str(e))
 
     @app.errorhandler(BrokerUnavailable)
     @app.errorhandler(ArtifactStoreUnreachable)
