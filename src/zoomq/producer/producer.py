@@ -23,7 +23,7 @@ from zoomq import config
 from zoomq.config import Settings
 from zoomq.errors import Checks, InvalidParameter, QueueFull, ZoomqError
 from zoomq.producer import estimate, limits, retention
-from zoomq.queue import connection, job_records, registry, stats, usage
+from zoomq.queue import connection, fair, job_records, registry, stats, usage
 from zoomq.queue.celery_app import ENCODE_QUEUE, TASK_IMAGE, TASK_KEYFRAME, make_app, render_queue
 from zoomq.render.png import load_image
 from zoomq.render.request import RenderRequest, at_render_size, check_cache, check_decoder, validate
@@ -128,7 +128,7 @@ class Producer:
         self._call(self.jobs.create, job_id, "image", model, params, work.denoising_steps, owner=owner,
                    submitter=submitter, unet_per_step=work.unet_per_step, megapixels=work.megapixels,
                    cache_interval=request.cache_interval)
-        self._call(self._send, TASK_IMAGE, [job_id], render_queue(model))
+        self._call(fair.enqueue, self.redis, self._send, model, submitter, TASK_IMAGE, [job_id], render_queue(model))
         return job_id
 
     def check_zoom(self, prompt: str, *, model: str, init_image: ImageInput = None, schedule=None,
@@ -193,7 +193,8 @@ class Producer:
                    unet_per_step=work.unet_per_step, megapixels=work.megapixels,
                    cache_interval=settings.cache_interval, keyframes_total=settings.keyframes,
                    frames_total=settings.total_frames, keyframes_done=0)
-        self._call(self._send, TASK_KEYFRAME, [job_id, 0], render_queue(model))
+        self._call(fair.enqueue, self.redis, self._send, model, submitter, TASK_KEYFRAME, [job_id, 0],
+                   render_queue(model))
         return job_id
 
     # -- following -------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from zoomq.config import Settings
 from zoomq.errors import ArtifactMissing, InvalidParameter, LeaseLost, ModelNotServed, PieceBusy, RenderCancelled
 from zoomq.model import manifest as mf
 from zoomq.producer import limits
-from zoomq.queue import stats, usage
+from zoomq.queue import fair, stats, usage
 from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, render_queue
 from zoomq.queue.job_records import CANCELLED, ENDED, PREVIEW_NAME, Jobs, watched_key
 from zoomq.render import png, precision
@@ -345,8 +345,8 @@ def run_keyframe(ctx: Context, job_id: str, k: int) -> None:
     ctx.jobs.update(job_id, keyframes_done=ctx.redis.scard(f"zoomq:job:{job_id}:keyframes"))
     if k:
         ctx.send(TASK_SEGMENT, [job_id, k - 1], "encode")
-    if k + 1 < settings.keyframes:
-        ctx.send(TASK_KEYFRAME, [job_id, k + 1], queue)
+    if k + 1 < settings.keyframes:  # in its submitter's lane: a zoom's later keyframes wait their turn too
+        fair.enqueue(ctx.redis, ctx.send, job["model"], job.get("submitter"), TASK_KEYFRAME, [job_id, k + 1], queue)
 
 
 def run_segment(ctx: Context, job_id: str, k: int) -> None:

@@ -21,7 +21,7 @@ from zoomq import config, logs
 from zoomq.config import worker_identity
 from zoomq.errors import ArtifactStoreUnreachable, PieceBusy, RenderCancelled, ZoomqError
 from zoomq.producer import retention
-from zoomq.queue import connection, job_records, registry, stats
+from zoomq.queue import connection, fair, job_records, registry, stats
 from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_SPLIT, TASK_STITCH, make_app
 from zoomq.storage import open_store
 from zoomq.worker import guidance_split_redis, pieces, warmup, watchdog
@@ -143,6 +143,20 @@ def segment(self, job_id: str, k: int) -> None:
 @app.task(name=TASK_STITCH, **_OPTIONS)
 def stitch(self, job_id: str) -> None:
     _run(self, TASK_STITCH, job_id)
+
+
+@app.task(name=fair.TASK_NEXT, **_OPTIONS)
+def next_piece(self, model: str) -> None:
+    """A token: render the next fair piece of ``model`` (``queue.fair``). Its claim is kept under
+    the task id, which Celery keeps across retries and redeliveries, so a token delivered again
+    resumes its own piece; no piece waiting (one the watchdog already sent again) is no work."""
+    ctx = context()
+    claimed = fair.claim(ctx.redis, model, self.request.id)
+    if claimed is None:
+        return
+    piece = claimed["piece"]
+    _run(self, piece["task"], *piece["args"])  # a retry raises here, and the claim stays for it
+    fair.release(ctx.redis, self.request.id)
 
 
 @app.task(name=TASK_SPLIT)

@@ -3,7 +3,8 @@
 A running piece keeps its lease alive; when its whole node dies nothing can requeue its task, and
 Redis would only hand the message out again after the visibility timeout (hours). Every worker
 scans ``zoomq:running`` a few times a minute — one at a time, under a short lock — and sends again
-each piece whose lease has lapsed while its job still wants it.
+each piece whose lease has lapsed while its job still wants it, and tokens for lane entries that
+have none (``fair.top_up``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Callable
 
 import redis
 
-from zoomq.queue import connection, stats
+from zoomq.queue import connection, fair, stats
+from zoomq.queue.celery_app import render_queue
 from zoomq.queue.job_records import ENDED, Jobs
 from zoomq.worker.lease import RUNNING_PIECES, lease_key
 
@@ -47,4 +49,6 @@ def scan(client: redis.Redis, jobs: Jobs, send: Callable[[str, list, str], None]
         send(entry["task"], entry["args"], entry["queue"])
         stats.count_piece_resent(client, piece)
         resent.append(field)
+    if fair.top_up(client, send, render_queue):
+        log.warning("lane entries without a token found; tokens sent for them")
     return resent
