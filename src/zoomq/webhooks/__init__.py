@@ -1,0 +1,1 @@
+"""Signed webhooks (Standard Webhooks): the SSRF guard on their addresses, and their signatures."""

@@ -1,0 +1,150 @@
+"""Webhooks: the SSRF guard on URLs and resolved addresses, Standard Webhooks signatures checked by
+the specification's own library (``standardwebhooks``), and a POST to a real receiver on loopback."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import ipaddress
+import json
+import secrets
+import threading
+import time
+
+import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from zoomq.errors import InvalidParameter
+from zoomq.webhooks import address, send, signing
+
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+# -- the SSRF guard ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", [
+    "https://127.0.0.1/hook", "https://2130706433/hook", "https://0x7f000001/", "https://0x7f.1/",
+    "https://127.1/", "https://017700000001/", "https://10.1.2.3/", "https://192.168.0.1/", "https://172.16.0.1/",
+    "https://169.254.169.254/latest/meta-data/", "https://[::1]/", "https://[::ffff:127.0.0.1]/",
+    "https://[::ffff:7f00:1]/", "https://[fd00:ec2::254]/", "https://[fe80::1]/", "https://0.0.0.0/",
+    "https://[::]/", "https://224.0.0.1/", "https://100.64.0.1/", "https://240.0.0.1/",
+])
+def test_private_and_special_addresses_are_refused_at_submit(url):
+    with pytest.raises(InvalidParameter) as e:
+        address.check_url(url)
+    assert e.value.param == "webhook" and "ZOOMQ_WEBHOOK_ALLOW" in e.value.rule
+
+
+@pytest.mark.parametrize("url, why", [
+    ("http://example.com/hook", "https"), ("ftp://example.com/", "https"), ("https://user:pw@example.com/", "user"),
+    ("https://example.com/a#b", "fragment"), ("https://exa mple.com/", "spaces"), ("", "https"), (42, "https"),
+    ("https:///nohost", "host"), ("https://example.com:99999/", "valid"),
+])
+def test_malformed_or_plain_http_urls_are_refused(url, why):
+    with pytest.raises(InvalidParameter) as e:
+        address.check_url(url)
+    assert e.value.param == "webhook" and why in e.value.rule
+
+
+def test_public_urls_pass_and_the_allow_list_opens_http_and_private_hosts():
+    target = address.check_url("https://Hooks.Example.com:8443/in?x=1")
+    assert target == address.Target("https", "hooks.example.com", 8443, "/in?x=1")
+    assert address.check_url("https://8.8.8.8").path == "/"
+    allow = address.parse_allow(" 127.0.0.1, [::1] ,Localhost")
+    assert allow == {"127.0.0.1", "::1", "localhost"}
+    assert address.check_url("http://127.0.0.1:9/x", allow).port == 9
+    assert address.check_url("http://[::1]/", allow).host == "::1"
+    with pytest.raises(InvalidParameter):
+        address.check_url("http://10.0.0.1/", allow)  # only the listed hosts
+
+
+def test_literal_forms_are_read_as_the_address_they_are():
+    assert address.literal_address("2130706433") == ipaddress.ip_address("127.0.0.1")
+    assert address.literal_address("0x7f.0.0.1") == ipaddress.ip_address("127.0.0.1")
+    assert address.literal_address("::ffff:10.0.0.1") == ipaddress.ip_address("10.0.0.1")
+    assert address.literal_address("example.com") is None
+    assert address.forbidden(ipaddress.ip_address("93.184.216.34")) is None
+    assert address.forbidden(ipaddress.ip_address("169.254.169.254")) == "a cloud metadata address"
+    assert address.forbidden(ipaddress.ip_address("fd00:ec2::254")) == "a cloud metadata address"
+    assert address.forbidden(ipaddress.ip_address("::ffff:169.254.169.254")) == "a cloud metadata address"
+
+
+def test_a_name_resolving_to_loopback_is_refused_at_delivery_unless_allowed():
+    target = address.check_url("https://localhost/hook")  # a name passes at submit: resolved when sent
+    with pytest.raises(InvalidParameter) as e:
+        address.resolve(target)
+    assert "loopback" in e.value.rule and e.value.param == "webhook"
+    assert address.resolve(target, frozenset({"localhost"})) in ("127.0.0.1", "::1")
+    with pytest.raises(InvalidParameter, match="resolve"):
+        address.resolve(address.check_url("https://no-such-host.invalid/"))
+
+
+# -- signatures ----------------------------------------------------------------------------
+
+def test_signatures_verify_with_standardwebhooks_and_a_tampered_body_fails():
+    body = json.dumps({"type": "job.done", "timestamp": "2026-01-01T00:00:00Z", "data": {"id": "x"}}).encode()
+    now = int(time.time())
+    headers = signing.headers(SECRET, "msg_1", now, body)
+    assert headers["webhook-signature"].startswith("v1,")
+    assert Webhook(SECRET).verify(body, headers) == json.loads(body)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(body.replace(b"done", b"fail"), headers)
+    other = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    with pytest.raises(WebhookVerificationError):
+        Webhook(other).verify(body, headers)
+
+
+@pytest.mark.parametrize("secret, why", [("plain", "whsec_"), ("whsec_!!!", "base64"),
+                                         ("whsec_" + base64.b64encode(b"short").decode(), "bytes")])
+def test_bad_secrets_are_refused_without_being_shown(secret, why):
+    with pytest.raises(InvalidParameter) as e:
+        signing.key_of(secret)
+    assert e.value.param == "ZOOMQ_WEBHOOK_SECRET" and why in e.value.rule and secret not in str(e.value)
+
+
+# -- a delivery to a real receiver ---------------------------------------------------------
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    answers: list[int] = []
+    got: list[tuple[dict, bytes]] = []
+
+    def do_POST(self):  # noqa: N802 — http.server's name
+        body = self.rfile.read(int(self.headers["content-length"]))
+        type(self).got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(type(self).answers.pop(0))
+        self.end_headers()
+        self.wfile.write(b"x" * 100_000)  # more than a sender reads
+
+    def log_message(self, *_):
+        pass
+
+
+@pytest.fixture
+def receiver():
+    _Receiver.answers, _Receiver.got = [500, 204], []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_post_goes_to_the_checked_address_keeps_the_host_and_verifies(receiver):
+    allow = frozenset({"localhost"})
+    target = address.check_url(f"http://localhost:{receiver}/in?job=1", allow)
+    ip = address.resolve(target, allow)
+    body = b'{"type": "job.done"}'
+    first = send.post(target, ip, body, signing.headers(SECRET, "msg_2", int(time.time()), body))
+    assert first == send.Outcome(500, None) and not first.ok
+    second = send.post(target, ip, body, signing.headers(SECRET, "msg_2", int(time.time()), body))
+    assert second.ok and second.status == 204
+    (headers, got), _ = _Receiver.got
+    assert got == body and headers["host"] == f"localhost:{receiver}"
+    assert Webhook(SECRET).verify(got, headers) == {"type": "job.done"}
+
+
+def test_an_unreachable_receiver_is_an_outcome_not_an_exception():
+    target = address.check_url("http://127.0.0.1:9/", frozenset({"127.0.0.1"}))
+    outcome = send.post(target, "127.0.0.1", b"{}", {}, timeout=2)
+    assert outcome.status is None and outcome.error and not outcome.ok
