@@ -14,8 +14,9 @@ import time
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from support.cluster import wait_for
 from zoomq.errors import InvalidParameter
-from zoomq.webhooks import address, send, signing
+from zoomq.webhooks import address, outbox, send, signing
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
@@ -148,3 +149,35 @@ def test_an_unreachable_receiver_is_an_outcome_not_an_exception():
     target = address.check_url("http://127.0.0.1:9/", frozenset({"127.0.0.1"}))
     outcome = send.post(target, "127.0.0.1", b"{}", {}, timeout=2)
     assert outcome.status is None and outcome.error and not outcome.ok
+
+
+# -- the outbox: a schedule of retries in Redis, attempts recorded on the job -----------------
+
+def test_a_receiver_that_first_answers_500_gets_the_retry_and_the_job_shows_both(server, receiver):
+    client = server.client()
+    allow = frozenset({"127.0.0.1"})
+    job = "5b0f3d9e-0000-4000-8000-000000000001"
+    delivery = outbox.enqueue(client, job, f"http://127.0.0.1:{receiver}/in", "job.done", {"id": job})
+    assert outbox.claim_due(client) == [delivery]
+    assert outbox.claim_due(client) == []  # claimed: nobody else sends it meanwhile
+    first = outbox.deliver(client, delivery, SECRET, allow, backoff=(0.2, 0.5))
+    assert first is not None and first["status"] == 500 and first["next_retry"] is not None
+    assert outbox.claim_due(client) == []  # not before its pause
+    wait_for(lambda: outbox.claim_due(client) == [delivery], 5, "the retry to be due")
+    second = outbox.deliver(client, delivery, SECRET, allow, backoff=(0.2, 0.5))
+    assert second is not None and second["status"] == 204 and second["next_retry"] is None
+    assert [(a["attempt"], a["status"]) for a in outbox.attempts(client, job)] == [(1, 500), (2, 204)]
+    assert outbox.deliver(client, delivery, SECRET, allow) is None  # delivered: gone
+    (h1, b1), (h2, b2) = _Receiver.got
+    assert b1 == b2 and h1["webhook-id"] == h2["webhook-id"] == delivery  # the same message, signed again
+    payload = Webhook(SECRET).verify(b2, h2)
+    assert payload["type"] == "job.done" and payload["data"] == {"id": job} and payload["timestamp"].endswith("Z")
+
+
+def test_a_name_resolving_to_loopback_is_refused_at_delivery_and_not_retried(server, receiver):
+    client = server.client()
+    job = "5b0f3d9e-0000-4000-8000-000000000002"
+    delivery = outbox.enqueue(client, job, f"https://localhost:{receiver}/in", "job.started", {"id": job})
+    record = outbox.deliver(client, delivery, SECRET, frozenset())
+    assert record is not None and record["status"] is None and "loopback" in record["error"]
+    assert record["next_retry"] is None and outbox.claim_due(client) == [] and _Receiver.got == []
