@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 import redis
 
 from zoomq.errors import InvalidParameter
+from zoomq.queue.connection import text
 from zoomq.webhooks import address, send, signing
 
 DUE = "zoomq:webhooks:due"
@@ -61,7 +62,7 @@ def claim_due(client: redis.Redis, lease: float = LEASE, limit: int = 50, now: f
     """The ids of deliveries due now, each pushed ``lease`` seconds ahead (atomically: one claimer each)."""
     now = time.time() if now is None else now
     ids = client.eval(_CLAIM, 1, DUE, repr(now), repr(now + lease), limit)
-    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+    return [text(i) for i in ids]
 
 
 def deliver(client: redis.Redis, delivery_id: str, secret: str, allow: frozenset[str],
@@ -72,7 +73,7 @@ def deliver(client: redis.Redis, delivery_id: str, secret: str, allow: frozenset
     if not raw:
         client.zrem(DUE, delivery_id)
         return None
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    fields = {text(k): text(v) for k, v in raw.items()}
     number = int(fields["attempt"]) + 1
     body = fields["body"].encode()
     retry = True
@@ -86,17 +87,17 @@ def deliver(client: redis.Redis, delivery_id: str, secret: str, allow: frozenset
         outcome, retry = send.Outcome(None, str(e)), False
     now = time.time()
     again = retry and not outcome.ok and number <= len(backoff)
+    next_retry = now + backoff[number - 1] if again else None
     record = {"id": delivery_id, "event": fields["event"], "attempt": number, "time": now,
-              "status": outcome.status, "error": outcome.error,
-              "next_retry": now + backoff[number - 1] if again else None}
+              "status": outcome.status, "error": outcome.error, "next_retry": next_retry}
     key = attempts_key(fields["job"])
     with client.pipeline() as p:
         p.rpush(key, json.dumps(record))
         p.ltrim(key, -KEEP_ATTEMPTS, -1)
         p.expire(key, ttl)
-        if again:
+        if next_retry is not None:
             p.hset(_delivery(delivery_id), "attempt", number)
-            p.zadd(DUE, {delivery_id: record["next_retry"]})
+            p.zadd(DUE, {delivery_id: next_retry})
         else:
             p.delete(_delivery(delivery_id))
             p.zrem(DUE, delivery_id)
