@@ -181,3 +181,22 @@ def test_a_name_resolving_to_loopback_is_refused_at_delivery_and_not_retried(ser
     record = outbox.deliver(client, delivery, SECRET, frozenset())
     assert record is not None and record["status"] is None and "loopback" in record["error"]
     assert record["next_retry"] is None and outbox.claim_due(client) == [] and _Receiver.got == []
+
+
+def test_the_settings_check_the_secret_and_the_backoff(monkeypatch):
+    from zoomq import config
+
+    monkeypatch.setenv("ZOOMQ_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("ZOOMQ_WEBHOOK_ALLOW", "127.0.0.1, Hooks.Local")
+    monkeypatch.setenv("ZOOMQ_WEBHOOK_BACKOFF", "0.2,0.5")
+    s = config.settings()
+    assert (s.webhook_secret, s.webhook_allow, s.webhook_backoff) == (SECRET, {"127.0.0.1", "hooks.local"}, (0.2, 0.5))
+    assert config.Settings.defaults().webhook_backoff == (5, 30, 120, 600, 3600)
+    monkeypatch.setenv("ZOOMQ_WEBHOOK_BACKOFF", "5,-1")
+    with pytest.raises(InvalidParameter, match="ZOOMQ_WEBHOOK_BACKOFF"):
+        config.settings()
+    monkeypatch.setenv("ZOOMQ_WEBHOOK_BACKOFF", "5")
+    monkeypatch.setenv("ZOOMQ_WEBHOOK_SECRET", "not-a-secret")
+    with pytest.raises(InvalidParameter) as e:
+        config.settings()
+    assert e.value.param == "ZOOMQ_WEBHOOK_SECRET" and "not-a-secret" not in str(e.value)

@@ -212,6 +212,24 @@ VARIABLES: tuple[Variable, ...] = (
         "How zoomq processes log: `text`, readable lines, or `json`, one JSON object per line (`time`, "
         "`level`, `event`, and for pieces `job`, `piece`, `worker`, `seconds`, `outcome`).",
     ),
+    Variable(
+        "ZOOMQ_WEBHOOK_SECRET",
+        "",
+        "The key that signs webhooks (Standard Webhooks): `whsec_` and the base64 of at least 24 random bytes. "
+        "Empty: jobs naming a `webhook` are refused. Never shown, never stored in Redis.",
+    ),
+    Variable(
+        "ZOOMQ_WEBHOOK_ALLOW",
+        "",
+        "Hosts (names or addresses, separated by `,`) a webhook may reach over `http` and at loopback, private, "
+        "link-local or other non-public addresses; every other host must be `https` and public.",
+    ),
+    Variable(
+        "ZOOMQ_WEBHOOK_BACKOFF",
+        "5,30,120,600,3600",
+        "Seconds before each retry of a webhook delivery that got no 2xx answer in time, separated by `,`; "
+        "one attempt plus one retry per number.",
+    ),
     # Set by `zoomq worker` for its Celery pool processes (WorkerIdentity.environment), rarely by hand.
     Variable(
         "ZOOMQ_WORKER_NAME",
@@ -292,6 +310,9 @@ class Settings:
     health_file: str
     models_dir: Path
     data_dir: Path
+    webhook_secret: str  # whsec_…: signs webhooks (zoomq.webhooks.signing); empty: no webhooks
+    webhook_allow: frozenset[str]  # hosts a webhook may reach over http and at non-public addresses
+    webhook_backoff: tuple[float, ...]  # seconds before each retry of a delivery
 
     @classmethod
     def defaults(cls) -> Settings:
@@ -553,7 +574,33 @@ def _parse(env: Environment) -> Settings:
         max_keyframes=_int(env, "ZOOMQ_MAX_KEYFRAMES", 2),
         max_interpolation_frames=_int(env, "ZOOMQ_MAX_INTERPOLATION_FRAMES", 1),
         max_frames=_int(env, "ZOOMQ_MAX_FRAMES", 2),
+        webhook_secret=_webhook_secret(env),
+        webhook_allow=frozenset(h.strip().lower().strip("[]") for h in _get(env, "ZOOMQ_WEBHOOK_ALLOW").split(",")
+                                if h.strip()),  # as zoomq.webhooks.address.parse_allow reads it
+        webhook_backoff=_backoff(env),
     )
+
+
+def _webhook_secret(env: Environment) -> str:
+    """``ZOOMQ_WEBHOOK_SECRET``, checked to be a ``whsec_`` secret (a bad one is refused, never shown)."""
+    secret = _get(env, "ZOOMQ_WEBHOOK_SECRET")
+    if secret:
+        from zoomq.webhooks.signing import key_of
+
+        key_of(secret)
+    return secret
+
+
+def _backoff(env: Environment) -> tuple[float, ...]:
+    raw = _get(env, "ZOOMQ_WEBHOOK_BACKOFF")
+    try:
+        pauses = tuple(float(x) for x in raw.split(","))
+    except ValueError:
+        pauses = (-1.0,)
+    if not all(0 < p <= 86400 for p in pauses) or len(pauses) > 20:
+        raise InvalidParameter("ZOOMQ_WEBHOOK_BACKOFF", raw, "must be up to 20 numbers of seconds (0 < s ≤ 86400) "
+                               "separated by commas, for example 5,30,120,600,3600")
+    return pauses
 
 
 # docs/configuration.md's table is generated from VARIABLES between these markers (`make docs`);
