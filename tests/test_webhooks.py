@@ -200,3 +200,33 @@ def test_the_settings_check_the_secret_and_the_backoff(monkeypatch):
     with pytest.raises(InvalidParameter) as e:
         config.settings()
     assert e.value.param == "ZOOMQ_WEBHOOK_SECRET" and "not-a-secret" not in str(e.value)
+
+
+# -- jobs: the field at submit, a delivery queued by each transition -------------------------
+
+def test_a_cancelled_job_queues_its_signed_event_with_the_public_record(server, receiver, monkeypatch):
+    from zoomq.producer import Producer
+
+    monkeypatch.setenv("ZOOMQ_WEBHOOK_ALLOW", "127.0.0.1")
+    with pytest.raises(InvalidParameter, match="ZOOMQ_WEBHOOK_SECRET") as e:  # no secret: refused, not unsigned
+        Producer().submit_image("a cat", model="tiny", steps=1, width=64, height=64, webhook="https://example.com/")
+    assert e.value.param == "webhook"
+    monkeypatch.setenv("ZOOMQ_WEBHOOK_SECRET", SECRET)
+    producer = Producer()
+    with pytest.raises(InvalidParameter, match="private"):
+        producer.submit_image("a cat", model="tiny", steps=1, width=64, height=64, webhook="https://10.0.0.7/")
+    url = f"http://127.0.0.1:{receiver}/in"
+    job = producer.submit_image("a cat", model="tiny", steps=1, width=64, height=64, webhook=url,
+                                owner="alice", submitter="alice")
+    assert producer.status(job)["webhook_attempts"] == [] and outbox.claim_due(producer.redis) == []
+    assert producer.cancel(job)
+    (delivery,) = outbox.claim_due(producer.redis)
+    s = producer.settings
+    assert outbox.deliver(producer.redis, delivery, s.webhook_secret, s.webhook_allow, s.webhook_backoff)
+    assert outbox.deliver(producer.redis, delivery, s.webhook_secret, s.webhook_allow, s.webhook_backoff)
+    (headers, body), _ = _Receiver.got
+    event = Webhook(SECRET).verify(body, headers)
+    assert event["type"] == "job.cancelled" and event["data"]["id"] == job and event["data"]["state"] == "cancelled"
+    assert not {"owner", "submitter", "webhook"} & set(event["data"]) and b"alice" not in body
+    shown = producer.status(job)["webhook_attempts"]
+    assert [(a["event"], a["status"]) for a in shown] == [("job.cancelled", 500), ("job.cancelled", 204)]

@@ -29,6 +29,7 @@ from zoomq.render.png import load_image
 from zoomq.render.request import RenderRequest, at_render_size, check_cache, check_decoder, validate
 from zoomq.storage import open_store
 from zoomq.storage.base import Artifact
+from zoomq.webhooks import address
 from zoomq.zoom.geometry import fit_init_image
 from zoomq.zoom.settings import ZoomSettings, parse_schedule
 from zoomq.zoom.settings import validate as validate_zoom
@@ -111,11 +112,13 @@ class Producer:
         return self._estimate("image", model, estimate.image_work(self.check_image(prompt, model=model, **options)))
 
     def submit_image(self, prompt: str, *, model: str, init_image: ImageInput = None, mask: ImageInput = None,
-                     owner: str | None = None, submitter: str | None = None, **options) -> str:
+                     owner: str | None = None, submitter: str | None = None, webhook: str | None = None,
+                     **options) -> str:
         """Enqueue one image (text-to-image, image-to-image with ``init_image``, inpainting with
         ``mask``); ``options`` are ``RenderRequest`` fields. ``owner``: the API key the job belongs
         to; ``submitter``: who its queue cap counts against. Returns the job id."""
         request = self.check_image(prompt, model=model, init_image=init_image, mask=mask, **options)
+        hook = self.check_webhook(webhook)
         self.admit(submitter)
         request = at_render_size(request)  # stored as the render will use them, not at the upload's size
         job_id = job_records.new_id()
@@ -127,7 +130,7 @@ class Producer:
         work = estimate.image_work(request)
         self._call(self.jobs.create, job_id, "image", model, params, work.denoising_steps, owner=owner,
                    submitter=submitter, unet_per_step=work.unet_per_step, megapixels=work.megapixels,
-                   cache_interval=request.cache_interval)
+                   cache_interval=request.cache_interval, **hook)
         self._call(fair.enqueue, self.redis, self._send, model, submitter, TASK_IMAGE, [job_id], render_queue(model))
         return job_id
 
@@ -162,6 +165,17 @@ class Producer:
         return {"dry_run": True, "kind": kind, "model": model, "work": work.to_dict(), "expected_seconds": seconds,
                 "basis": basis, "queued_ahead": self._call(self.jobs.queued)}
 
+    def check_webhook(self, url: str | None) -> dict:
+        """The job record's ``webhook`` field for ``url`` (none for None), checked by the SSRF guard;
+        refused while no ``ZOOMQ_WEBHOOK_SECRET`` is set, rather than sent unsigned."""
+        if url is None:
+            return {}
+        if not self.settings.webhook_secret:
+            raise InvalidParameter("webhook", url, "webhooks are off here: the operator has not set "
+                                   "ZOOMQ_WEBHOOK_SECRET; submit without a webhook")
+        address.check_url(url, self.settings.webhook_allow)
+        return {"webhook": url}
+
     def admit(self, submitter: str | None) -> None:
         """Raise ``QueueFull`` when the queue, or ``submitter``'s share of it, is at its cap.
         Checked before enqueueing, not with it: concurrent submissions may pass the cap by a few."""
@@ -175,11 +189,13 @@ class Producer:
                             429, RETRY_FULL_QUEUE)
 
     def submit_zoom(self, prompt: str, *, model: str, init_image: ImageInput = None, schedule=None,
-                    owner: str | None = None, submitter: str | None = None, **options) -> str:
+                    owner: str | None = None, submitter: str | None = None, webhook: str | None = None,
+                    **options) -> str:
         """Enqueue an infinite-zoom video; ``options`` are ``ZoomSettings`` fields, ``schedule`` a
         list of ``{"keyframe": k, "prompt": ..., "negative_prompt": ...}``; ``owner`` and
         ``submitter`` as for ``submit_image``. Returns the job id."""
         settings, init = self.check_zoom(prompt, model=model, init_image=init_image, schedule=schedule, **options)
+        hook = self.check_webhook(webhook)
         self.admit(submitter)
         work = estimate.zoom_work(settings, init is not None)
         job_id = job_records.new_id()
@@ -192,7 +208,7 @@ class Producer:
                    work.denoising_steps + settings.total_frames, owner=owner, submitter=submitter,
                    unet_per_step=work.unet_per_step, megapixels=work.megapixels,
                    cache_interval=settings.cache_interval, keyframes_total=settings.keyframes,
-                   frames_total=settings.total_frames, keyframes_done=0)
+                   frames_total=settings.total_frames, keyframes_done=0, **hook)
         self._call(fair.enqueue, self.redis, self._send, model, submitter, TASK_KEYFRAME, [job_id, 0],
                    render_queue(model))
         return job_id

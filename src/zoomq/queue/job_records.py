@@ -12,6 +12,7 @@ so the retention sweep (``producer.retention``) deletes their artifacts without 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 
@@ -20,7 +21,9 @@ import redis
 from zoomq.errors import InvalidParameter
 from zoomq.queue import stats, usage
 from zoomq.queue.connection import text
+from zoomq.webhooks import outbox, payload
 
+log = logging.getLogger("zoomq.jobs")
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ENDED = (DONE, FAILED, CANCELLED)
 _EMA = 0.3  # weight of the newest measurement in the per-unit time averages
@@ -201,7 +204,8 @@ class Jobs:
         key = _key(job_id)
         owner = self.r.hget(self.ENDED_OWNERS, job_id) or self.r.hget(key, "owner")
         with self.r.pipeline() as p:
-            p.delete(key, *(f"{key}:{side}" for side in ("work", "pieces", "starts", "keyframes", "watched")))
+            p.delete(key, *(f"{key}:{side}" for side in ("work", "pieces", "starts", "keyframes", "watched",
+                                                        "webhooks")))
             p.zrem(self.ALL_SET, job_id)
             if owner is not None:
                 p.zrem(self.owned_set(text(owner)), job_id)
@@ -218,7 +222,8 @@ class Jobs:
             while True:
                 try:
                     p.watch(key)
-                    state, kind, submitter, owner = p.hmget(key, "state", "kind", "submitter", "owner")
+                    state, kind, submitter, owner, webhook = p.hmget(key, "state", "kind", "submitter", "owner",
+                                                                     "webhook")
                     if state is None or text(state) not in from_states:
                         p.unwatch()
                         return False
@@ -242,9 +247,20 @@ class Jobs:
                         for side in ("work", "pieces", "starts", "keyframes"):
                             p.expire(f"{key}:{side}", self.ttl)
                     p.execute()
+                    if webhook is not None and to in outbox.EVENTS:
+                        self._notify(job_id, text(webhook), outbox.EVENTS[to])
                     return True
                 except redis.WatchError:
                     continue
+
+    def _notify(self, job_id: str, url: str, event: str) -> None:
+        """A webhook delivery of ``event`` with the job's public record as it is now (``zoomq.webhooks``)."""
+        try:
+            record = self.get(job_id)
+            if record is not None:
+                outbox.enqueue(self.r, job_id, url, event, payload.public_record(record))
+        except redis.RedisError as e:  # the transition stands; its webhook is lost, and the log says so
+            log.warning("job %s: %s webhook not queued: %s", job_id, event, e)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -265,6 +281,8 @@ class Jobs:
             if record["expires_at"] <= time.time():
                 return None  # expired: the sweep deletes it (and its artifacts) within a minute
         record["params"] = json.loads(record.get("params") or "{}")
+        if "webhook" in record:  # its deliveries so far: time, event, status or error, next retry
+            record["webhook_attempts"] = outbox.attempts(self.r, job_id)
         work = {text(k): int(v) for k, v in self.r.hgetall(f"{_key(job_id)}:work").items()}
         frames_done = sum(v for k, v in work.items() if k.startswith("segment"))
         total = int(record.get("work_total") or 0)
