@@ -230,3 +230,26 @@ def test_a_cancelled_job_queues_its_signed_event_with_the_public_record(server, 
     assert not {"owner", "submitter", "webhook"} & set(event["data"]) and b"alice" not in body
     shown = producer.status(job)["webhook_attempts"]
     assert [(a["event"], a["status"]) for a in shown] == [("job.cancelled", 500), ("job.cancelled", 204)]
+
+
+# -- the whole path: a render worker changes the job, the webhook worker delivers ------------
+
+def test_an_image_job_run_by_a_worker_sends_started_and_done(cluster, tiny_t2i, receiver, monkeypatch):
+    from zoomq.producer import Producer
+
+    hooks = {"ZOOMQ_WEBHOOK_SECRET": SECRET, "ZOOMQ_WEBHOOK_ALLOW": "127.0.0.1", "ZOOMQ_WEBHOOK_BACKOFF": "0.2,0.5"}
+    for name, value in hooks.items():
+        monkeypatch.setenv(name, value)
+    _Receiver.answers = [204, 500, 204]  # started at once; done after one retry
+    cluster("hooks", models=(), queues="webhooks", concurrency=1)  # one thread: events in order
+    cluster("w1", models=(tiny_t2i,))
+    producer = Producer()
+    job = producer.submit_image("a lighthouse", model="t2i", steps=1, width=64, height=64,
+                                webhook=f"http://127.0.0.1:{receiver}/in")
+    wait_for(lambda: len(_Receiver.got) == 3, 120, "started, done and done's retry to arrive")
+    events = [Webhook(SECRET).verify(body, headers) for headers, body in _Receiver.got]
+    assert [e["type"] for e in events] == ["job.started", "job.done", "job.done"]
+    assert events[0]["data"]["state"] == "running" and events[1]["data"]["state"] == "done"
+    wait_for(lambda: len(producer.status(job)["webhook_attempts"]) == 3, 10, "the attempts to be recorded")
+    shown = [(a["event"], a["status"]) for a in producer.status(job)["webhook_attempts"]]
+    assert shown == [("job.started", 204), ("job.done", 500), ("job.done", 204)]

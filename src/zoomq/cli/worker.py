@@ -24,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--models", nargs="+", type=Path,
                    help="prepared model folders (default $ZOOMQ_MODELS, else every model in $ZOOMQ_MODELS_DIR)")
-    p.add_argument("--queues", default="render,encode", help="render, encode or both (default both)")
+    p.add_argument("--queues", default="render,encode",
+                   help="render, encode or both (default both); or webhooks alone: a light worker (threads, no "
+                   "models) that delivers webhooks")
     p.add_argument("--concurrency", default="auto",
                    help="worker processes, or auto (default): chosen from the cores and memory, and printed")
     p.add_argument("--threads", type=int, help="OpenVINO threads per process (default: the cores shared out)")
@@ -40,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from zoomq.queue.celery_app import ENCODE_QUEUE, RENDER_QUEUE, render_queue, split_queue
 
     kinds = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if kinds == ["webhooks"]:
+        return _webhooks(args)
     if not kinds or set(kinds) - {RENDER_QUEUE, ENCODE_QUEUE}:
-        raise InvalidParameter("queues", args.queues, "must be render, encode or render,encode")
+        raise InvalidParameter("queues", args.queues, "must be render, encode, render,encode or webhooks")
     s = settings()
     processes = sizing.parse_concurrency(args.concurrency)
     if args.threads is not None and args.threads < 1:
@@ -73,4 +77,21 @@ def run(args: argparse.Namespace) -> int:
         "-Q", ",".join(queues), "-n", name, "--without-mingle", "--without-gossip",
         *(["--task-events"] if args.events else []),
     ])
+    return 0
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    """The webhook worker (``zoomq.webhooks.delivery``): a thread pool, ``--concurrency`` threads (auto: 8)."""
+    from zoomq.config import WorkerIdentity, settings
+    from zoomq.queue.connection import check
+
+    s = settings()
+    threads = sizing.parse_concurrency(args.concurrency) or 8
+    name = f"{args.name or 'zoomq-' + uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    os.environ.update(WorkerIdentity(name, ("webhooks",), threads).environment())
+    check(s)
+    from zoomq.webhooks.delivery import WEBHOOK_QUEUE, app
+
+    app.worker_main(["worker", f"--loglevel={args.loglevel}", f"--concurrency={threads}", "--pool=threads",
+                     "-Q", WEBHOOK_QUEUE, "-n", name, "--without-mingle", "--without-gossip"])
     return 0
