@@ -253,3 +253,23 @@ def test_an_image_job_run_by_a_worker_sends_started_and_done(cluster, tiny_t2i, 
     wait_for(lambda: len(producer.status(job)["webhook_attempts"]) == 3, 10, "the attempts to be recorded")
     shown = [(a["event"], a["status"]) for a in producer.status(job)["webhook_attempts"]]
     assert shown == [("job.started", 204), ("job.done", 500), ("job.done", 204)]
+
+
+# -- the API: the field, its refusals, its record ------------------------------------------
+
+def test_the_api_takes_webhook_refuses_bad_ones_and_shows_the_attempts(make_client):
+    body = {"kind": "image", "model": "t2i", "prompt": "a cat", "steps": 1, "width": 64, "height": 64}
+    off = make_client()
+    answer = off.post("/api/jobs", json={**body, "webhook": "https://example.com/hook"})
+    assert answer.status_code == 400 and answer.get_json()["errors"][0]["field"] == "webhook"
+    assert "ZOOMQ_WEBHOOK_SECRET" in answer.get_json()["errors"][0]["rule"]
+    client = make_client(webhook_secret=SECRET)
+    for bad in ("https://169.254.169.254/latest", "http://example.com/", 7, "https://[::ffff:10.0.0.1]/"):
+        answer = client.post("/api/jobs", json={**body, "webhook": bad})
+        assert answer.status_code == 400 and [e["field"] for e in answer.get_json()["errors"]] == ["webhook"], bad
+    answer = client.post("/api/jobs", json={**body, "webhook": "https://hooks.example.com/in"})
+    assert answer.status_code == 202
+    job = client.get(answer.get_json()["status_url"]).get_json()
+    assert job["webhook"] == "https://hooks.example.com/in" and job["webhook_attempts"] == []
+    spec = client.get("/api/openapi.json").get_json()["components"]["schemas"]
+    assert "webhook" in spec["ImageJob"]["properties"] and "webhook_attempts" in spec["Job"]["properties"]

@@ -44,14 +44,16 @@ class Submission:
     model: str
     prompt: str
     options: dict = field(default_factory=dict)
+    webhook: str | None = None  # checked by the producer (zoomq.webhooks.address)
 
     def submit(self, producer, **who) -> str:
         submit = producer.submit_zoom if self.kind == "zoom" else producer.submit_image
-        return submit(self.prompt, model=self.model, **who, **self.options)
+        return submit(self.prompt, model=self.model, **who, webhook=self.webhook, **self.options)
 
     def check(self, producer) -> None:
         check = producer.check_zoom if self.kind == "zoom" else producer.check_image
         check(self.prompt, model=self.model, **self.options)
+        producer.check_webhook(self.webhook)
 
     def estimate(self, producer) -> dict:
         estimate = producer.estimate_zoom if self.kind == "zoom" else producer.estimate_image
@@ -154,7 +156,8 @@ def from_json(body) -> tuple[Submission, Checks]:
         return Submission("image", "", ""), checks
     kind, model, prompt = _common(checks, body)
     fields = ZOOM_FIELDS if kind == "zoom" else IMAGE_FIELDS
-    allowed = {"kind", "model", "prompt", *fields, *UPLOADS[kind], *(("schedule",) if kind == "zoom" else ())}
+    allowed = {"kind", "model", "prompt", "webhook", *fields, *UPLOADS[kind],
+               *(("schedule",) if kind == "zoom" else ())}
     for name in sorted(set(body) - allowed):
         checks.add(InvalidParameter(name, body[name], f"is not a parameter of {kind} jobs"))
     options = {k: v for k, v in body.items() if k in fields or k == "schedule"}
@@ -162,7 +165,16 @@ def from_json(body) -> tuple[Submission, Checks]:
         if body.get(name) is not None:
             data = checks(_decode_base64, name, body[name])
             options[name] = checks(check_upload, name, data) if data is not None else None
-    return Submission(kind, model, prompt, {k: v for k, v in options.items() if v is not None}), checks
+    webhook = body.get("webhook")
+    if webhook is not None:
+        webhook = checks(_webhook_text, webhook)
+    return Submission(kind, model, prompt, {k: v for k, v in options.items() if v is not None}, webhook), checks
+
+
+def _webhook_text(value) -> str:
+    if not isinstance(value, str):
+        raise InvalidParameter("webhook", value, "must be an https URL (a string)")
+    return value
 
 
 def from_form(form: Mapping, files: Mapping) -> tuple[Submission, Checks]:
@@ -184,7 +196,8 @@ def from_form(form: Mapping, files: Mapping) -> tuple[Submission, Checks]:
             options[name] = checks(check_upload, name, data)
     if kind == "zoom":
         options["schedule"] = checks(_schedule_rows, form)
-    return Submission(kind, model, prompt, {k: v for k, v in options.items() if v not in (None, [])}), checks
+    webhook = form.get("webhook", "").strip() or None
+    return Submission(kind, model, prompt, {k: v for k, v in options.items() if v not in (None, [])}, webhook), checks
 
 
 def _schedule_rows(form) -> list[dict]:
