@@ -273,3 +273,21 @@ def test_the_api_takes_webhook_refuses_bad_ones_and_shows_the_attempts(make_clie
     assert job["webhook"] == "https://hooks.example.com/in" and job["webhook_attempts"] == []
     spec = client.get("/api/openapi.json").get_json()["components"]["schemas"]
     assert "webhook" in spec["ImageJob"]["properties"] and "webhook_attempts" in spec["Job"]["properties"]
+
+
+def test_zoomq_up_starts_the_webhook_worker_when_a_secret_is_set(tmp_path, tiny_t2i, receiver):
+    from test_up import Up, http, wait_done, web_port
+
+    _Receiver.answers = [204, 204]
+    env = {"ZOOMQ_WEBHOOK_SECRET": SECRET, "ZOOMQ_WEBHOOK_ALLOW": "127.0.0.1"}
+    up = Up(tmp_path / "data", [tiny_t2i], web_port(), env=env)
+    try:
+        assert up.said("webhooks ready")
+        status, body = http("POST", f"{up.url}/api/jobs", {"kind": "image", "prompt": "x", "model": "t2i", "steps": 1,
+                                                           "webhook": f"http://127.0.0.1:{receiver}/hook"})
+        assert status == 202, body
+        wait_done(up, json.loads(body)["id"], 120)
+        wait_for(lambda: len(_Receiver.got) == 2, 30, "started and done to arrive")
+        assert sorted(Webhook(SECRET).verify(b, h)["type"] for h, b in _Receiver.got) == ["job.done", "job.started"]
+    finally:
+        up.stop()

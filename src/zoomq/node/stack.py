@@ -60,6 +60,7 @@ class Stack:
         self.logs = self.data / "logs"
         self.redis: RedisServer | None = None
         self.worker: WorkerProcess | None = None
+        self.webhooks: WorkerProcess | None = None  # the webhook worker, when ZOOMQ_WEBHOOK_SECRET is set
         self.web: WebProcess | None = None
         self.plan: sizing.Plan | None = None
         self.redis_url = options.redis_url or ""
@@ -79,6 +80,8 @@ class Stack:
             self.port = self._web_port()  # before anything starts: a taken port fails at once
             self._start_redis()
             self._start_worker()
+            if self.settings.webhook_secret:
+                self._start_webhooks()
             self._start_web()
             self._write_state()
         except BaseException:
@@ -137,6 +140,14 @@ class Stack:
         names = ", ".join(m.name for m in self.models)
         self.say(f"workers  ready  {self.worker.name}: {self.plan.describe()}; models {names}")
 
+    def _start_webhooks(self) -> None:
+        """The light webhook worker (threads, no models): deliveries never hold a render slot."""
+        if self.webhooks is not None:
+            self.webhooks.stop()
+        self.webhooks = WorkerProcess(self.worker_name + "-webhooks", self.redis_url, [], self.logs, queues="webhooks",
+                                      concurrency=4, env=self.options.worker_env, die_with_parent=True)
+        self.say(f"webhooks ready  {self.webhooks.name}: 4 threads")
+
     def _web_port(self) -> int:
         o = self.options
         if port_is_free(o.host, o.port):
@@ -176,6 +187,7 @@ class Stack:
         while not stop_asked():
             for part, process, start_again in (("redis", self.redis, self._restart_redis),
                                                ("worker", self.worker, self._start_worker),
+                                               ("webhooks", self.webhooks, self._start_webhooks),
                                                ("web", self.web, self._start_web)):
                 if process is None or process.proc is None or process.proc.poll() is None:
                     continue
@@ -206,6 +218,9 @@ class Stack:
         if self.worker is not None:
             self.worker.stop(self.options.grace, hurry)
             self.worker = None
+        if self.webhooks is not None:  # after the workers: their last events are queued by then
+            self.webhooks.stop(self.options.grace, hurry)
+            self.webhooks = None
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
