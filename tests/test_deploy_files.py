@@ -186,7 +186,7 @@ def test_compose_keeps_secrets_off_command_lines(services):
 
 def test_compose_roles(services):
     s = services["services"]
-    assert set(s) == {"redis", "web", "worker", "encoder", "prepare", "flower"}
+    assert set(s) == {"redis", "web", "worker", "encoder", "webhooks", "prepare", "flower"}
     assert not any("container_name" in service for service in s.values())  # --scale worker=N works
     redis_command = " ".join(s["redis"]["command"])
     assert "--appendonly yes" in redis_command and "--appendfsync everysec" in redis_command
@@ -194,10 +194,12 @@ def test_compose_roles(services):
     assert "/api/health" in " ".join(s["web"]["healthcheck"]["test"])
     assert s["worker"]["command"][:4] == ["zoomq", "worker", "--queues", "render"]
     assert s["encoder"]["command"][:4] == ["zoomq", "worker", "--queues", "encode"]
+    assert s["webhooks"]["command"][:4] == ["zoomq", "worker", "--queues", "webhooks"]
+    assert "volumes" not in s["webhooks"]  # no models, no artifacts: it reads job records only
     assert ("models", "/models", "ro") in mounts(s["worker"])
     # A stop lets the longest piece finish: a full-size 512 px keyframe takes about a minute on 2 cores.
     assert seconds(s["worker"]["stop_grace_period"]) >= 300
-    for name in ("web", "worker", "encoder"):
+    for name in ("web", "worker", "encoder", "webhooks"):
         assert s[name]["init"] is True and s[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert s[name]["environment"]["ZOOMQ_REDIS_URL"] == f"redis://:{PASSWORD}@redis:6379/0"
     assert s["prepare"]["profiles"] == ["prepare"] and s["prepare"]["entrypoint"] == ["zoomq", "prepare"]

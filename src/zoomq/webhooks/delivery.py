@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 import redis
 from celery import signals
@@ -55,6 +56,8 @@ def _start_polling(sender=None, **_) -> None:
                 now = time.monotonic()
                 if now >= next_announce:
                     registry.announce(client, identity.name, info, s.heartbeat)
+                    if s.health_file:  # for container health checks, as the render workers do
+                        Path(s.health_file).touch()
                     next_announce = now + s.heartbeat
                 for delivery_id in outbox.claim_due(client):
                     app.send_task(TASK_DELIVER, args=[delivery_id], queue=WEBHOOK_QUEUE)
