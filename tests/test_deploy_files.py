@@ -372,7 +372,7 @@ def test_every_pod_is_locked_down():
     pods = all_pods()
     assert {where.split(": ")[1] for where, _, _ in pods} == {
         "StatefulSet zoomq-redis", "Deployment zoomq-web", "Deployment zoomq-render", "Deployment zoomq-encode",
-        "Job zoomq-prepare-sd21-base"}
+        "Deployment zoomq-webhooks", "Job zoomq-prepare-sd21-base"}
     for where, _meta, spec in pods:
         pod = spec.get("securityContext", {})
         assert spec.get("automountServiceAccountToken") is False, where
@@ -490,7 +490,7 @@ def test_network_policies_let_in_only_what_each_pod_serves():
         return {named.get(p["port"], p["port"]) for p in rule["ports"]} if rule.get("ports") else None
 
     labels, spec = pods["zoomq-redis"]
-    clients = [pods[name][0] for name in ("zoomq-web", "zoomq-render", "zoomq-encode")]
+    clients = [pods[name][0] for name in ("zoomq-web", "zoomq-render", "zoomq-encode", "zoomq-webhooks")]
     let_in = []
     for rule in rules(labels):
         assert ports(rule, spec) == {6379} and rule.get("from"), rule
@@ -507,7 +507,7 @@ def test_network_policies_let_in_only_what_each_pod_serves():
     assert let_in == clients
     labels, spec = pods["zoomq-web"]
     assert rules(labels) and all(ports(rule, spec) == {8000} for rule in rules(labels))
-    for name in ("zoomq-render", "zoomq-encode", "zoomq-prepare"):
+    for name in ("zoomq-render", "zoomq-encode", "zoomq-webhooks", "zoomq-prepare"):
         assert rules(pods[name][0]) == [], name
 
 
