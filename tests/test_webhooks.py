@@ -291,3 +291,18 @@ def test_zoomq_up_starts_the_webhook_worker_when_a_secret_is_set(tmp_path, tiny_
         assert sorted(Webhook(SECRET).verify(b, h)["type"] for h, b in _Receiver.got) == ["job.done", "job.started"]
     finally:
         up.stop()
+
+
+def test_zoomq_submit_webhook(server, monkeypatch, capsys):
+    from support.cli import run_cli
+    from zoomq.producer import Producer
+
+    args = ["submit", "image", "a lighthouse", "--model", "t2i", "--steps", "1", "--size", "64"]
+    code, _, err = run_cli(*args, "--webhook", "https://hooks.example.com/in", capsys=capsys)
+    assert code == 2 and "webhook" in err and "ZOOMQ_WEBHOOK_SECRET" in err
+    monkeypatch.setenv("ZOOMQ_WEBHOOK_SECRET", SECRET)
+    code, _, err = run_cli(*args, "--webhook", "https://192.168.1.1/in", capsys=capsys)
+    assert code == 2 and "webhook" in err and "private" in err
+    code, out, err = run_cli(*args, "--webhook", "https://hooks.example.com/in", capsys=capsys)
+    assert code == 0, err
+    assert Producer().status(out.strip())["webhook"] == "https://hooks.example.com/in"

@@ -26,6 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--idempotency-key", metavar="KEY",
                        help="submitting the same job again under the same KEY within 24 h prints the first job's "
                             "id instead of queueing another (a KEY reused for another job is refused)")
+        p.add_argument("--webhook", metavar="URL",
+                       help="an https URL that receives the job's signed events (docs/api.md, Webhooks)")
         p.set_defaults(run=run_submit, kind=name)
 
     p = sub.add_parser("status", help="a job's state, progress and ETA")
@@ -64,9 +66,11 @@ def run_submit(args: argparse.Namespace) -> int:
         print(json.dumps(estimate(prompt, model=args.model, **options), indent=2))
         return 0
     files = {k: Path(v) for k, v in options.items() if k == "init_image" and isinstance(v, str)}  # by content
-    fp = idempotency.submission_fingerprint(args.kind, args.model, prompt, {**options, **files})
+    hook = {"webhook": args.webhook} if args.webhook is not None else {}
+    fp = idempotency.submission_fingerprint(args.kind, args.model, prompt, {**options, **files, **hook})
     job_id, _ = idempotency.submit_once(producer, idempotency.CLI_SCOPE, key, fp,
-                                        lambda: submit(prompt, model=args.model, **options), "--idempotency-key")
+                                        lambda: submit(prompt, model=args.model, **options, **hook),
+                                        "--idempotency-key")
     print(job_id, flush=True)
     if not args.wait:
         return 0
