@@ -26,9 +26,11 @@ from schemathesis.openapi.checks import RejectedPositiveData, UseAfterFree
 from werkzeug.serving import make_server
 
 from support.browser import serving
+from zoomq.errors import InvalidParameter
 from zoomq.render.request import MAX_SIDE
 from zoomq.web import spec as spec_mod
 from zoomq.web.submission import IMAGE_FIELDS, KINDS, UPLOADS, ZOOM_FIELDS
+from zoomq.webhooks.address import check_url
 
 # Work limits low enough that the products JSON Schema cannot state (frames, pixels) are reached;
 # no caps on the queue and no rate limit, so every refusal is about the request itself.
@@ -134,6 +136,13 @@ def cross_field_faults(body: dict, models: dict, s) -> set[str]:
     # and schema-valid data carries a real image (the "image-data" format above); bytes that are no
     # image, which no schema can tell apart, are only ever negative data.
     faults: set[str] = set()
+    if body.get("webhook") is not None:  # refused without ZOOMQ_WEBHOOK_SECRET, or by the SSRF guard
+        try:
+            if not s.webhook_secret:
+                raise InvalidParameter("webhook", body["webhook"], "webhooks are off")
+            check_url(body["webhook"], s.webhook_allow)
+        except InvalidParameter:
+            faults.add("webhook")
     if body.get("kind", "image") == "image":
         inpainting = models[body["model"]]["task"] == "inpainting"
         init = image_size(body["init_image"]) if body.get("init_image") is not None else None
