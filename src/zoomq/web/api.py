@@ -137,7 +137,12 @@ def cancel(job_id: str):
 
 
 def _kept(job_id: str) -> dict:
-    """``job_or_404``, and 410 Gone for a purged job: its artifacts were deleted on request."""
+    """``job_or_404``, and 410 Gone for a purged job: its artifacts were deleted on request. A bad
+    ``download`` flag is refused before any of that (400), whatever the job's state."""
+    try:
+        _flag("download")
+    except InvalidParameter as e:
+        abort(make_response(*_errors([e])))
     record = job_or_404(job_id)
     if record.get("purged") is not None:
         abort(make_response(jsonify(error=f"job {job_id} was purged: its artifacts and uploads are deleted",

@@ -52,12 +52,19 @@ class Submission:
 
     def check(self, producer) -> None:
         check = producer.check_zoom if self.kind == "zoom" else producer.check_image
-        check(self.prompt, model=self.model, **self.options)
-        producer.check_webhook(self.webhook)
+        checks = Checks()
+        checks(lambda: check(self.prompt, model=self.model, **self.options))
+        checks(producer.check_webhook, self.webhook)
+        checks.raise_errors()
 
     def estimate(self, producer) -> dict:
+        """What submitting would cost; refused as submitting would be, the webhook included."""
         estimate = producer.estimate_zoom if self.kind == "zoom" else producer.estimate_image
-        return estimate(self.prompt, model=self.model, **self.options)
+        checks = Checks()
+        checks(producer.check_webhook, self.webhook)
+        result = checks(lambda: estimate(self.prompt, model=self.model, **self.options))
+        checks.raise_errors()
+        return result
 
 
 def _checked(producer, sub: Submission, checks: Checks) -> None:
