@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import redis
 from PIL import Image
 
 from zoomq.errors import IdempotencyConflict, IdempotencyMismatch, InvalidParameter
-from zoomq.queue import connection
 
 if TYPE_CHECKING:
     from zoomq.producer.producer import Producer
@@ -117,18 +115,11 @@ class Claim:
 
     def done(self, job_id: str) -> None:
         value = json.dumps({"state": DONE, "fingerprint": self.fingerprint, "job": job_id})
-        _call(self.producer, self.producer.redis.set, self.key, value, ex=TTL)
+        self.producer._call(self.producer.redis.set, self.key, value, ex=TTL)
 
     def release(self) -> None:
         """Free the key (only while this admission holds it), so the same request may be sent again."""
-        _call(self.producer, self.producer.redis.eval, _RELEASE, 1, self.key, self.held)
-
-
-def _call(producer: Producer, fn: Callable, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoPermissionError) as e:
-        raise connection.unavailable(e, producer.settings) from None
+        self.producer._call(self.producer.redis.eval, _RELEASE, 1, self.key, self.held)
 
 
 def claim(producer: Producer, scope: str, key: str, fp: str, name: str = HEADER) -> Claim | str:
@@ -139,9 +130,9 @@ def claim(producer: Producer, scope: str, key: str, fp: str, name: str = HEADER)
     stored = redis_key(scope, key)
     held = json.dumps({"state": ADMITTING, "fingerprint": fp, "token": secrets.token_hex(8)})
     for _ in range(3):  # a key that expires between SET NX and GET is tried again
-        if _call(producer, producer.redis.set, stored, held, nx=True, ex=ADMITTING_SECONDS):
+        if producer._call(producer.redis.set, stored, held, nx=True, ex=ADMITTING_SECONDS):
             return Claim(producer, stored, held, fp)
-        raw = _call(producer, producer.redis.get, stored)
+        raw = producer._call(producer.redis.get, stored)
         if raw is None:
             continue
         found = json.loads(raw)

@@ -25,6 +25,7 @@ import redis
 
 from zoomq.config import Settings
 from zoomq.errors import ZoomqError
+from zoomq.queue.connection import text
 from zoomq.queue.job_records import ENDED, Jobs
 from zoomq.storage import ArtifactStore, RedisStore, open_store
 from zoomq.worker.lease import RUNNING_PIECES, lease_key, running_field
@@ -91,7 +92,7 @@ def sweep(jobs: Jobs, where: list[ArtifactStore], now: float | None = None, batc
     A job whose deletion fails (a store unreachable) stays due and is tried again next time."""
     now = time.time() if now is None else now
     r = jobs.r
-    expired = [_text(raw) for raw in r.zrangebyscore(jobs.EXPIRY_SET, "-inf", now, start=0, num=batch)]
+    expired = [text(raw) for raw in r.zrangebyscore(jobs.EXPIRY_SET, "-inf", now, start=0, num=batch)]
     done = []
     for job_id in expired:
         state = jobs.state(job_id)
@@ -101,7 +102,7 @@ def sweep(jobs: Jobs, where: list[ArtifactStore], now: float | None = None, batc
         if _delete(job_id, where):
             jobs.remove(job_id)
             done.append(job_id)
-    rechecks = [_text(raw) for raw in r.zrangebyscore(jobs.RECHECK_SET, "-inf", now, start=0, num=batch)]
+    rechecks = [text(raw) for raw in r.zrangebyscore(jobs.RECHECK_SET, "-inf", now, start=0, num=batch)]
     for job_id in rechecks:
         if _delete(job_id, where):
             r.zrem(jobs.RECHECK_SET, job_id)
@@ -129,7 +130,3 @@ def sweep_if_due(jobs: Jobs, where: list[ArtifactStore], holder: str, every: flo
     if expired:
         log.info("retention sweep: deleted %d expired job(s) and their artifacts", len(expired))
     return expired
-
-
-def _text(raw: object) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
