@@ -109,7 +109,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "ZOOMQ_VISIBILITY_TIMEOUT",
         "21600",
-        "Seconds before Redis hands an unacknowledged task to another worker; longer than any task.",
+        "Seconds before Redis hands an unacknowledged task to another worker; a live worker renews the tasks it "
+        "holds at each heartbeat, so a task may run longer than this; a dead worker's tasks come back after it "
+        "(the watchdog hands their pieces on sooner). At least 3 × `ZOOMQ_HEARTBEAT`.",
     ),
     Variable("ZOOMQ_HEARTBEAT", "5", "Seconds between liveness reports of workers and running tasks."),
     Variable(
@@ -358,6 +360,17 @@ def _int(env: Environment, name: str, minimum: int) -> int:
     return value
 
 
+def _visibility_timeout(env: Environment) -> int:
+    """``ZOOMQ_VISIBILITY_TIMEOUT``: a worker renews its held tasks every ``ZOOMQ_HEARTBEAT``, so the
+    timeout must leave room for a renewal or two that come late (a slow Redis)."""
+    value, heartbeat = _int(env, "ZOOMQ_VISIBILITY_TIMEOUT", 1), _int(env, "ZOOMQ_HEARTBEAT", 1)
+    if value < 3 * heartbeat:
+        raise InvalidParameter("ZOOMQ_VISIBILITY_TIMEOUT", str(value),
+                               f"must be at least 3 × ZOOMQ_HEARTBEAT ({3 * heartbeat} s): workers renew the tasks "
+                               "they hold at each heartbeat; raise it or lower ZOOMQ_HEARTBEAT")
+    return value
+
+
 def _rate(env: Environment, name: str) -> tuple[int, int]:
     raw = _get(env, name)
     if raw == "0":
@@ -553,7 +566,7 @@ def _parse(env: Environment) -> Settings:
         models=tuple(Path(p).expanduser() for p in _get(env, "ZOOMQ_MODELS").split(os.pathsep) if p),
         models_dir=Path(_get(env, "ZOOMQ_MODELS_DIR")).expanduser(),
         data_dir=Path(_get(env, "ZOOMQ_DATA_DIR")).expanduser(),
-        visibility_timeout=_int(env, "ZOOMQ_VISIBILITY_TIMEOUT", 60),
+        visibility_timeout=_visibility_timeout(env),
         heartbeat=_int(env, "ZOOMQ_HEARTBEAT", 1),
         health_file=os.path.expanduser(_get(env, "ZOOMQ_HEALTH_FILE")),
         stale_after=_int(env, "ZOOMQ_STALE_AFTER", 2),

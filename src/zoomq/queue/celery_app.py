@@ -1,9 +1,10 @@
 """The Celery application, configured for long CPU tasks on Redis.
 
 Late acknowledgement with prefetch 1 and requeue on worker loss, so a task whose process dies is
-given to another worker; JSON only; a visibility timeout longer than any task, so Redis never hands
-out a task that is still running. Work is split over two queues — ``render`` (images, keyframes)
-and ``encode`` (segments, stitching) — so a node can serve either or both.
+given to another worker; JSON only; a visibility timeout that a task held by a live worker never
+reaches, however long it runs (``queue.visibility``), so Redis never hands out a task still running.
+Work is split over two queues — ``render`` (images, keyframes) and ``encode`` (segments, stitching) —
+so a node can serve either or both.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from celery import Celery
 
 from zoomq import config
 from zoomq.config import Settings
+from zoomq.queue import visibility
 from zoomq.queue.connection import celery_options
 
 RENDER_QUEUE, ENCODE_QUEUE = "render", "encode"
@@ -59,4 +61,6 @@ def make_app(s: Settings | None = None) -> Celery:
         enable_utc=True,
         **celery_options(s),  # visibility timeout, the clients' timeouts and, for rediss://, TLS
     )
+    # kombu's sweep for messages past the timeout runs often enough to honour a short one.
+    app.conf.broker_transport_options.update(visibility.transport_options(s.visibility_timeout))
     return app

@@ -43,6 +43,11 @@ def count_piece_failed(r, piece: str) -> None:
     r.hincrby(COUNTERS, f"failed|{piece_kind(piece)}", 1)
 
 
+def count_piece_busy(r, piece: str) -> None:
+    """A task of a piece another live worker holds: a duplicate delivery, tried again later."""
+    r.hincrby(COUNTERS, f"busy|{piece_kind(piece)}", 1)
+
+
 def count_piece_resent(r, piece: str) -> None:
     r.hincrby(COUNTERS, f"resent|{piece_kind(piece)}", 1)
 

@@ -21,7 +21,7 @@ from zoomq import config, logs
 from zoomq.config import worker_identity
 from zoomq.errors import ArtifactStoreUnreachable, PieceBusy, RenderCancelled, ZoomqError
 from zoomq.producer import retention
-from zoomq.queue import connection, fair, job_records, registry, stats
+from zoomq.queue import connection, fair, job_records, registry, stats, visibility
 from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_SPLIT, TASK_STITCH, make_app
 from zoomq.storage import open_store
 from zoomq.worker import guidance_split_redis, pieces, warmup, watchdog
@@ -97,6 +97,7 @@ def _run(task, piece: str, job_id: str, *args) -> None:
     try:
         pieces.PIECES[piece](ctx, job_id, *args)
     except PieceBusy:
+        stats.count_piece_busy(ctx.redis, piece)
         raise task.retry(countdown=max(2, ctx.settings.heartbeat), max_retries=None) from None  # retry() raises
     except RenderCancelled:
         log.info("job %s cancelled", job_id)
@@ -175,6 +176,15 @@ def split_help(sid: str) -> None:
 # -- the worker's main process: announce models, watch for lost pieces -------------------------
 
 _stop = threading.Event()
+#: The broker messages this worker holds, kept from being handed to another worker while it lives.
+_held = visibility.HeldMessages()
+
+
+@signals.task_received.connect
+def _note_held(request=None, **_) -> None:
+    """In the main process, as each task message arrives (before it runs or waits its countdown)."""
+    if request is not None:
+        _held.add(request.message.delivery_tag)
 
 
 @signals.worker_ready.connect
@@ -207,7 +217,15 @@ def _start_background(sender=None, **_):
                 log.warning("cannot reach Redis for heartbeat: %s", e)
             _stop.wait(s.heartbeat)
 
+    def keep_held() -> None:  # apart from loop(): a long watchdog scan or sweep must not delay it
+        while not _stop.wait(s.heartbeat):
+            try:
+                _held.refresh(client)
+            except redis.RedisError as e:
+                log.warning("cannot reach Redis to keep held tasks: %s", e)
+
     threading.Thread(target=loop, name="zoomq heartbeat", daemon=True).start()
+    threading.Thread(target=keep_held, name="zoomq held tasks", daemon=True).start()
 
 
 @signals.worker_shutdown.connect
