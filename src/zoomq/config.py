@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoomq.errors import InvalidParameter
+from zoomq.queue import sentinel
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,15 @@ VARIABLES: tuple[Variable, ...] = (
         "ZOOMQ_REDIS_URL",
         "redis://127.0.0.1:6379/0",
         "Redis for the queue, job records and artifacts; with a password `redis://:PASSWORD@HOST:PORT/DB` (an ACL "
-        "user: `redis://USER:PASSWORD@…`), over TLS `rediss://…`. The password is never shown.",
+        "user: `redis://USER:PASSWORD@…`), over TLS `rediss://…`; through Redis Sentinel, following failovers, "
+        "`sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT…]/MASTER[/DB]` (`sentinels://…` for TLS; the password is "
+        "the master's and the sentinels'). The password is never shown.",
     ),
     Variable(
         "ZOOMQ_REDIS_CA",
         "",
-        "For `rediss://`: the PEM file of the CA that signed the Redis server's certificate; empty trusts the "
-        "system's CAs. The certificate is always verified.",
+        "For `rediss://` and `sentinels://`: the PEM file of the CA that signed the Redis server's certificate; "
+        "empty trusts the system's CAs. The certificate is always verified.",
     ),
     Variable(
         "ZOOMQ_ARTIFACTS",
@@ -255,7 +258,8 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 URL_FORMS = ("redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS (with ZOOMQ_REDIS_CA), "
-             "or unix://[[USER]:PASSWORD@]PATH")
+             "unix://[[USER]:PASSWORD@]PATH, or sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT…]/MASTER[/DB] "
+             "(sentinels://… for TLS)")
 
 
 _PRECISIONS = ("auto", "f32", "bf16", "f16")
@@ -453,9 +457,12 @@ def _artifacts(env: Environment) -> str:
 
 
 def _redis_url(env: Environment) -> str:
-    """``ZOOMQ_REDIS_URL``, with a scheme redis-py knows; a bad one is refused without its password."""
+    """``ZOOMQ_REDIS_URL``, with a scheme redis-py knows, or a Sentinel one read whole; a bad one is
+    refused without its password."""
     url = _get(env, "ZOOMQ_REDIS_URL")
-    if url.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
+    if sentinel.is_sentinel(url):
+        sentinel.parse(url, redacted(url))
+    elif url.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
         raise InvalidParameter("ZOOMQ_REDIS_URL", redacted(url), f"must be {URL_FORMS}")
     return url
 

