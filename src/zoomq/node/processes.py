@@ -133,6 +133,13 @@ def _config_value(value: str) -> str:
     return '"' + "".join(f"\\x{b:02x}" for b in value.encode()) + '"'
 
 
+#: A job record holds its parameters as one JSON field of a few hundred bytes; past Redis' default
+#: 64 bytes a hash is a hashtable, 2.5× the size of the compact encoding (1,496 against 607 bytes for
+#: an image job's record, measured). Values up to 1 KiB keep records compact; compose and Kubernetes
+#: start their Redis with the same setting (docs/benchmarks.md, the control plane).
+COMPACT_HASHES = ("--hash-max-ziplist-value", "1024")
+
+
 class RedisServer:
     """``redis-server`` on a free loopback port, keeping its files in ``folder``. With
     ``appendonly`` every write goes to the AOF there, so queued jobs survive a restart. With
@@ -188,7 +195,7 @@ class RedisServer:
         self.proc = _spawn([
             self.binary, "-", *listen, "--bind", "127.0.0.1", "--dir", str(self.folder),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
-            "--logfile", str(self.log_path),
+            "--logfile", str(self.log_path), *COMPACT_HASHES,
         ], subprocess.DEVNULL, die_with_parent=self.die_with_parent, stdin=private.encode())
         _await_start(self.proc, self._ping, 30, "redis-server", self.log_path)
 
