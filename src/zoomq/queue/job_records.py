@@ -311,7 +311,29 @@ class Jobs:
 
     def get(self, job_id: str) -> dict | None:
         """The record with derived fields: progress, queue position, ETA."""
-        raw = self.r.hgetall(_key(job_id))
+        return self.get_many([job_id])[0]
+
+    def get_many(self, ids: list[str]) -> list[dict | None]:
+        """``get`` of each id (None where expired or unknown), read in one pipelined round trip
+        (and one more for the webhook attempts of jobs that have a webhook)."""
+        with self.r.pipeline(transaction=False) as p:
+            for job_id in ids:
+                p.hgetall(_key(job_id))
+                p.hgetall(f"{_key(job_id)}:work")
+                p.zrank(self.QUEUED_SET, job_id)
+            found = p.execute()
+        records = [self._derived(raw, work, rank) for raw, work, rank in zip(found[::3], found[1::3], found[2::3])]
+        hooked = [r for r in records if r is not None and "webhook" in r]
+        if hooked:  # their deliveries so far: time, event, status or error, next retry
+            with self.r.pipeline(transaction=False) as p:
+                for record in hooked:
+                    outbox.add_attempts(p, record["id"])
+                for record, attempts in zip(hooked, p.execute()):
+                    record["webhook_attempts"] = outbox.parse_attempts(attempts)
+        return records
+
+    def _derived(self, raw: dict, work_raw: dict, rank: int | None) -> dict | None:
+        """A record as read, with progress, queue position and ETA; None when it is gone or expired."""
         if not raw:
             return None
         record = {text(k): _dec(text(k), v) for k, v in raw.items()}
@@ -322,9 +344,7 @@ class Jobs:
             if record["expires_at"] <= time.time():
                 return None  # expired: the sweep deletes it (and its artifacts) within a minute
         record["params"] = json.loads(record.get("params") or "{}")
-        if "webhook" in record:  # its deliveries so far: time, event, status or error, next retry
-            record["webhook_attempts"] = outbox.attempts(self.r, job_id)
-        work = {text(k): int(v) for k, v in self.r.hgetall(f"{_key(job_id)}:work").items()}
+        work = {text(k): int(v) for k, v in work_raw.items()}
         frames_done = sum(v for k, v in work.items() if k.startswith("segment"))
         total = int(record.get("work_total") or 0)
         done = record.get("work_done")
@@ -332,10 +352,7 @@ class Jobs:
         record["work_done"] = done
         record["frames_done"] = frames_done
         record["progress"] = round(done / total, 4) if total else 0.0
-        record["queue_position"] = None
-        if record["state"] == QUEUED:
-            rank = self.r.zrank(self.QUEUED_SET, job_id)
-            record["queue_position"] = rank + 1 if isinstance(rank, int) else None
+        record["queue_position"] = rank + 1 if record["state"] == QUEUED and isinstance(rank, int) else None
         record["eta_seconds"] = self._eta(record, total - done)
         if record["state"] == RUNNING and record.get("encode_stage"):
             record["stage"] = f"{record['stage']}; {record['encode_stage']}"
@@ -355,22 +372,16 @@ class Jobs:
         return round(steps_left * float(per_step) + frames_left * per_frame, 1)
 
     def recent(self, limit: int = 20, owner: str | None = None) -> list[dict]:
-        """The newest ``limit`` jobs (of ``owner`` only, when given), newest first: ``limit`` reads
+        """The newest ``limit`` jobs (of ``owner`` only, when given), newest first: two round trips
         whatever the count. Ids whose record has expired are skipped, and dropped from an owner's
         index; the index of every job is the sweep's to trim (``lost`` walks it)."""
         index = self.ALL_SET if owner is None else self.owned_set(owner)
-        records: list[dict] = []
-        expired: list[str] = []
-        for raw in self.r.zrevrange(index, 0, limit - 1):
-            job_id = text(raw)
-            record = self.get(job_id)
-            if record:
-                records.append(record)
-            else:
-                expired.append(job_id)
+        ids = [text(raw) for raw in self.r.zrevrange(index, 0, limit - 1)]
+        found = self.get_many(ids) if ids else []
+        expired = [job_id for job_id, record in zip(ids, found) if record is None]
         if expired and owner is not None:
             self.r.zrem(index, *expired)
-        return records
+        return [record for record in found if record is not None]
 
     def unfinished(self, submitter: str) -> int:
         """How many of ``submitter``'s jobs have not ended: the size of its index, one command

@@ -107,4 +107,14 @@ def deliver(client: redis.Redis, delivery_id: str, secret: str, allow: frozenset
 
 def attempts(client: redis.Redis, job_id: str) -> list[dict]:
     """The job's delivery attempts, oldest first (the newest ``KEEP_ATTEMPTS``)."""
-    return [json.loads(item) for item in client.lrange(attempts_key(job_id), 0, -1)]
+    return parse_attempts(client.lrange(attempts_key(job_id), 0, -1))
+
+
+def add_attempts(p: redis.client.Pipeline, job_id: str) -> None:
+    """Queue the read of ``attempts`` on the pipeline ``p`` (a list of jobs read in one round trip);
+    ``parse_attempts`` turns its reply into the attempts."""
+    p.lrange(attempts_key(job_id), 0, -1)  # at most KEEP_ATTEMPTS: the list is trimmed at each attempt
+
+
+def parse_attempts(items: list) -> list[dict]:
+    return [json.loads(item) for item in items]
