@@ -100,18 +100,23 @@ def test_every_variable_is_one_field_and_every_field_one_variable():
 
 
 def test_the_worker_identity_is_read_from_its_variables(bare):
-    assert worker_identity() == WorkerIdentity(f"zoomq-{os.getpid()}@{socket.gethostname()}", (), 0)
+    assert worker_identity() == WorkerIdentity(f"zoomq-{os.getpid()}@{socket.gethostname()}", (), (0, 1))
     bare.setenv("ZOOMQ_WORKER_QUEUES", "a,b")
     assert worker_identity().queues == ("a", "b")
     bare.setenv("ZOOMQ_WORKER_QUEUES", " render.t2i , ,encode ")
     assert worker_identity().queues == ("render.t2i", "encode")
-    given = WorkerIdentity("w1@host", ("render.t2i", "split.t2i", "encode"), 3)
+    given = WorkerIdentity("w1@host", ("render.t2i", "split.t2i", "encode"), (3, 1))
     for name, value in given.environment().items():
         bare.setenv(name, value)
     assert worker_identity() == given
+    slots = WorkerIdentity("w2@host", ("render.t2i",), (1, 2))
+    assert slots.environment()["ZOOMQ_WORKER_CONCURRENCY"] == "1x2"
+    for name, value in slots.environment().items():
+        bare.setenv(name, value)
+    assert worker_identity() == slots
 
 
-@pytest.mark.parametrize("value", ["many", "-1", "2.5"])
+@pytest.mark.parametrize("value", ["many", "-1", "2.5", "1x0", "1x"])
 def test_a_bad_worker_concurrency_names_the_variable(bare, value):
     bare.setenv("ZOOMQ_WORKER_CONCURRENCY", value)
     with pytest.raises(InvalidParameter) as e:

@@ -65,6 +65,49 @@ def test_container_limits_bound_the_node(tmp_path):
     assert "by the cgroup cpu quota and cgroup memory limit" in sizing.choose(node, GiB).reason
 
 
-def test_bad_concurrency_names_the_option(capsys):
-    code, _, err = run_cli("worker", "--concurrency", "many", "--queues", "encode", capsys=capsys)
-    assert code == 2 and err.startswith("zoomq: error: --concurrency: must be auto or a whole number")
+@pytest.mark.parametrize("value", ["many", "0", "1x0", "2x", "x2", "1x2x3", "-1"])
+def test_bad_concurrency_names_the_option(capsys, value):
+    code, _, err = run_cli("worker", "--concurrency", value, "--queues", "encode", capsys=capsys)
+    assert code == 2 and err.startswith("zoomq: error: --concurrency: must be auto, a whole number")
+    assert "PxS" in err
+
+
+def test_concurrency_with_slots_parses_and_prints_back():
+    assert sizing.parse_concurrency("auto") is None
+    assert sizing.parse_concurrency("3") == sizing.Concurrency(3, 1)
+    assert sizing.parse_concurrency(" 1X4 ") == sizing.Concurrency(1, 4)
+    assert [str(sizing.Concurrency(*c)) for c in ((3, 1), (1, 4), (2, 2))] == ["3", "1x4", "2x2"]
+
+
+def test_slots_share_one_copy_of_the_weights(tmp_path):
+    """Each process holds its models once, each slot adds its working memory: 1x2 is estimated
+    well under two 1x1 processes, and the one-slot estimate is the measured 3.4 GiB as before."""
+    model = tmp_path / "m"
+    (model / "unet").mkdir(parents=True)
+    with open(model / "unet" / "openvino_model.bin", "wb") as f:
+        f.truncate(int(2.4 * GiB))
+    one = sizing.process_bytes([model], 1.0)
+    two_slots = sizing.process_bytes([model], 1.0, slots=2)
+    assert two_slots - one == sizing.SLOT_BYTES
+    assert two_slots < 0.7 * 2 * one
+
+
+@pytest.mark.parametrize("cores, free_gib, slots, expected", [
+    (2, 22, 2, (1, 2, 1)),     # this machine: one process, two slots of one thread
+    (16, 62, 4, (1, 4, 4)),    # 16 cores in 1 x 4 x 4
+    (32, 250, 2, (4, 2, 4)),   # 4 threads a slot: cores / (4 x 2) processes
+    (16, 5.5, 2, (1, 2, 8)),   # memory holds one process of two slots: threads share the cores out
+])
+def test_the_rule_can_plan_slots(cores, free_gib, slots, expected):
+    per_process = sizing.BASE_BYTES + slots * sizing.SLOT_BYTES + int(2.4 * GiB)
+    plan = sizing.choose(sizing.Node(cores, int(free_gib * GiB)), per_process, slots=slots)
+    assert (plan.processes, plan.slots, plan.threads) == expected
+    assert str(plan.concurrency) == (f"{expected[0]}x{slots}")
+    assert f"x {slots} slots x {expected[2]} threads" in plan.describe()
+    given = sizing.choose(sizing.Node(cores, int(free_gib * GiB)), per_process, processes=1, threads=1, slots=slots)
+    assert (given.processes, given.slots, given.threads) == (1, slots, 1)
+
+
+def test_processes_with_slots_are_refused_in_one_worker(capsys):
+    code, _, err = run_cli("worker", "--concurrency", "2x2", "--queues", "render", capsys=capsys)
+    assert code == 2 and "--concurrency 1x2" in err

@@ -252,8 +252,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "ZOOMQ_WORKER_CONCURRENCY",
         "0",
-        "The worker's number of pool processes, announced in the registry; 0: not known. Set by `zoomq worker` "
-        "for its pool processes; rarely set by hand.",
+        "The worker's pool processes, or `PxS`: P processes with S render slots each (threads sharing one "
+        "compiled model), announced in the registry; the slots also set the compiled models' OpenVINO streams; "
+        "0: not known. Set by `zoomq worker` (from `--concurrency`) for its pool processes; rarely set by hand.",
     ),
 )
 
@@ -339,12 +340,22 @@ class WorkerIdentity:
 
     name: str
     queues: tuple[str, ...]  # empty: not known (a plain `celery worker`)
-    concurrency: int  # 0: not known
+    concurrency: tuple[int, int]  # (processes, render slots in each); (0, 1): not known
+
+    @property
+    def processes(self) -> int:
+        return self.concurrency[0]
+
+    @property
+    def slots(self) -> int:
+        """Pieces each process renders at once, on one compiled copy of each model."""
+        return self.concurrency[1]
 
     def environment(self) -> dict[str, str]:
         """The variables that hand this identity to child processes: ``worker_identity()`` reads them back."""
+        concurrency = str(self.processes) if self.slots == 1 else f"{self.processes}x{self.slots}"
         return {"ZOOMQ_WORKER_NAME": self.name, "ZOOMQ_WORKER_QUEUES": ",".join(self.queues),
-                "ZOOMQ_WORKER_CONCURRENCY": str(self.concurrency)}
+                "ZOOMQ_WORKER_CONCURRENCY": concurrency}
 
 
 def _get(env: Environment, name: str) -> str:
@@ -524,8 +535,18 @@ def worker_identity() -> WorkerIdentity:
     return WorkerIdentity(
         name=_get(env, "ZOOMQ_WORKER_NAME") or f"zoomq-{os.getpid()}@{socket.gethostname()}",
         queues=tuple(q for q in (q.strip() for q in _get(env, "ZOOMQ_WORKER_QUEUES").split(",")) if q),
-        concurrency=_int(env, "ZOOMQ_WORKER_CONCURRENCY", 0),
+        concurrency=_worker_concurrency(env),
     )
+
+
+def _worker_concurrency(env: Environment) -> tuple[int, int]:
+    """(processes, slots) of ``ZOOMQ_WORKER_CONCURRENCY``: ``P`` (one slot each) or ``PxS``."""
+    raw = _get(env, "ZOOMQ_WORKER_CONCURRENCY")
+    found = re.fullmatch(r"([0-9]+)(?:[xX]([1-9][0-9]*))?", raw)
+    if found is None:
+        raise InvalidParameter("ZOOMQ_WORKER_CONCURRENCY", raw,
+                               "must be a whole number ≥ 0 of processes, or PxS (P processes with S slots each)")
+    return int(found[1]), int(found[2] or 1)
 
 
 def settings() -> Settings:

@@ -28,8 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="render, encode or both (default both); or webhooks alone: a light worker (threads, no "
                    "models) that delivers webhooks")
     p.add_argument("--concurrency", default="auto",
-                   help="worker processes, or auto (default): chosen from the cores and memory, and printed")
-    p.add_argument("--threads", type=int, help="OpenVINO threads per process (default: the cores shared out)")
+                   help="worker processes; PxS: P processes with S render slots each, sharing one compiled "
+                   "model per process; or auto (default): chosen from the cores and memory, and printed")
+    p.add_argument("--threads", type=int,
+                   help="OpenVINO threads per process, or per slot with slots (default: the cores shared out)")
     p.add_argument("--events", action="store_true", help="send task events, for Flower (celery flower)")
     p.add_argument("--name", help="worker name (default zoomq-<random>)")
     p.add_argument("--loglevel", default="INFO")
@@ -47,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
     if not kinds or set(kinds) - {RENDER_QUEUE, ENCODE_QUEUE}:
         raise InvalidParameter("queues", args.queues, "must be render, encode, render,encode or webhooks")
     s = settings()
-    processes = sizing.parse_concurrency(args.concurrency)
+    given = sizing.parse_concurrency(args.concurrency)
+    if given is not None and given.processes > 1 and given.slots > 1:
+        raise InvalidParameter("concurrency", args.concurrency, f"slots run in one process a worker: start "
+                               f"{given.processes} workers (containers, pods) with --concurrency 1x{given.slots}")
     if args.threads is not None and args.threads < 1:
         raise InvalidParameter("threads", args.threads, "must be at least 1")
     render = RENDER_QUEUE in kinds
@@ -59,21 +64,28 @@ def run(args: argparse.Namespace) -> int:
     if render and s.guidance_split:  # offers to run half of another worker's guided render
         queues += [split_queue(name) for name in models]
     threads = args.threads or s.threads or None  # the option, else ZOOMQ_THREADS
-    plan = sizing.for_worker(folders if render else [], s.inference_precision, processes, threads)
-    log.info("worker: %s%s", plan.describe(), " (--concurrency auto)" if processes is None else "")
-    if threads is not None or plan.processes > 1:
+    slots = given.slots if given is not None and render else 1
+    plan = sizing.for_worker(folders if render else [], s.inference_precision,
+                             given.processes if given is not None else None, threads, slots=slots)
+    log.info("worker: %s%s", plan.describe(), " (--concurrency auto)" if given is None else "")
+    if threads is not None or plan.processes > 1 or plan.slots > 1:
         # One process alone keeps OpenVINO's default (every core, pinned); several share the cores.
         os.environ["ZOOMQ_THREADS"] = str(plan.threads)
     name = f"{args.name or 'zoomq-' + uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-    os.environ.update(WorkerIdentity(name, tuple(queues), plan.processes).environment())  # for the pool processes
+    os.environ.update(WorkerIdentity(name, tuple(queues), (plan.processes, plan.slots)).environment())
 
     from zoomq.queue.connection import check
 
     check(s)  # a wrong password or TLS stops here, in one line; an unreachable Redis is waited for
     from zoomq.worker.tasks import app  # after the environment is set: the app reads it
 
+    # Slots are threads of one process (a threads pool), so they share its compiled models; a
+    # process that dies takes its slots' pieces with it, and their leases lapse for the watchdog to
+    # send them again, as for a lost node. Without slots, prefork: a lost child's task is requeued.
+    pool = ["--pool=threads", f"--concurrency={plan.slots}"] if plan.slots > 1 else [
+        "--pool=prefork", f"--concurrency={plan.processes}"]
     app.worker_main([
-        "worker", f"--loglevel={args.loglevel}", f"--concurrency={plan.processes}", "--pool=prefork",
+        "worker", f"--loglevel={args.loglevel}", *pool,
         "-Q", ",".join(queues), "-n", name, "--without-mingle", "--without-gossip",
         *(["--task-events"] if args.events else []),
     ])
@@ -86,9 +98,12 @@ def _webhooks(args: argparse.Namespace) -> int:
     from zoomq.queue.connection import check
 
     s = settings()
-    threads = sizing.parse_concurrency(args.concurrency) or 8
+    given = sizing.parse_concurrency(args.concurrency)
+    if given is not None and given.slots > 1:
+        raise InvalidParameter("concurrency", args.concurrency, "the webhook worker takes a number of threads")
+    threads = given.processes if given is not None else 8
     name = f"{args.name or 'zoomq-' + uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-    os.environ.update(WorkerIdentity(name, ("webhooks",), threads).environment())
+    os.environ.update(WorkerIdentity(name, ("webhooks",), (threads, 1)).environment())
     check(s)
     from zoomq.webhooks.delivery import WEBHOOK_QUEUE, app
 

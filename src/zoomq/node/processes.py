@@ -218,11 +218,11 @@ class RedisServer:
 
 
 class WorkerProcess:
-    """``zoomq worker`` as a subprocess in its own process group (a node); ``concurrency`` None
-    lets the worker choose (auto)."""
+    """``zoomq worker`` as a subprocess in its own process group (a node); ``concurrency``: processes,
+    or ``"PxS"`` (processes with render slots); None lets the worker choose (auto)."""
 
     def __init__(self, name: str, redis_url: str, models: list[Path], log_dir: Path, queues: str = "render,encode",
-                 concurrency: int | None = 1, threads: int | None = None, env: dict | None = None,
+                 concurrency: int | str | None = 1, threads: int | None = None, env: dict | None = None,
                  start_timeout: float = 120, events: bool = False, die_with_parent: bool = False):
         self.name = f"{name}@{socket.gethostname()}"
         self.log_path = Path(log_dir) / f"worker-{name}.log"
@@ -234,6 +234,7 @@ class WorkerProcess:
              *(["--threads", str(threads)] if threads else []), *(["--events"] if events else []),
              *(["--models", *map(str, models)] if models else [])],
             self.log, environment, die_with_parent)
+        self.slots = "x" in str(concurrency) and not str(concurrency).endswith("x1")  # a threads pool
         client = client_for(redis_url, environment.get("ZOOMQ_REDIS_CA", ""))
         _await_start(self.proc, lambda: client.exists(f"zoomq:worker:{self.name}"), start_timeout,
                      f"worker {name}", self.log_path)
@@ -250,7 +251,10 @@ class WorkerProcess:
             # To the parent alone: Celery's pool children die at SIGTERM, their tasks with them.
             os.kill(self.proc.pid, signal.SIGTERM)
             if not _wait(self.proc, grace, hurry):
-                os.kill(self.proc.pid, signal.SIGQUIT)  # the parent alone: it cancels its children's tasks
+                # Render slots are threads, which nothing can cancel (Celery's cold shutdown fails on
+                # them): the process is killed, and its pieces' leases lapse for the watchdog (or the
+                # stack's recovery at its next start) to send them again.
+                os.kill(self.proc.pid, signal.SIGKILL if self.slots else signal.SIGQUIT)
                 if not _wait(self.proc, 20):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                     self.proc.wait(timeout=10)

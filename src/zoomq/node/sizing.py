@@ -1,4 +1,4 @@
-"""How many worker processes, and how many OpenVINO threads each, a node should run.
+"""How many worker processes, render slots in each, and OpenVINO threads each slot, a node should run.
 
 The UNet is compute-bound, and several processes on a big node beat one process with every core:
 on 16-core Intel Xeons with the full-size 512 px UNet (bf16), UNet steps/s in total were 1.71 and
@@ -7,12 +7,16 @@ threads per process takes nearly all of that gain with half the processes of 8 x
 memory and each job finishing twice as soon. On 2 cores 1 x 2 and 2 x 1 are level (1.03x to 1.06x
 for 2 x 1), so small nodes keep one process with every core. Memory bounds the count: a process
 holding the 512 px model peaks near 3.4 GiB, and no more processes start than the memory holds.
+Render slots (``--concurrency PxS``) share one compiled copy of the weights per process, each slot
+adding only its working memory; ``auto`` keeps one slot a process until slots are measured to match
+processes on a quiet machine (``benchmarks/slots.py``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +25,8 @@ from zoomq.errors import InvalidParameter
 GiB = 2**30
 THREADS_PER_PROCESS = 4   # on nodes of at least MIN_CORES_TO_SPLIT cores
 MIN_CORES_TO_SPLIT = 8
-BASE_BYTES = 1 * GiB      # Python, torch, diffusers, OpenVINO and a render's activations
+BASE_BYTES = GiB // 2     # Python, torch, diffusers, OpenVINO: once a process
+SLOT_BYTES = GiB // 2     # one render's activations and infer requests: once a slot (an estimate, not yet measured)
 RESERVE_BYTES = 1 * GiB   # left to Redis, the web server and the system
 ENCODE_BYTES = GiB // 2   # a process that only encodes segments
 
@@ -34,14 +39,32 @@ class Node:
 
 
 @dataclass(frozen=True)
+class Concurrency:
+    """``--concurrency PxS``: P processes with S render slots each (a plain number: P processes, 1 slot)."""
+
+    processes: int
+    slots: int = 1
+
+    def __str__(self) -> str:
+        return str(self.processes) if self.slots == 1 else f"{self.processes}x{self.slots}"
+
+
+@dataclass(frozen=True)
 class Plan:
     processes: int
-    threads: int
-    per_process: int  # estimated peak bytes of one process
+    threads: int  # OpenVINO threads of each slot
+    per_process: int  # estimated peak bytes of one process, its slots included
     reason: str
+    slots: int = 1
+
+    @property
+    def concurrency(self) -> Concurrency:
+        return Concurrency(self.processes, self.slots)
 
     def describe(self) -> str:
-        return f"{self.processes} process{'es' if self.processes > 1 else ''} x {self.threads} threads ({self.reason})"
+        slots = f" x {self.slots} slots" if self.slots > 1 else ""
+        return (f"{self.processes} process{'es' if self.processes > 1 else ''}{slots} x {self.threads} threads "
+                f"({self.reason})")
 
 
 def _read(path: Path) -> str | None:
@@ -115,22 +138,28 @@ def model_bytes(folder: Path) -> int:
         p.stat().st_size for p in Path(folder).glob("*.bin"))
 
 
-def process_bytes(models: list[Path], factor: float) -> int:
-    """Estimated peak memory of one worker process holding ``models``. Calibrated on the measured
-    3.4 GiB of a process holding the full-size 512 px text-to-image model at bf16 (2.4 GiB of IR)."""
+def process_bytes(models: list[Path], factor: float, slots: int = 1) -> int:
+    """Estimated peak memory of one worker process holding ``models`` once, with ``slots`` render
+    slots. Calibrated on the measured 3.4 GiB of a one-slot process holding the full-size 512 px
+    text-to-image model at bf16 (2.4 GiB of IR); the split of the other 1 GiB between the process
+    and its slot is an estimate until slots are measured at full size."""
     if not models:
         return ENCODE_BYTES
-    return BASE_BYTES + int(factor * sum(model_bytes(m) for m in models))
+    return BASE_BYTES + slots * SLOT_BYTES + int(factor * sum(model_bytes(m) for m in models))
 
 
-def choose(node: Node, per_process: int, processes: int | None = None, threads: int | None = None) -> Plan:
-    """Processes x threads for a node. Unless given: 4 threads a process on nodes of 8 cores or
-    more (one process with every core below that), as many processes as the memory holds, at
-    least one; threads share the cores out between the processes."""
+def choose(node: Node, per_process: int, processes: int | None = None, threads: int | None = None,
+           slots: int = 1) -> Plan:
+    """Processes x slots x threads for a node; ``per_process``: the bytes of one process with its
+    ``slots``. Unless given: 4 threads a slot on nodes of 8 cores or more (one process with every
+    core below that), as many processes as the memory holds, at least one; threads share the cores
+    out between every slot of every process."""
     notes = []
     if processes is None:
         if threads is not None:
-            wanted = max(1, node.cores // threads)
+            wanted = max(1, node.cores // (threads * slots))
+        elif slots > 1:
+            wanted = max(1, node.cores // (THREADS_PER_PROCESS * slots)) if node.cores >= MIN_CORES_TO_SPLIT else 1
         else:
             wanted = node.cores // THREADS_PER_PROCESS if node.cores >= MIN_CORES_TO_SPLIT else 1
         fits = max(0, node.memory - RESERVE_BYTES) // per_process
@@ -142,28 +171,35 @@ def choose(node: Node, per_process: int, processes: int | None = None, threads: 
     else:
         notes.append("processes as given")
     if threads is None:
-        threads = max(1, node.cores // processes)
+        threads = max(1, node.cores // (processes * slots))
     else:
         notes.append("threads as given")
     reason = f"{node.cores} cores, {node.memory / GiB:.1f} GiB free, ~{per_process / GiB:.1f} GiB a process"
     if node.limits:
         reason += f" (by the {' and '.join(node.limits)})"
-    return Plan(processes, threads, per_process, "; ".join([reason, *notes]))
+    return Plan(processes, threads, per_process, "; ".join([reason, *notes]), slots)
 
 
 def for_worker(models: list[Path], precision: str, processes: int | None = None,
-               threads: int | None = None, node: Node | None = None) -> Plan:
-    """The plan for a worker serving ``models`` on this node (or ``node``)."""
+               threads: int | None = None, node: Node | None = None, slots: int = 1) -> Plan:
+    """The plan for a worker serving ``models`` on this node (or ``node``), ``slots`` a process."""
     from zoomq.render.precision import cpu_flags  # reads /proc/cpuinfo; imports no OpenVINO
 
-    per_process = process_bytes(models, weights_factor(precision, *cpu_flags()))
-    return choose(node or this_node(), per_process, processes, threads)
+    per_process = process_bytes(models, weights_factor(precision, *cpu_flags()), slots)
+    return choose(node or this_node(), per_process, processes, threads, slots)
 
 
-def parse_concurrency(value: str) -> int | None:
-    """``auto`` (None: choose from the node) or a whole number of processes ≥ 1."""
-    if str(value).strip().lower() == "auto":
+_SHAPE = re.compile(r"([0-9]+)(?:x([0-9]+))?")
+
+
+def parse_concurrency(value: str) -> Concurrency | None:
+    """``auto`` (None: choose from the node), a whole number of processes ≥ 1, or ``PxS``: P
+    processes with S render slots each."""
+    text = str(value).strip().lower()
+    if text == "auto":
         return None
-    if not str(value).strip().isdigit() or int(value) < 1:
-        raise InvalidParameter("concurrency", value, "must be auto or a whole number ≥ 1")
-    return int(value)
+    shape = _SHAPE.fullmatch(text)
+    if shape is None or int(shape[1]) < 1 or int(shape[2] or 1) < 1:
+        raise InvalidParameter("concurrency", value, "must be auto, a whole number ≥ 1 of processes, or PxS "
+                               "(P processes with S render slots each, e.g. 1x2)")
+    return Concurrency(int(shape[1]), int(shape[2] or 1))

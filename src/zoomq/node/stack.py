@@ -41,6 +41,7 @@ class StackOptions:
     port: int = 8000
     port_fallback: bool = False   # take a free port when ``port`` is taken (the demo), instead of failing
     processes: int | None = None  # None: auto (zoomq.node.sizing)
+    slots: int = 1                # render slots in each worker process (--concurrency PxS)
     threads: int | None = None
     grace: float = 30.0           # seconds running pieces get to finish at a stop before they are requeued
     web_workers: int = 2
@@ -133,9 +134,10 @@ class Stack:
         if self.worker is not None:
             self.worker.stop()  # what is left of one that exited: its pool, its log
         if self.plan is None:
-            self.plan = sizing.for_worker(self.models, self.settings.inference_precision, o.processes, o.threads)
+            self.plan = sizing.for_worker(self.models, self.settings.inference_precision, o.processes, o.threads,
+                                          slots=o.slots)
         self.worker = WorkerProcess(self.worker_name, self.redis_url, self.models, self.logs,
-                                    concurrency=self.plan.processes, threads=o.threads, env=o.worker_env,
+                                    concurrency=str(self.plan.concurrency), threads=o.threads, env=o.worker_env,
                                     events=o.events, start_timeout=300, die_with_parent=True)
         names = ", ".join(m.name for m in self.models)
         self.say(f"workers  ready  {self.worker.name}: {self.plan.describe()}; models {names}")

@@ -30,15 +30,19 @@ def core() -> ov.Core:
         return _core
 
 
-def compile_config(s: Settings, cache: bool = True) -> dict:
-    """OpenVINO compile properties for the settings (latency, precision, threads, cache)."""
+def compile_config(s: Settings, cache: bool = True, streams: int = 1) -> dict:
+    """OpenVINO compile properties for the settings (latency, precision, threads, cache). With
+    ``streams`` > 1 (a worker's render slots) the model runs that many infer requests at once,
+    each stream with ``ZOOMQ_THREADS`` threads of its own, on one copy of the weights."""
     config: dict[str, str | int | bool] = {"PERFORMANCE_HINT": "LATENCY"}
+    if streams > 1:
+        config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=streams)
     if cache:
         config["CACHE_DIR"] = str(s.ov_cache_dir)
     if s.inference_precision != "auto":
         config["INFERENCE_PRECISION_HINT"] = s.inference_precision
     if s.threads:
-        config["INFERENCE_NUM_THREADS"] = s.threads
+        config["INFERENCE_NUM_THREADS"] = s.threads * streams
         # With a thread count set, several worker processes share the node. OpenVINO would pin
         # each process's threads to the first cores, all on the same ones: measured here, two
         # 1-thread workers ran each job 2x slower, no faster in total than one. Let the OS spread them.
@@ -47,11 +51,14 @@ def compile_config(s: Settings, cache: bool = True) -> dict:
 
 
 class CompiledParts:
-    """Compiled sub-models of one prepared model folder, one per (part, shape)."""
+    """Compiled sub-models of one prepared model folder, one per (part, shape). Thread-safe: each
+    ``run`` makes its own infer request, so a worker's render slots share every compiled model
+    (``streams``: how many run at once, see ``compile_config``)."""
 
-    def __init__(self, folder: Path, settings: Settings):
+    def __init__(self, folder: Path, settings: Settings, streams: int = 1):
         self.folder = Path(folder)
         self.settings = settings
+        self.streams = streams
         self._models: dict[str, ov.Model] = {}
         self._compiled: dict[tuple, ov.CompiledModel] = {}
         self._lock = threading.Lock()
@@ -72,7 +79,7 @@ class CompiledParts:
                     mapped.append(self.settings.ov_cache_dir)
                 with file_pages.kept_out(mapped):
                     self._compiled[key] = core().compile_model(static, self.settings.device,
-                                                               compile_config(self.settings, cache=cache))
+                                                               compile_config(self.settings, cache, self.streams))
             return self._compiled[key]
 
     @property

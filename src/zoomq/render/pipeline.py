@@ -11,6 +11,7 @@ import inspect
 import json
 import logging
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,9 @@ class Denoiser:
 
 
 class Renderer:
-    """A prepared model ready to render; compiles each sub-model once per shape and keeps it."""
+    """A prepared model ready to render; compiles each sub-model once per shape and keeps it.
+    Several threads (a worker's render slots) may render at once: each render makes its own
+    scheduler, generator, UNet call and infer requests; the shared parts are read-only or locked."""
 
     def __init__(self, model_dir: Path | str, settings: Settings | None = None,
                  parts: CompiledParts | None = None):
@@ -183,8 +186,10 @@ class Renderer:
         elif (parts.folder, parts.settings) != (self.folder, self.settings):
             raise ValueError(f"compiled parts of {parts.folder} do not match the model {self.folder} and its settings")
         self.parts = parts
-        self.tokenizer = CLIPTokenizer.from_pretrained(self.folder / "tokenizer")
+        self._per_thread = threading.local()
+        self.tokenizer  # noqa: B018 — loaded now: a bad tokenizer folder fails here, not in a render
         self._embeddings: dict[str, tuple[np.ndarray, list[str]]] = {}
+        self._embeddings_lock = threading.Lock()
         self.scheduler_config = json.loads((self.folder / "scheduler" / "scheduler_config.json").read_text())
         #: image pixels per latent pixel along a side, from the model's own VAE (8 in every SD2 model)
         self.latent_factor = self.manifest.latent_factor
@@ -192,6 +197,15 @@ class Renderer:
         self.mask_processor = VaeImageProcessor(
             vae_scale_factor=self.latent_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True
         )
+
+    @property
+    def tokenizer(self) -> CLIPTokenizer:
+        """This thread's tokenizer: the Rust tokenizer behind it sets its padding and truncation on
+        each call, and raises "Already borrowed" when two threads (render slots) call it at once."""
+        tokenizer = getattr(self._per_thread, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = self._per_thread.tokenizer = CLIPTokenizer.from_pretrained(self.folder / "tokenizer")
+        return tokenizer
 
     @property
     def task(self) -> str:
@@ -218,16 +232,20 @@ class Renderer:
     def encode_text(self, text: str, warnings: list[str] | None = None, shared: TextCache | None = None) -> np.ndarray:
         """Text embedding of one prompt, shape (1, 77, hidden). Recent prompts are kept in this
         process; ``shared`` also lends and takes embeddings across processes (a zoom job's workers)."""
-        if text not in self._embeddings:
+        with self._embeddings_lock:  # a worker's render slots share this renderer
+            kept = self._embeddings.get(text)
+        if kept is None:
             notes: list[str] = []
             ids = self._tokens(text, notes)
             embeds = shared.get(text) if shared is not None else None
             if embeds is None:
                 embeds = self.parts.run("text_encoder", input_ids=ids)
-            self._embeddings[text] = (embeds, notes)
-            while len(self._embeddings) > _EMBEDDINGS_KEPT:
-                self._embeddings.pop(next(iter(self._embeddings)))
-        embeds, notes = self._embeddings[text]
+            kept = (embeds, notes)
+            with self._embeddings_lock:
+                self._embeddings[text] = kept
+                while len(self._embeddings) > _EMBEDDINGS_KEPT:
+                    self._embeddings.pop(next(iter(self._embeddings)))
+        embeds, notes = kept
         if shared is not None:
             shared.put(text, embeds)
         if warnings is not None:

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from zoomq.config import Settings
 CANDIDATES = ("f32", "bf16")
 MARGIN = 0.05  # bf16 rounds the picture a little: take it only when it is clearly faster
 _resolved: dict[str, str] = {}
+_resolving = threading.Lock()
 
 
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
@@ -119,6 +121,11 @@ def resolve(s: Settings) -> str:
     """The precision to compile with: the setting itself, or for ``auto`` the measured winner."""
     if s.inference_precision != "auto":
         return s.inference_precision
+    with _resolving:  # a worker's render slots ask at once: one measures, the others wait for it
+        return _resolve(s)
+
+
+def _resolve(s: Settings) -> str:
     key = _key(s)
     if key in _resolved:
         return _resolved[key]

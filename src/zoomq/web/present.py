@@ -62,7 +62,7 @@ def health(producer: Producer) -> dict:
         "ok": bool(workers),
         "broker": {"reachable": True, "url": redacted(producer.settings.redis_url)},
         "workers": [{"name": w["name"], "host": w.get("host"), "queues": w.get("queues", []),
-                     "concurrency": w.get("concurrency"), "seen": w.get("seen"),
+                     "concurrency": w.get("concurrency"), "slots": w.get("slots", 1), "seen": w.get("seen"),
                      "models": {name: {"task": m["task"], "native_size": m["native_size"]}
                                 for name, m in w.get("models", {}).items()}} for w in workers],
         "models": sorted({m for w in workers for m in w.get("models", {})}),

@@ -47,7 +47,7 @@ def _start_polling(sender=None, **_) -> None:
     s = config.settings()
     client = connection.client(s)
     identity = worker_identity()
-    info = {"models": {}, "queues": list(identity.queues) or [WEBHOOK_QUEUE], "concurrency": identity.concurrency}
+    info = {"models": {}, "queues": list(identity.queues) or [WEBHOOK_QUEUE], "concurrency": identity.processes}
 
     def loop() -> None:
         next_announce = 0.0

@@ -133,7 +133,7 @@ def helping(client: redis.Redis) -> Counter:
 
 def idle_helpers(client: redis.Redis, model: str) -> list[str]:
     """Live workers that could help a render of ``model`` now: they consume ``split.<model>``,
-    have a process to spare (their concurrency less their running pieces and helps), and nothing
+    have a slot to spare (their processes x slots less their running pieces and helps), and nothing
     waits in the render queue of any model they serve (they will take that first: throughput)."""
     from zoomq.worker.lease import RUNNING_PIECES
 
@@ -149,7 +149,7 @@ def idle_helpers(client: redis.Redis, model: str) -> list[str]:
             p.llen(q)
         waiting = dict(zip(waiting_in, p.execute()))
     return [w["name"] for w in candidates
-            if max(1, int(w.get("concurrency") or 1)) > busy[w["name"]]
+            if max(1, int(w.get("concurrency") or 1)) * max(1, int(w.get("slots") or 1)) > busy[w["name"]]
             and not any(waiting[render_queue(m)] for m in w.get("models", {}))]
 
 

@@ -56,7 +56,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Context:
-    """What a piece needs from its worker process; made once per process."""
+    """What a piece needs from its worker process; made once per process and shared by its render
+    slots (threads): each piece keeps its own state (lease, progress, preview, UNet call), only the
+    compiled models and renderers are shared."""
 
     settings: Settings
     redis: redis.Redis
@@ -65,9 +67,11 @@ class Context:
     worker: str
     models: dict[str, dict]
     send: Callable[[str, list, str], None]  # (task name, args, queue)
+    slots: int = 1  # pieces this process renders at once: the compiled models' OpenVINO streams
     renderers: dict[str, Renderer] = field(default_factory=dict)
     parts: dict[str, CompiledParts] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _renderers_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _served(self, model: str) -> Path:
         if model not in self.models:
@@ -79,15 +83,19 @@ class Context:
         folder = self._served(model)
         with self._lock:
             if model not in self.parts:
-                self.parts[model] = CompiledParts(mf.read(folder).folder, precision.applied(self.settings))
+                self.parts[model] = CompiledParts(mf.read(folder).folder, precision.applied(self.settings),
+                                                  self.slots)
             return self.parts[model]
 
     def renderer(self, model: str) -> Renderer:
-        if model not in self.renderers:
-            from zoomq.render.pipeline import Renderer  # torch and diffusers: not before they are needed
+        """The model's renderer, one per process whatever its slots (its compiled models shared)."""
+        parts = self.compiled_parts(model)
+        with self._renderers_lock:
+            if model not in self.renderers:
+                from zoomq.render.pipeline import Renderer  # torch and diffusers: not before they are needed
 
-            self.renderers[model] = Renderer(self._served(model), self.settings, self.compiled_parts(model))
-        return self.renderers[model]
+                self.renderers[model] = Renderer(self._served(model), self.settings, parts)
+            return self.renderers[model]
 
 
 # -- leases and heartbeats ------------------------------------------------------------------

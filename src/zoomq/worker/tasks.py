@@ -32,6 +32,7 @@ app = make_app()
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError, ArtifactStoreUnreachable)
 
 _context: pieces.Context | None = None
+_context_lock = threading.Lock()  # render slots are threads: the first piece of each asks at once
 
 
 def worker_name() -> str:
@@ -52,19 +53,21 @@ def send(task: str, args: list, queue: str) -> None:
 def context() -> pieces.Context:
     """This process's context, made on first use (after the fork: no OpenVINO before it)."""
     global _context
-    if _context is None:
-        s = config.settings()
-        client = connection.client(s)
-        _context = pieces.Context(
-            settings=s,
-            redis=client,
-            jobs=job_records.Jobs(client, s.job_ttl),
-            store=open_store(s, client),
-            worker=worker_name(),
-            models=registry.describe_models(list(s.models)),
-            send=send,
-        )
-    return _context
+    with _context_lock:
+        if _context is None:
+            s = config.settings()
+            client = connection.client(s)
+            _context = pieces.Context(
+                settings=s,
+                redis=client,
+                jobs=job_records.Jobs(client, s.job_ttl),
+                store=open_store(s, client),
+                worker=worker_name(),
+                models=registry.describe_models(list(s.models)),
+                send=send,
+                slots=worker_identity().slots,
+            )
+        return _context
 
 
 @signals.after_setup_logger.connect
@@ -87,7 +90,8 @@ def _banner(instance=None, **_) -> None:
 
 @signals.worker_process_init.connect
 def _warm_up(**_) -> None:
-    """Each pool process compiles its models in the background as it starts (``ZOOMQ_WARMUP``)."""
+    """Each pool process compiles its models in the background as it starts (``ZOOMQ_WARMUP``).
+    A worker with render slots (a threads pool, no pool processes) warms up in ``_start_background``."""
     if config.settings().warmup:
         warmup.start(context())
 
@@ -194,8 +198,10 @@ def _start_background(sender=None, **_):
     identity = worker_identity()
     name = identity.name
     models = registry.describe_models(list(s.models))
-    info = {"models": models, "queues": list(identity.queues), "concurrency": identity.concurrency,
-            "threads": s.threads}
+    info = {"models": models, "queues": list(identity.queues), "concurrency": identity.processes,
+            "slots": identity.slots, "threads": s.threads}
+    if identity.slots > 1 and s.warmup:  # the slots are this process's threads: it renders, so it warms up
+        warmup.start(context())
     jobs = job_records.Jobs(client, s.job_ttl)
     interval = max(2.0, s.stale_after / 4)
     where = retention.stores(s, client)

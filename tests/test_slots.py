@@ -1,0 +1,85 @@
+"""Render slots (``zoomq worker --concurrency 1x2``): one worker process renders two pieces at once on
+one compiled model, each as a 1x1 worker would; a slot that fails leaves the other rendering; a
+process killed with both slots busy loses neither piece."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from support.cluster import wait_for
+from zoomq import config
+from zoomq.producer import Producer
+from zoomq.render.pipeline import Renderer
+from zoomq.render.request import RenderRequest
+from zoomq.worker.lease import RUNNING_PIECES
+
+# At the model's native size, which the worker's warm-up compiles: no other compile to wait for.
+LONG: dict = dict(width=256, height=256, steps=10)  # seconds in a slot: long enough to overlap another piece
+SHORT: dict = dict(width=256, height=256, steps=2)
+
+
+@pytest.fixture
+def reference(tiny_t2i):
+    """``reference(prompt, seed, **params)``: the PNG's pixels as a 1x1 worker renders them (one
+    OpenVINO thread, this process)."""
+    renderer = Renderer(tiny_t2i, replace(config.settings(), threads=1))
+
+    def render(prompt: str, seed: int, **params) -> np.ndarray:
+        return np.asarray(renderer.render(RenderRequest(prompt, seed=seed, **params)).image)
+
+    return render
+
+
+def pixels(producer: Producer, job: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(producer.result(job))).convert("RGB"))
+
+
+def both_running(producer: Producer) -> bool:
+    """Two pieces under way at once: two leases held, two entries in ``zoomq:running``."""
+    return producer.redis.hlen(RUNNING_PIECES) == 2
+
+
+def test_two_slots_render_at_once_alike_and_a_failing_slot_spares_the_other(cluster, tiny_t2i, reference):
+    producer = Producer()
+    long = producer.submit_image("a castle", model="t2i", seed=3, **LONG)
+    failing = producer.submit_image("x", model="t2i", seed=1, init_image=Image.new("RGB", (256, 256)), **SHORT)
+    producer.redis.delete(f"zoomq:artifact:{failing}/init.png")  # its piece raises in its slot
+    worker = cluster("slots", models=(tiny_t2i,), concurrency="1x2")  # both waiting: one in each slot
+    failed = producer.wait(failing, timeout=120)
+    assert failed["state"] == "failed" and "no longer in the artifact store" in failed["error"]
+    assert producer.jobs.state(long) == "running"  # the other slot renders on
+    short = producer.submit_image("a tower", model="t2i", seed=4, negative_prompt="fog", **SHORT)
+    wait_for(lambda: both_running(producer), 60, "the short job to start beside the long one")
+    records = {job: producer.wait(job, timeout=120) for job in (long, short)}
+    assert all(r["state"] == "done" for r in records.values()), records
+    assert max(r["started"] for r in records.values()) < min(r["finished"] for r in records.values())
+    assert {r["worker"] for r in records.values()} == {worker.name}
+    assert len({r["worker_pid"] for r in records.values()}) == 1  # one process, two slots
+    assert np.array_equal(pixels(producer, long), reference("a castle", 3, **LONG))
+    assert np.array_equal(pixels(producer, short), reference("a tower", 4, negative_prompt="fog", **SHORT))
+    entry = next(w for w in producer.workers() if w["name"] == worker.name)
+    assert (entry["concurrency"], entry["slots"]) == (1, 2)
+
+
+def test_a_killed_process_gives_back_both_slots_pieces(cluster, tiny_t2i, reference):
+    fast = {"ZOOMQ_STALE_AFTER": "4"}
+    producer = Producer()
+    jobs = {producer.submit_image(f"job {seed}", model="t2i", seed=seed, **LONG): seed for seed in (5, 6)}
+    first = cluster("first", models=(tiny_t2i,), concurrency="1x2", env=fast)
+    work = [f"zoomq:job:{job}:work" for job in jobs]
+    wait_for(lambda: both_running(producer) and all(int(producer.redis.hget(k, "image") or 0) >= 2 for k in work),
+             120, "both pieces to be under way")
+    first.kill_node()  # the process and both its slots at once: nothing acknowledges or requeues anything
+    cluster("second", models=(tiny_t2i,), concurrency="1x2", env=fast)
+    for job in jobs:
+        record = producer.wait(job, timeout=180)
+        assert record["state"] == "done", record.get("error")
+        assert record["worker"].startswith("second@")
+        assert producer.jobs.pieces(job)["image"]["starts"] >= 2
+    job, seed = next(iter(jobs.items()))  # rendered again from the start: as if never interrupted
+    assert np.array_equal(pixels(producer, job), reference(f"job {seed}", seed, **LONG))
