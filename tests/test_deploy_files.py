@@ -31,6 +31,7 @@ from support.cluster import Worker, wait_for
 from zoomq.config import VARIABLES
 from zoomq.node import sizing
 from zoomq.node.processes import free_port, redis_server_binary
+from zoomq.queue import sentinel
 from zoomq.queue.celery_app import render_queue
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +187,7 @@ def test_compose_keeps_secrets_off_command_lines(services):
 
 def test_compose_roles(services):
     s = services["services"]
-    assert set(s) == {"redis", "web", "worker", "encoder", "webhooks", "prepare", "flower"}
+    assert set(s) == {"redis", "web", "worker", "encoder", "webhooks", "prepare", "flower", *SENTINEL_SERVICES}
     assert not any("container_name" in service for service in s.values())  # --scale worker=N works
     redis_command = " ".join(s["redis"]["command"])
     assert "--appendonly yes" in redis_command and "--appendfsync everysec" in redis_command
@@ -204,6 +205,46 @@ def test_compose_roles(services):
         assert s[name]["environment"]["ZOOMQ_REDIS_URL"] == f"redis://:{PASSWORD}@redis:6379/0"
     assert s["prepare"]["profiles"] == ["prepare"] and s["prepare"]["entrypoint"] == ["zoomq", "prepare"]
     assert s["flower"]["profiles"] == ["flower"]
+
+
+SENTINEL_SERVICES = ("redis-primary", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3")
+
+
+def test_compose_sentinel_profile_fails_over_locked_down(services):
+    """The profile `sentinel`: a primary, a replica and three sentinels, published nowhere, with the
+    one password; zoomq's services use the sentinels when told, through a URL zoomq accepts."""
+    s = services["services"]
+    for name in SENTINEL_SERVICES:
+        assert s[name]["profiles"] == ["sentinel"] and not s[name].get("ports"), name
+        assert s[name]["environment"]["REDIS_PASSWORD"] == PASSWORD, name
+    sentinel_conf = s["sentinel-1"]["command"][-1]
+    assert "sentinel monitor zoomq redis-primary 6379 2" in sentinel_conf and "requirepass" in sentinel_conf
+    assert "sentinel auth-pass zoomq $$REDIS_PASSWORD" in sentinel_conf
+    server_conf = s["redis-primary"]["command"][-1]
+    assert 'rename-command MODULE ""' in server_conf and "--appendonly yes" in server_conf
+    assert "CONFIG" not in server_conf and "REPLICAOF \"\"" not in server_conf  # the sentinels need them
+    assert s["redis-replica"]["environment"]["REPLICAOF"] == "replicaof redis-primary 6379"
+    told = compose("--profile", "sentinel", "config", ZOOMQ_REDIS_SCHEME="sentinel",
+                   ZOOMQ_REDIS_ADDRESS="sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/zoomq/0")
+    assert told.returncode == 0, told.stderr
+    url = yaml.safe_load(told.stdout)["services"]["worker"]["environment"]["ZOOMQ_REDIS_URL"]
+    parsed = sentinel.parse(url, "shown")
+    assert parsed.password == PASSWORD and parsed.master == "zoomq"
+    assert {host for host, _ in parsed.sentinels} == {"sentinel-1", "sentinel-2", "sentinel-3"}
+
+
+def test_kubernetes_sentinel_values_name_what_zoomq_relies_on():
+    """The Bitnami chart's values: sentinels on under the master's name the documented URL uses, the
+    password from the zoomq-redis Secret (none in the file), AOF, a network policy."""
+    values = yaml.safe_load((K8S / "sentinel" / "values.yaml").read_text())
+    assert values["architecture"] == "replication" and values["sentinel"]["enabled"] is True
+    assert values["auth"] == {"enabled": True, "sentinel": True, "existingSecret": "zoomq-redis",
+                              "existingSecretPasswordKey": "password"}
+    assert "appendonly yes" in values["commonConfiguration"] and values["networkPolicy"]["enabled"] is True
+    readme = (K8S / "sentinel" / "README.md").read_text()
+    url = re.search(r"sentinel://\S+", readme)
+    assert url is not None and sentinel.parse(url[0], "shown").master == values["sentinel"]["masterSet"]
+    assert values["replica"]["replicaCount"] >= 3 and values["sentinel"]["quorum"] == 2
 
 
 def mounts(service: dict) -> list[tuple[str, str, str]]:
