@@ -13,7 +13,7 @@ from zoomq import config
 from zoomq.errors import InvalidParameter
 from zoomq.producer import Producer
 from zoomq.queue import stats
-from zoomq.queue.visibility import UNACKED_INDEX, HeldMessages
+from zoomq.queue.visibility import UNACKED_INDEX, renew
 
 TIMEOUT = 3  # seconds: the broker's visibility timeout here, and kombu's sweep every second
 SHORT = {"ZOOMQ_VISIBILITY_TIMEOUT": str(TIMEOUT), "ZOOMQ_HEARTBEAT": "1"}
@@ -56,17 +56,13 @@ def test_a_piece_longer_than_the_visibility_timeout_stays_with_its_worker(cluste
     assert producer.cancel(job)  # its render would take minutes; the takeover is what was tested
 
 
-def test_held_messages_are_renewed_until_acknowledged(server):
+def test_only_held_messages_are_renewed(server):
     client = server.client()
     client.zadd(UNACKED_INDEX, {"a": 1.0, "b": 1.0})
-    held = HeldMessages()
-    for tag in ("a", "b", "acked-already"):
-        held.add(tag)
-    assert held.refresh(client) == 2
-    assert all(time.time() - score < 5 for _, score in client.zrange(UNACKED_INDEX, 0, -1, withscores=True))
-    client.zrem(UNACKED_INDEX, "a")  # acknowledged (or given back) meanwhile
-    assert held.refresh(client) == 1 and len(held) == 1
-    assert client.zrange(UNACKED_INDEX, 0, -1) == [b"b"]  # never brought back
+    assert renew(client, ["a", "acked-already"], now=100.0) == 1
+    assert client.zrange(UNACKED_INDEX, 0, -1, withscores=True) == [(b"b", 1.0), (b"a", 100.0)]
+    assert not client.zscore(UNACKED_INDEX, "acked-already")  # never brought back
+    assert renew(client, [], now=200.0) == 0
 
 
 def test_a_visibility_timeout_within_three_heartbeats_is_refused(monkeypatch):

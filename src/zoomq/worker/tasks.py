@@ -15,6 +15,8 @@ from pathlib import Path
 
 import redis
 from celery import signals
+from celery.exceptions import Reject
+from celery.worker import state as worker_state
 from kombu.exceptions import OperationalError
 
 from zoomq import config, logs
@@ -126,8 +128,23 @@ def _model(ctx: pieces.Context, job_id: str) -> str:
     return str(job.get("model", "")) if job else ""
 
 
-_OPTIONS = dict(bind=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, retry_jitter=True,
-                max_retries=30)
+class _Requeuing(app.Task):  # type: ignore[name-defined]  # Celery's app-bound Task class
+    """A task whose retry could not be sent (Redis away, or loading its AOF after a restart) goes
+    back to its queue: Celery would drop it (``Reject(requeue=False)``), losing the job's piece.
+    Given back failing too, it stays unacknowledged and returns after the visibility timeout."""
+
+    def retry(self, *args, **kwargs):
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as e:
+            if e.requeue:
+                raise
+            log.warning("could not send the retry of %s (%s); giving it back to its queue", self.name, e.reason)
+            raise Reject(e.reason, requeue=True) from None
+
+
+_OPTIONS = dict(base=_Requeuing, bind=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60,
+                retry_jitter=True, max_retries=30)
 
 
 @app.task(name=TASK_IMAGE, **_OPTIONS)
@@ -180,15 +197,21 @@ def split_help(sid: str) -> None:
 # -- the worker's main process: announce models, watch for lost pieces -------------------------
 
 _stop = threading.Event()
-#: The broker messages this worker holds, kept from being handed to another worker while it lives.
-_held = visibility.HeldMessages()
 
 
-@signals.task_received.connect
-def _note_held(request=None, **_) -> None:
-    """In the main process, as each task message arrives (before it runs or waits its countdown)."""
-    if request is not None:
-        _held.add(request.message.delivery_tag)
+def _held_tags() -> list[str]:
+    """The delivery tags of the messages this worker holds unacknowledged: running, reserved, or
+    waiting out a countdown (Celery's own records; after a lost connection it forgets those it can
+    no longer acknowledge, and so do we). Read from another thread: a set that changes is read again."""
+    for _ in range(10):
+        try:
+            requests = [*worker_state.reserved_requests, *worker_state.scheduled_requests]
+            break
+        except RuntimeError:  # changed size while being read
+            continue
+    else:
+        return []
+    return [r.message.delivery_tag for r in requests if not r.acknowledged]
 
 
 @signals.worker_ready.connect
@@ -226,7 +249,7 @@ def _start_background(sender=None, **_):
     def keep_held() -> None:  # apart from loop(): a long watchdog scan or sweep must not delay it
         while not _stop.wait(s.heartbeat):
             try:
-                _held.refresh(client)
+                visibility.renew(client, _held_tags(), time.time())
             except redis.RedisError as e:
                 log.warning("cannot reach Redis to keep held tasks: %s", e)
 
