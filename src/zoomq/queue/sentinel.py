@@ -79,7 +79,7 @@ def parse(url: str, shown: str) -> SentinelURL:
     if not _MASTER.match(master):
         raise bad(f"the master name {master!r} may hold only letters, digits, '.', '_' and '-'")
     db_text = db_text.rstrip("/")
-    if db_text and not (db_text.isdigit() and int(db_text) < 16 and "/" not in db_text):
+    if db_text and not (db_text.isdigit() and int(db_text) < 16):
         raise bad(f"the database {db_text!r} after the master's name must be a number from 0 to 15")
     return SentinelURL(sentinels, master, int(db_text or 0), username, password, scheme.lower() == "sentinels")
 
