@@ -77,3 +77,24 @@ def test_bench_queue_writes_its_section(tmp_path, capsys, bench_models):
                             "zoom_1_worker_s", "two_by_one_jobs_per_s", "zoom_2_workers_s"}
     assert all(float(v) > 0 for v in figures.values()), figures
     assert float(figures["latency_median_ms"]) <= float(figures["latency_max_ms"])
+
+
+def test_bench_queue_control_plane_writes_its_figures(tmp_path, capsys):
+    """The control-plane part at two small counts (the real run is by hand: 200 and 20,000 jobs)."""
+    out = report_beside_another(tmp_path)
+    code, stdout, err = run_cli("bench", "queue", "--control-plane", "--jobs", "60,150", "--clients", "2",
+                                "--submits", "6", "--samples", "3", "--out", str(out), capsys=capsys)
+    assert code == 0, err
+    report = out.read_text()
+    assert "<!-- bench:queue -->\nqueue figures\n<!-- /bench:queue -->" in report  # another section, kept
+    start, end = "<!-- bench:queue-control-plane -->", "<!-- /bench:queue-control-plane -->"
+    part = report[report.index(start):report.index(end)]
+    assert "| 60 queued | 150 queued |" in part
+    figures = {k: float(v) for k, v in re.findall(r"^(\w+)\s+([0-9.]+)$", stdout, re.M)}
+    for path in ("health", "metrics", "overview", "list", "status"):
+        assert figures[f"{path}_60_median_ms"] <= figures[f"{path}_60_p95_ms"]
+        assert figures[f"{path}_60_commands"] == figures[f"{path}_150_commands"] > 0, path  # the same at both
+    assert figures["submit_60_per_s"] > 0 and figures["submit_150_commands"] > 0
+    assert figures["queued_job_bytes"] > figures["queued_job_record_bytes"] > 0
+    code, _, err = run_cli("bench", "queue", "--control-plane", "--jobs", "200,x", capsys=capsys)
+    assert code == 2 and "--jobs '200,x'" in err
