@@ -1,8 +1,11 @@
 """One measurement of a benchmark, in a process of its own: ``in_fresh_process(spec)``.
 
 Each engine and mode runs in a fresh process, so its peak RSS is its own and nothing it loaded
-helps the next one. ``python -m benchmarks.probe SPEC`` takes a JSON spec and prints one line
-``ZOOMQ-PROBE {...}`` with the figures (seconds, GFLOP/s, bytes). The spec's ``probe`` says which:
+helps the next one. The process is forked from a server that has only imported the libraries
+(PyTorch, diffusers, OpenVINO, zoomq's render core: about 7 s of CPU each time otherwise, the
+largest part of a miniature run); no figure includes an import. ``python -m benchmarks.probe SPEC``
+runs one spec by hand and prints one line ``ZOOMQ-PROBE {...}`` with the figures (seconds, GFLOP/s,
+bytes). The spec's ``probe`` says which:
 
 - ``render`` (the default; ``peer_render``): ``engine`` zoomq or diffusers, ``work`` ``unet`` (one
   UNet step, batch 2, at each size, after a warm-up), ``t2i`` (a whole text-to-image render after a
@@ -20,18 +23,22 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
+import multiprocessing.context
 import os
 import resource
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
+import traceback
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,22 +56,57 @@ GUIDANCE = 7.5
 TEXT_LEN = 77
 PARTS = ("text", "unet", "decoder")  # the networks a ``parts`` probe times (and the encoder where it runs)
 LINE = "ZOOMQ-PROBE "
-ROOT = Path(__file__).resolve().parent.parent  # where ``python -m benchmarks.probe`` is found
 
 
 # -- the parent's side ----------------------------------------------------------------------------
 
+# What the probes import, done once in the fork server: only imports, no thread pool or OpenVINO
+# core is started there, so forking it is safe.
+PRELOAD = ("torch", "openvino", "zoomq.render.pipeline",
+           "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+           "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint")
+
+
+def _context() -> multiprocessing.context.ForkServerContext:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))  # read when the server starts: at the first probe
+    return ctx
+
+
 def in_fresh_process(spec: dict) -> dict:
-    """Run one measurement in a new Python process; returns its figures."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.probe", json.dumps(spec)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
-    for line in proc.stdout.splitlines():
-        if line.startswith(LINE):
-            return json.loads(line[len(LINE):])
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    """Run one measurement in a new process (forked from the preloaded server, with this process's
+    environment as it is now); returns its figures."""
+    ctx = _context()
+    receive, send = ctx.Pipe(duplex=False)
+    with tempfile.NamedTemporaryFile(prefix="zoomq-probe-", suffix=".log") as log:
+        proc = ctx.Process(target=_child, args=(spec, dict(os.environ), log.name, send), daemon=True)
+        proc.start()
+        send.close()
+        try:
+            status, payload = receive.recv()
+        except EOFError:  # it died without a word: killed, out of memory, a crash in native code
+            status, payload = "died", ""
+        proc.join()
+        if status == "ok":
+            return payload
+        tail = "\n".join((payload or Path(log.name).read_text(errors="replace")).strip().splitlines()[-15:])
     raise RuntimeError(f"probe {spec.get('probe', 'render')} {spec['engine']}/{spec.get('work')} failed "
-                       f"(exit {proc.returncode}):\n{tail}")
+                       f"(exit {proc.exitcode}):\n{tail}")
+
+
+def _child(spec: dict, env: dict[str, str], log: str, send: Connection) -> None:
+    """The forked probe: the parent's environment, output to ``log`` (library chatter off the
+    parent's terminal), then the figures or the error's traceback back through ``send``."""
+    os.environ.clear()
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    warnings.filterwarnings("ignore")
+    try:
+        send.send(("ok", measure(spec)))
+    except BaseException:  # reported to the parent, which raises it
+        send.send(("error", traceback.format_exc()))
 
 
 def measure(spec: dict) -> dict:
