@@ -89,7 +89,7 @@ def _stack(args: argparse.Namespace, port_fallback: bool):
     exposure.check(s, [args.host], "--host", args.allow_anonymous)  # before anything starts
     given = sizing.parse_concurrency(args.concurrency)
     if given is not None and given.processes > 1 and given.slots > 1:
-        raise InvalidParameter("concurrency", args.concurrency, "slots run in one worker process: use "
+        raise InvalidParameter("concurrency", args.concurrency, "a worker with render slots is one process: use "
                                f"--concurrency 1x{given.slots}, or {given.processes} for processes")
     for name in ("threads", "web_workers"):
         value = getattr(args, name)

@@ -32,6 +32,7 @@ import redis
 from zoomq import config
 from zoomq.config import Settings
 from zoomq.errors import ZoomqError
+from zoomq.node import sizing
 from zoomq.queue.connection import client_for
 
 T = TypeVar("T")
@@ -234,7 +235,8 @@ class WorkerProcess:
              *(["--threads", str(threads)] if threads else []), *(["--events"] if events else []),
              *(["--models", *map(str, models)] if models else [])],
             self.log, environment, die_with_parent)
-        self.slots = "x" in str(concurrency) and not str(concurrency).endswith("x1")  # a threads pool
+        shape = sizing.parse_concurrency(str(concurrency or "auto"))
+        self.slots = shape is not None and shape.slots > 1  # a threads pool in one process
         client = client_for(redis_url, environment.get("ZOOMQ_REDIS_CA", ""))
         _await_start(self.proc, lambda: client.exists(f"zoomq:worker:{self.name}"), start_timeout,
                      f"worker {name}", self.log_path)
