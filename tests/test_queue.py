@@ -376,6 +376,22 @@ def test_a_zoom_encodes_each_prompt_once_across_workers(server, tiny_inpaint, mo
     assert all(producer.store.exists(pieces.keyframe_key(job, k)) for k in range(3))
 
 
+def test_a_done_piece_whose_lease_lapsed_leaves_no_running_entry(server):
+    """Found by the fleet soak: a piece that finished after its lease lapsed (a heartbeat late on a
+    loaded node) left its running entry, which the watchdog then sent again every stale period
+    until the job ended. Done, it removes it; not done, the entry stays for the watchdog."""
+    from zoomq.worker.lease import RUNNING_PIECES, Lease
+
+    client = server.client()
+    lease = Lease.claim(client, "job", "image", "me", ttl=60, entry={"task": "zoomq.image"})
+    client.delete(lease.key)  # lapsed, and nobody took it
+    assert not lease.release() and client.hexists(RUNNING_PIECES, "job|image")
+    assert lease.release(done=True) and not client.hexists(RUNNING_PIECES, "job|image")
+    other = Lease.claim(client, "job", "image", "other", ttl=60, entry={"task": "zoomq.image"})
+    assert not lease.release(done=True)  # taken by another: its lease and entry stay
+    assert other.held() and client.hexists(RUNNING_PIECES, "job|image")
+
+
 def test_a_worker_that_lost_its_lease_writes_nothing(server, tiny_inpaint, monkeypatch):
     """Cut off long enough for the watchdog to hand its keyframe to another worker, a worker that
     finishes anyway must not write its result, nor send the pieces after it, nor free the new

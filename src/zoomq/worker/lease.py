@@ -18,9 +18,11 @@ class Lease:
     """A worker's claim on a piece. ``check()`` before writing results: only the holder writes."""
 
     # Release only a lease that is still ours, and only then the piece's running entry (the next
-    # holder's entry has the same field).
+    # holder's entry has the same field) — or, once the piece is done, a lease that lapsed with no
+    # one taking it (a heartbeat late on a loaded node): its entry would be sent again until the job ends.
     _RELEASE = """
-    if redis.call('GET', KEYS[1]) == ARGV[1] then
+    local holder = redis.call('GET', KEYS[1])
+    if holder == ARGV[1] or (ARGV[3] == '1' and not holder) then
         redis.call('DEL', KEYS[1])
         redis.call('HDEL', KEYS[2], ARGV[2])
         return 1
@@ -49,9 +51,10 @@ class Lease:
         if not self.held():
             raise LeaseLost(f"{self.piece} of job {self.job_id} was handed to another worker; this result is dropped")
 
-    def release(self) -> bool:
+    def release(self, done: bool = False) -> bool:
+        """Give the piece up; ``done``: its result is written, so a lapsed lease goes too."""
         return bool(self.client.eval(self._RELEASE, 2, self.key, RUNNING_PIECES, self.holder,
-                                     running_field(self.job_id, self.piece)))
+                                     running_field(self.job_id, self.piece), int(done)))
 
 
 def lease_key(job_id: str, piece: str) -> str:

@@ -160,11 +160,13 @@ def _leased(ctx: Context, job_id: str, piece: str, task: str, args: list, queue:
         except redis.RedisError as e:  # the task itself will meet the error; just keep beating
             log.warning("heartbeat of %s failed: %s", piece, e)
 
+    done = False
     try:
         with repeating(ctx.settings.heartbeat, beat, f"heartbeat {piece}"):
             yield lease
+        done = True  # the block ended normally: its result is written
     finally:
-        lease.release()
+        lease.release(done)
 
 
 def _progress(ctx: Context, job_id: str, piece: str, stage: str, what: str = "step"):
