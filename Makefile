@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 MODELS ?= models
 OUT    ?= out
 
-.PHONY: demo test test-fast lint install tools clean docs
+.PHONY: demo test test-fast soak lint install tools clean docs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: $(STAMP) tools lint
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST) -m "not slow"
+
+# The fleet soak (tests/test_soak.py): 16 workers, 2,000 jobs, workers killed and Redis restarted;
+# tens of minutes on 2 cores, about 8 GB of memory. Deselected from every other run; prints its figures.
+soak: $(STAMP)
+	$(BIN)/python -m pytest -m soak -s tests/test_soak.py
 
 # Lint and types, configured in pyproject.toml; `make test` runs them first, so CI does.
 lint: $(STAMP)

@@ -25,3 +25,14 @@ def pytest_configure(config):
     # One cache per pytest-xdist process: two never write the same compile blob or precision file.
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     os.environ.setdefault("ZOOMQ_CACHE_DIR", str(Path(config.rootpath) / "build" / "test-cache" / worker))
+
+
+def pytest_collection_modifyitems(config, items):
+    """``soak`` tests (tens of minutes) run only where ``-m`` names them (``make soak``): deselected
+    from every other run, ``make test`` included, and counted as deselected."""
+    if "soak" in (config.option.markexpr or ""):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak")]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if not item.get_closest_marker("soak")]
