@@ -200,8 +200,9 @@ class Renderer:
 
     @property
     def tokenizer(self) -> CLIPTokenizer:
-        """This thread's tokenizer: the Rust tokenizer behind it sets its padding and truncation on
-        each call, and raises "Already borrowed" when two threads (render slots) call it at once."""
+        """This thread's tokenizer (one load per render slot): the Rust tokenizer behind it sets its
+        padding and truncation on each call, state that the tokenizers library does not promise to
+        keep apart between threads ("Already borrowed" errors); not seen here, not left to chance."""
         tokenizer = getattr(self._per_thread, "tokenizer", None)
         if tokenizer is None:
             tokenizer = self._per_thread.tokenizer = CLIPTokenizer.from_pretrained(self.folder / "tokenizer")
