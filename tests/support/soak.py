@@ -83,9 +83,13 @@ def run(plan: Plan, folder: Path, models: list[Path], timeout: float) -> Soak:
     lock = threading.Lock()
     names = iter(range(10_000))
 
-    def start() -> WorkerProcess:
+    def start() -> WorkerProcess | None:
         env = {"ZOOMQ_VISIBILITY_TIMEOUT": str(plan.visibility)}
-        worker = Worker(f"s{next(names)}", server.url, models, folder, env=env)
+        try:
+            worker = Worker(f"s{next(names)}", server.url, models, folder, env=env)
+        except Exception as e:  # noqa: BLE001 — a worker that cannot start is a finding, not a crash
+            out.problems.append(f"a worker did not start: {e}")
+            return None
         with lock:
             workers.append(worker)
         return worker
@@ -160,6 +164,8 @@ def _chaos(plan: Plan, rng: random.Random, server: RedisServer, client, workers:
             replacements[-1].start()
         if restarts and done >= restarts[0]:
             restarts.pop(0)
+            for thread in replacements:  # a worker starting waits on Redis: not while it is away
+                thread.join()
             segments.append((first, _info(client)))
             server.restart()  # SIGTERM: the AOF is flushed; the workers reconnect
             first = _info(client)

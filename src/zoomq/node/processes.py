@@ -361,6 +361,9 @@ def _await_start(proc: subprocess.Popen, ready: Callable[[], object], timeout: f
     except TimeoutError as e:
         _stop_group(proc)
         raise ZoomqError(f"{e}; see {log}") from None
+    except BaseException:  # the readiness check itself failed (its Redis went away): leave no child behind
+        _stop_group(proc)
+        raise
     if proc.poll() is not None:
         _reap_group(proc)
         raise ZoomqError(f"{what} exited at start (code {proc.returncode}); see {log}")
