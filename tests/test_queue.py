@@ -392,6 +392,25 @@ def test_a_done_piece_whose_lease_lapsed_leaves_no_running_entry(server):
     assert other.held() and client.hexists(RUNNING_PIECES, "job|image")
 
 
+def test_the_watchdog_never_writes_back_an_entry_that_moved_on(server):
+    """Found by the fleet soak: the watchdog read a running entry, the piece then ended and removed
+    it, and the watchdog wrote its stale copy back, to be sent again every stale period."""
+    from zoomq.worker.lease import RUNNING_PIECES, lease_key
+    from zoomq.worker.watchdog import mark_resent
+
+    client = server.client()
+    client.hset(RUNNING_PIECES, "job|image", b'{"a": 1}')
+    client.hdel(RUNNING_PIECES, "job|image")  # ended after the watchdog read it
+    assert not mark_resent(client, "job|image", b'{"a": 1}', {"a": 1, "resent": 1}, lease_key("job", "image"))
+    assert not client.hexists(RUNNING_PIECES, "job|image")
+    client.hset(RUNNING_PIECES, "job|image", b'{"a": 1}')
+    client.set(lease_key("job", "image"), "another")  # taken up meanwhile
+    assert not mark_resent(client, "job|image", b'{"a": 1}', {"a": 1, "resent": 1}, lease_key("job", "image"))
+    client.delete(lease_key("job", "image"))
+    assert mark_resent(client, "job|image", b'{"a": 1}', {"a": 1, "resent": 1}, lease_key("job", "image"))
+    assert client.hget(RUNNING_PIECES, "job|image") == b'{"a": 1, "resent": 1}'
+
+
 def test_a_worker_that_lost_its_lease_writes_nothing(server, tiny_inpaint, monkeypatch):
     """Cut off long enough for the watchdog to hand its keyframe to another worker, a worker that
     finishes anyway must not write its result, nor send the pieces after it, nor free the new

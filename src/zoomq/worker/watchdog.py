@@ -24,6 +24,23 @@ from zoomq.worker.lease import RUNNING_PIECES, lease_key
 log = logging.getLogger(__name__)
 LOCK = "zoomq:watchdog"
 
+# Mark an entry sent again only if it is still the one read and its piece still has no lease: a
+# piece that ended (or was taken) meanwhile removed or replaced it, and writing the stale copy back
+# would have it sent again every stale period until its job ends (seen in the fleet soak).
+_MARK = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] and redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+    return 1
+end
+return 0
+"""
+
+
+def mark_resent(client: redis.Redis, field: str, read: bytes | str, entry: dict, lease: str) -> bool:
+    """Write ``entry`` over the running entry ``field`` if it still holds ``read`` and ``lease`` is
+    unheld; False when the piece ended or moved on meanwhile (then it is not sent again)."""
+    return bool(client.eval(_MARK, 2, RUNNING_PIECES, lease, field, read, json.dumps(entry)))
+
 
 def scan(client: redis.Redis, jobs: Jobs, send: Callable[[str, list, str], None], stale_after: int,
          me: str, interval: float) -> list[str]:
@@ -44,7 +61,8 @@ def scan(client: redis.Redis, jobs: Jobs, send: Callable[[str, list, str], None]
         if time.time() - entry.get("resent", 0) < stale_after:
             continue  # sent again recently; give that task time to start
         entry["resent"] = time.time()
-        client.hset(RUNNING_PIECES, field, json.dumps(entry))
+        if not mark_resent(client, field, raw, entry, lease_key(job_id, piece)):
+            continue
         log.warning("%s of job %s lost its worker %s; sending it again", piece, job_id, entry.get("worker"))
         send(entry["task"], entry["args"], entry["queue"])
         stats.count_piece_resent(client, piece)
