@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from support.cluster import RedisServer, Worker
+from support.metrics import by, scrape
 from zoomq import logs
 from zoomq.config import settings
 from zoomq.errors import InvalidParameter
@@ -26,23 +26,6 @@ from zoomq.queue.celery_app import TASK_KEYFRAME, render_queue
 from zoomq.queue.job_records import Jobs
 from zoomq.web import create_app
 from zoomq.worker import lease, watchdog
-
-
-def scrape(client) -> dict[str, dict[tuple, float]]:
-    """GET /metrics, parsed: sample name → {sorted label pairs: value}."""
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/plain")
-    samples: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(response.get_data(as_text=True)):
-        for s in family.samples:
-            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return samples
-
-
-def by(samples: dict, name: str, label: str) -> dict[str, float]:
-    """The samples of ``name`` keyed by the value of its one label ``label``."""
-    return {dict(labels)[label]: value for labels, value in samples[name].items()}
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from support.cluster import RedisServer, Worker, wait_for
-from test_metrics import by, scrape
+from support.metrics import by, scrape
 from zoomq.config import settings
 from zoomq.node.processes import WorkerProcess
 from zoomq.producer import Producer
