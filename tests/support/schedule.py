@@ -15,16 +15,19 @@ from pathlib import Path
 
 SECONDS = {  # a test file's time on 2 cores, two files at once
     "test_full_size.py": 430,
-    "test_bench_render.py": 420,
+    "test_bench_render.py": 330,
     "test_up.py": 300,
     "test_network_hosts.py": 260,
     "test_queue.py": 250,
     "test_prepare.py": 250,
     "test_latent_factor.py": 150,
+    "test_soak.py": 130,
     "test_deepcache.py": 130,
     "test_zoom.py": 130,
     "test_parity.py": 100,
     "test_tiny_autoencoder.py": 90,
+    "test_sentinel.py": 70,
+    "test_slots.py": 70,
     "test_bench_scaling.py": 90,
     "test_web_browser.py": 90,
     "test_bench_deepcache.py": 80,
@@ -33,6 +36,7 @@ SECONDS = {  # a test file's time on 2 cores, two files at once
     "test_guidance_split.py": 80,
     "test_bench_queue.py": 70,
     "test_render.py": 60,
+    "test_visibility.py": 50,
 }
 
 
