@@ -99,8 +99,6 @@ def test_bench_render_writes_the_report(tmp_path, capsys, bench_models):
         assert (m["encoder"] > 0) == ("keyframe" in key), key  # a keyframe encodes the image to blend
     e2e = raw["worker"]
     assert 0 < e2e["best"] <= e2e["median"] and e2e["jobs"] == 3
-    tiny = raw["medians"][f"zoomq|{WORKLOADS[1].name}"]
-    assert e2e["best"] > tiny["render"] / 2  # the request includes a render of that kind
     (target,) = table(fast, "| target |")
     assert f"{e2e['median']:.2f} s" in target[2] and all(math.isfinite(x) for x in numbers(target[2]))
 
