@@ -35,7 +35,7 @@ from zoomq.producer import limits
 from zoomq.queue import fair, stats, usage
 from zoomq.queue.celery_app import TASK_IMAGE, TASK_KEYFRAME, TASK_SEGMENT, TASK_STITCH, render_queue
 from zoomq.queue.job_records import CANCELLED, ENDED, PREVIEW_NAME, Jobs, watched_key
-from zoomq.render import png, precision
+from zoomq.render import core_import, png, precision
 from zoomq.render.ov_models import CompiledParts
 from zoomq.render.request import RenderRequest, validate
 from zoomq.repeating import repeating
@@ -92,9 +92,9 @@ class Context:
         parts = self.compiled_parts(model)
         with self._renderers_lock:
             if model not in self.renderers:
-                from zoomq.render.pipeline import Renderer  # torch and diffusers: not before they are needed
-
-                self.renderers[model] = Renderer(self._served(model), self.settings, parts)
+                # torch and diffusers: not before they are needed
+                pipeline = core_import.import_render_core()
+                self.renderers[model] = pipeline.Renderer(self._served(model), self.settings, parts)
             return self.renderers[model]
 
 

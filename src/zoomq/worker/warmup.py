@@ -9,7 +9,6 @@ about 3 s and the compile 2.5 s; side by side, 4.6 s and 5.5 s.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -17,7 +16,7 @@ import time
 from zoomq.config import worker_identity
 from zoomq.model import manifest as mf
 from zoomq.queue.celery_app import render_queue
-from zoomq.render import precompile
+from zoomq.render import core_import, precompile, schedulers
 from zoomq.worker.pieces import Context
 
 log = logging.getLogger(__name__)
@@ -44,14 +43,18 @@ def _compile(ctx: Context, models: list[str]) -> None:
             log.info("model %s compiled for its default render in %.1f s", model, time.perf_counter() - start)
 
 
-def _import_render_core(encodes_images: bool) -> None:
+def _import_render_core(ctx: Context, models: list[str], encodes_images: bool) -> None:
     start = time.perf_counter()
     try:
-        pipeline = importlib.import_module("zoomq.render.pipeline")
+        pipeline = core_import.import_render_core()
         if encodes_images:
             pipeline.import_image_encoding()
+        for model in models:
+            # Its renderer, and its scheduler made once: diffusers' from_config imports the module of
+            # every scheduler compatible with it (scipy too), 0.6 s that the first render would wait for.
+            schedulers.make("default", ctx.renderer(model).scheduler_config)
     except Exception:  # the first render imports it again and reports the error there
-        log.exception("importing the render core failed")
+        log.exception("importing the render core or making a renderer failed")
     else:
         log.info("render core imported in %.1f s", time.perf_counter() - start)
 
@@ -62,8 +65,10 @@ def start(ctx: Context) -> list[threading.Thread]:
     if not models:
         return []
     inpainting = any(ctx.models[m]["task"] == "inpainting" for m in models)
+    log.info("warm-up of %s begins: compiling and importing the render core at once", ", ".join(models))
     threads = [threading.Thread(target=_compile, args=(ctx, models), name="zoomq warm-up", daemon=True),
-               threading.Thread(target=_import_render_core, args=(inpainting,), name="zoomq imports", daemon=True)]
+               threading.Thread(target=_import_render_core, args=(ctx, models, inpainting), name="zoomq imports",
+                                daemon=True)]
     for t in threads:
         t.start()
     return threads
