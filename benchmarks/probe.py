@@ -235,7 +235,7 @@ def _zoomq_unet_steps(renderer: Renderer, sizes: list[int]) -> dict:
         if size == 512:
             for label in ("unet_cache_store", "unet_cache_load"):
                 t0 = time.perf_counter()
-                CompiledParts(renderer.folder, replace(renderer.settings, compile_cache=True)).compiled("unet", shapes)
+                CompiledParts(renderer.folder, replace(renderer.settings, compile_cache="on")).compiled("unet", shapes)
                 out[label] = time.perf_counter() - t0
         rng = np.random.default_rng(SEED)
         inputs = {"sample": rng.standard_normal(shapes["sample"], dtype=np.float32),

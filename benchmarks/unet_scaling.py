@@ -64,7 +64,7 @@ def measure(folder: Path, threads: int, precision: str, *, latent: int, hidden: 
     from zoomq.model.manifest import feature_output_name, shallow_part_name
     from zoomq.render.ov_models import CompiledParts
 
-    s = replace(settings(), threads=threads, inference_precision=precision, compile_cache=False)
+    s = replace(settings(), threads=threads, inference_precision=precision, compile_cache="off")
     compiled = CompiledParts(folder, s)
     figures = {}
     for batch in (2, 1):
@@ -81,7 +81,7 @@ def _side_by_side_child(folder: str, threads: int, precision: str, latent: int, 
     from zoomq.config import settings
     from zoomq.render.ov_models import CompiledParts
 
-    s = replace(settings(), threads=threads, inference_precision=precision, compile_cache=False)
+    s = replace(settings(), threads=threads, inference_precision=precision, compile_cache="off")
     compiled = CompiledParts(Path(folder), s)
     inputs = _inputs(1, latent, hidden)
     compiled.run("unet", **inputs)  # compiles and allocates before the two start together

@@ -14,8 +14,11 @@ from PIL import Image, PngImagePlugin
 
 from support.cli import run_cli
 from support.images import psnr
+from zoomq.config import settings
 from zoomq.errors import InvalidParameter, RenderCancelled
-from zoomq.render import png
+from zoomq.model import manifest as mf
+from zoomq.render import ov_models, png, precompile
+from zoomq.render.ov_models import CompiledParts
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest
 
@@ -217,10 +220,42 @@ def test_foreign_miniature_model_with_v_prediction(tmp_path, capsys):
         assert psnr(ours.pixels, theirs) >= 40
 
 
-def test_compile_cache_is_off_on_cpu_unless_asked_for(tiny_t2i, tmp_path, monkeypatch):
+def test_by_default_the_compile_cache_keeps_the_warm_up_alone(tiny_t2i, tmp_path, monkeypatch):
     monkeypatch.setenv("ZOOMQ_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ZOOMQ_INFERENCE_PRECISION", "f32")
     Renderer(tiny_t2i).render(RenderRequest("a hill", steps=1, seed=1))
-    assert not list(tmp_path.glob("ov-cache/*/*.blob"))
+    assert not list(tmp_path.glob("ov-cache/*/*.blob"))  # a render's own compiles: one blob per size
+    parts = CompiledParts(tiny_t2i, settings())
+    precompile.compile_default(parts, mf.read(tiny_t2i))  # a worker's warm-up: bounded, one per model
+    warm = sorted(p.name for p in (tmp_path / "ov-cache" / "cpu-f32").glob("*.blob"))
+    assert len(warm) == 3  # text encoder, UNet, VAE decoder at the native size
+    again = CompiledParts(tiny_t2i, settings())
+    precompile.compile_default(again, mf.read(tiny_t2i))
+    assert all(again.compiled(part, shapes).get_property("LOADED_FROM_CACHE") is True
+               for part, shapes in precompile.default_shapes(mf.read(tiny_t2i)))
+    monkeypatch.setenv("ZOOMQ_COMPILE_CACHE", "off")
+    monkeypatch.setenv("ZOOMQ_CACHE_DIR", str(tmp_path / "off"))
+    precompile.compile_default(CompiledParts(tiny_t2i, settings()), mf.read(tiny_t2i))
+    assert not list((tmp_path / "off").glob("ov-cache/*/*.blob"))
+
+
+def test_an_unwritable_compile_cache_is_skipped_with_a_warning(tiny_t2i, tmp_path, monkeypatch, caplog):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")  # where the cache folder would be: even root cannot make it
+    monkeypatch.setenv("ZOOMQ_CACHE_DIR", str(blocked))
+    monkeypatch.setenv("ZOOMQ_COMPILE_CACHE", "on")
+    parts = CompiledParts(tiny_t2i, settings())
+    precompile.compile_default(parts, mf.read(tiny_t2i))
+    assert len(parts.compiled_shapes) == 3
+    assert "ZOOMQ_COMPILE_CACHE" in caplog.text and "not writable" in caplog.text
+    # A folder that fails between that check and the compile (removed, its disk gone): OpenVINO
+    # refuses the compile; it is made again without the cache.
+    monkeypatch.setattr(ov_models, "_cache_usable", lambda folder: True)
+    caplog.clear()
+    shapes = dict(precompile.default_shapes(mf.read(tiny_t2i)))["unet"]
+    unet = CompiledParts(tiny_t2i, settings()).compiled("unet", shapes)
+    assert unet.get_property("LOADED_FROM_CACHE") is False
+    assert "compiling it without the cache" in caplog.text
 
 
 def test_compiled_models_are_cached_on_disk_per_precision(tiny_t2i, tmp_path, monkeypatch):

@@ -44,10 +44,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "ZOOMQ_COMPILE_CACHE",
         "auto",
-        "Keep compiled models on disk for the next process: `on`, `off`, or `auto` (off on CPU, on other "
-        "devices). On CPU a cache hit still converts and repacks the weights, so it saves little: measured on a "
-        "Xeon with AMX, a worker's first step came 1.6 s sooner with a warm cache (7.8 s against 9.4), for a disk "
-        "blob as large as the model.",
+        "Keep compiled models on disk for the next process: `auto` keeps what a worker's warm-up compiles "
+        "(each model at its native size, default guidance: one blob about the size of its weights, for a "
+        "faster cold start); `on` keeps every shape any render compiles (a blob per size, so the folder grows "
+        "with the sizes asked for); `off` keeps none. Skipped, with a warning, where the folder is not writable.",
     ),
     Variable(
         "ZOOMQ_WARMUP",
@@ -308,7 +308,7 @@ class Settings:
     max_keyframes: int
     max_interpolation_frames: int
     max_frames: int
-    compile_cache: bool
+    compile_cache: str  # auto (the warm-up's shapes), on (every shape) or off
     warmup: bool
     previews: bool
     guidance_split: bool  # share guided steps with an idle worker (worker.split)
@@ -580,7 +580,7 @@ def _parse(env: Environment) -> Settings:
         guidance_split=split == "on",
         warmup=warmup == "on",
         previews=previews == "on",
-        compile_cache=cache == "on" or (cache == "auto" and device.upper() != "CPU"),
+        compile_cache=cache,
         device=device,
         inference_precision=precision,
         threads=_int(env, "ZOOMQ_THREADS", 0),

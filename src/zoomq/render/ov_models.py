@@ -1,14 +1,20 @@
 """The OpenVINO side of a prepared model: read the IR once, compile it per static shape, keep it.
 
 Static shapes run about twice as fast as dynamic ones on CPU, so each sub-model is reshaped to the
-exact batch and size of the render before compiling; a compiled model is kept per shape. The
-on-disk compile cache is used where it pays (``ZOOMQ_COMPILE_CACHE``): on CPU it does not. The
-mapped weight files are kept out of resident memory while and after compiling (``file_pages``).
+exact batch and size of the render before compiling; a compiled model is kept per shape. OpenVINO's
+on-disk compile cache keeps, by default, the shapes a worker's warm-up compiles, so the next worker on
+the node starts sooner (``ZOOMQ_COMPILE_CACHE``). The mapped weight files and cache blobs are kept out
+of resident memory while and after compiling (``file_pages``).
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +23,11 @@ import openvino as ov
 from zoomq.config import Settings
 from zoomq.render import file_pages
 
+log = logging.getLogger(__name__)
+
 _core_lock = threading.Lock()
 _core: ov.Core | None = None
+_unwritable: set[Path] = set()  # cache folders already warned about
 
 
 def core() -> ov.Core:
@@ -50,6 +59,42 @@ def compile_config(s: Settings, cache: bool = True, streams: int = 1) -> dict:
     return config
 
 
+def _cache_usable(folder: Path) -> bool:
+    """Whether the compile cache can be written in ``folder`` (made if missing); warns once if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK | os.X_OK):
+            return True
+    except OSError:
+        pass
+    with _core_lock:
+        if folder not in _unwritable:
+            _unwritable.add(folder)
+            log.warning("the compile cache folder %s is not writable: compiling without it "
+                        "(set ZOOMQ_CACHE_DIR to a writable folder, or ZOOMQ_COMPILE_CACHE=off)", folder)
+    return False
+
+
+@contextmanager
+def _cache_lock(folder: Path) -> Iterator[None]:
+    """Hold the node's lock on the compile cache ``folder`` for one compile. OpenVINO writes a blob in
+    place, and the blobs of two compiles of one model can differ in a few bytes, so two processes
+    storing the same blob at once could leave one mixed from both, which OpenVINO would load without
+    noticing. Under the lock the first process stores it and the next ones load it complete."""
+    with open(folder / ".zoomq-compile.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def caches(settings: Settings, warm_up: bool) -> bool:
+    """Whether a compile is kept in the on-disk cache: ``on``, every one; ``auto``, a warm-up's."""
+    wanted = settings.compile_cache == "on" or (settings.compile_cache == "auto" and warm_up)
+    return wanted and _cache_usable(settings.ov_cache_dir)
+
+
 class CompiledParts:
     """Compiled sub-models of one prepared model folder, one per (part, shape). Thread-safe: each
     ``run`` makes its own infer request, so a worker's render slots share every compiled model
@@ -63,7 +108,9 @@ class CompiledParts:
         self._compiled: dict[tuple, ov.CompiledModel] = {}
         self._lock = threading.Lock()
 
-    def compiled(self, part: str, shapes: dict[str, list[int]]) -> ov.CompiledModel:
+    def compiled(self, part: str, shapes: dict[str, list[int]], warm_up: bool = False) -> ov.CompiledModel:
+        """``part`` compiled for ``shapes`` (once); ``warm_up``: asked by a worker's warm-up, whose
+        shapes the compile cache keeps by default."""
         key = (part, tuple((k, tuple(v)) for k, v in sorted(shapes.items())))
         with self._lock:
             if key not in self._compiled:
@@ -72,15 +119,29 @@ class CompiledParts:
                     model = self._models[part] = core().read_model(self.folder / f"{part}.xml")
                 static = model.clone()
                 static.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()})
-                cache = self.settings.compile_cache
+                cache = caches(self.settings, warm_up)
                 mapped = [self.folder / f"{part}.bin"]
                 if cache:
-                    self.settings.ov_cache_dir.mkdir(parents=True, exist_ok=True)
                     mapped.append(self.settings.ov_cache_dir)
                 with file_pages.kept_out(mapped):
-                    self._compiled[key] = core().compile_model(static, self.settings.device,
-                                                               compile_config(self.settings, cache, self.streams))
+                    self._compiled[key] = self._compile(part, static, cache)
             return self._compiled[key]
+
+    def _compile(self, part: str, model: ov.Model, cache: bool) -> ov.CompiledModel:
+        """Compile ``model``; a compile cache that fails it (a damaged blob, a full disk) is left out."""
+        def compile_it(with_cache: bool) -> ov.CompiledModel:
+            return core().compile_model(model, self.settings.device,
+                                        compile_config(self.settings, with_cache, self.streams))
+
+        if not cache:
+            return compile_it(False)
+        try:
+            with _cache_lock(self.settings.ov_cache_dir):
+                return compile_it(True)
+        except (RuntimeError, OSError) as e:  # OSError: the lock file could not be made
+            log.warning("compiling %s with the compile cache in %s failed (%s); compiling it without the cache",
+                        part, self.settings.ov_cache_dir, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return compile_it(False)
 
     @property
     def compiled_shapes(self) -> set[tuple]:
