@@ -106,8 +106,3 @@ def test_the_rule_can_plan_slots(cores, free_gib, slots, expected):
     assert f"x {slots} slots x {expected[2]} threads" in plan.describe()
     given = sizing.choose(sizing.Node(cores, int(free_gib * GiB)), per_process, processes=1, threads=1, slots=slots)
     assert (given.processes, given.slots, given.threads) == (1, slots, 1)
-
-
-def test_processes_with_slots_are_refused_in_one_worker(capsys):
-    code, _, err = run_cli("worker", "--concurrency", "2x2", "--queues", "render", capsys=capsys)
-    assert code == 2 and "--concurrency 1x2" in err

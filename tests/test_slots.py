@@ -5,7 +5,10 @@ process killed with both slots busy loses neither piece."""
 from __future__ import annotations
 
 import io
+import os
+import signal
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +87,42 @@ def test_two_slots_render_at_once_alike_fail_alone_and_come_back_after_a_kill(cl
         assert producer.jobs.pieces(job)["image"]["starts"] >= 2
     job, seed = next(iter(jobs.items()))  # rendered again from the start: as if never interrupted
     assert np.array_equal(pixels(producer, job), reference(f"job {seed}", seed, **LONG))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_two_processes_of_two_slots_render_four_at_once_restart_a_member_and_stop_as_one(cluster, tiny_t2i):
+    """``--concurrency 2x2``: two worker processes (members) of two slots each, watched by one."""
+    producer = Producer()
+    group = cluster("group", models=(tiny_t2i,), concurrency="2x2")
+    entries = {w["name"]: w for w in producer.workers()}
+    assert [(entries[n]["concurrency"], entries[n]["slots"]) for n in group.names] == [(1, 2), (1, 2)]
+    jobs = [producer.submit_image(f"job {seed}", model="t2i", seed=seed, **LONG) for seed in range(4)]
+    wait_for(lambda: producer.redis.hlen(RUNNING_PIECES) == 4, 300, "four pieces under way at once")
+    records = [producer.wait(job, timeout=300) for job in jobs]
+    assert all(r["state"] == "done" for r in records), [r.get("error") for r in records]
+    assert {r["worker"] for r in records} == set(group.names)
+    pids = {r["worker"]: int(r["worker_pid"]) for r in records}
+    assert len(set(pids.values())) == 2  # two processes, not the group's own
+    # A member that dies is started again, under its name, and renders.
+    dead = group.names[0]
+    os.kill(pids[dead], signal.SIGKILL)
+
+    def restarted() -> bool:
+        entry = next((w for w in producer.workers() if w["name"] == dead), None)
+        return entry is not None and int(entry["pid"]) != pids[dead] and _alive(int(entry["pid"]))
+
+    wait_for(restarted, 120, "the killed member to be started again")
+    assert group.proc.poll() is None
+    assert "worker process 1 exited" in group.log_path.read_text()
+    members = [int(w["pid"]) for w in producer.workers() if w["name"] in group.names]
+    # SIGTERM to the group: passed to each member, a warm shutdown; the group exits 0 after them.
+    group.stop(grace=60)
+    assert group.proc.returncode == 0
+    assert not any(_alive(pid) for pid in members)

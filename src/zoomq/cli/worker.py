@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "models) that delivers webhooks")
     p.add_argument("--concurrency", default="auto",
                    help="worker processes; PxS: P processes with S render slots each, sharing one compiled "
-                   "model per process; or auto (default): chosen from the cores and memory, and printed")
+                   "model per process (with P > 1, P workers NAME.1 to NAME.P, started again if one dies); or "
+                   "auto (default): chosen from the cores and memory, and printed")
     p.add_argument("--threads", type=int,
                    help="OpenVINO threads per process, or per slot with slots (default: the cores shared out)")
     p.add_argument("--events", action="store_true", help="send task events, for Flower (celery flower)")
@@ -51,9 +52,6 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidParameter("queues", args.queues, "must be render, encode, render,encode or webhooks")
     s = settings()
     given = sizing.parse_concurrency(args.concurrency)
-    if given is not None and given.processes > 1 and given.slots > 1:
-        raise InvalidParameter("concurrency", args.concurrency, f"a worker with render slots is one process: "
-                               f"start {given.processes} workers (containers, pods) with --concurrency 1x{given.slots}")
     if args.threads is not None and args.threads < 1:
         raise InvalidParameter("threads", args.threads, "must be at least 1")
     render = RENDER_QUEUE in kinds
@@ -72,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
     if threads is not None or plan.processes > 1 or plan.slots > 1:
         # One process alone keeps OpenVINO's default (every core, pinned); several share the cores.
         os.environ["ZOOMQ_THREADS"] = str(plan.threads)
-    name = f"{args.name or 'zoomq-' + uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    base = args.name or "zoomq-" + uuid.uuid4().hex[:8]
+    if plan.processes > 1 and plan.slots > 1:
+        return _group(args, folders, base, plan)
+    name = f"{base}@{socket.gethostname()}"
     os.environ.update(WorkerIdentity(name, tuple(queues), (plan.processes, plan.slots)).environment())
 
     from zoomq.queue.connection import check
@@ -99,6 +100,17 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+def _group(args: argparse.Namespace, folders: list[Path], base: str, plan: sizing.Plan) -> int:
+    """P processes with S render slots each: P one-process workers of this command's options, the
+    threads fixed by this plan (each sized for the whole node), run and watched by this process."""
+    from zoomq.worker.process_group import ProcessGroup
+
+    argv = ["--queues", args.queues, "--concurrency", f"1x{plan.slots}", "--threads", str(plan.threads),
+            "--loglevel", args.loglevel, *(["--events"] if args.events else []),
+            *(["--models", *map(str, folders)] if folders else [])]
+    return ProcessGroup(argv, base, plan.processes).run()
 
 
 def _webhooks(args: argparse.Namespace) -> int:

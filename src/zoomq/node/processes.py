@@ -102,9 +102,9 @@ class TLSFiles:
     ca: Path
 
 
-def _die_with_parent() -> None:
+def terminate_with_parent() -> None:
     """In a child, before exec: have the kernel send it SIGTERM when its parent dies, so a
-    ``zoomq up`` killed outright still takes its servers and workers down (Linux only)."""
+    ``zoomq up`` (or a worker's process group) killed outright still takes its children down (Linux only)."""
     PR_SET_PDEATHSIG = 1
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -118,7 +118,7 @@ def _spawn(command: list[str], log, env: dict | None = None, die_with_parent: bo
     ``stdin``, when given, is written to its standard input, which is then closed."""
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             stdin=subprocess.PIPE if stdin is not None else None,
-                            preexec_fn=_die_with_parent if die_with_parent else None)
+                            preexec_fn=terminate_with_parent if die_with_parent else None)
     if stdin is not None and proc.stdin is not None:
         try:
             proc.stdin.write(stdin)
@@ -236,9 +236,12 @@ class WorkerProcess:
              *(["--models", *map(str, models)] if models else [])],
             self.log, environment, die_with_parent)
         shape = sizing.parse_concurrency(str(concurrency or "auto"))
-        self.slots = shape is not None and shape.slots > 1  # a threads pool in one process
+        self.slots = shape is not None and shape.slots > 1  # a threads pool in each process
+        #: the Celery workers it runs: itself, or with P > 1 processes of slots, its P members
+        self.names = [f"{name}.{i}@{socket.gethostname()}" for i in range(1, shape.processes + 1)] \
+            if self.slots and shape is not None and shape.processes > 1 else [self.name]
         client = client_for(redis_url, environment.get("ZOOMQ_REDIS_CA", ""))
-        _await_start(self.proc, lambda: client.exists(f"zoomq:worker:{self.name}"), start_timeout,
+        _await_start(self.proc, lambda: all(client.exists(f"zoomq:worker:{n}") for n in self.names), start_timeout,
                      f"worker {name}", self.log_path)
 
     def kill_node(self) -> None:
