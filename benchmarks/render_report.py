@@ -18,7 +18,7 @@ TARGETS = (
     ("whole 512 text-to-image, fastest mode", "zoomq fast", "t2i_512", 0.40),
 )
 PEAK_SHARE = 0.8  # the UNet's GFLOP/s in the default mode, as a share of the matmul peak
-FIRST_STEP_S = 5  # a worker's launch to the end of its first step
+FIRST_STEP_S = 5  # a worker's launch to the start of its first step (issue 27)
 WORKER_RSS_GIB = 4  # a worker's peak RSS holding the 512 text-to-image model
 
 
@@ -152,9 +152,9 @@ def _target_rows(result: dict, reference: str) -> list[str]:
     rows.append(f"| UNet at ≥ {share} of the matmul peak, default mode | ≥ {share} | {100 * g / peak:.0f} % | "
                 f"{'met' if g >= PEAK_SHARE * peak else 'NOT met'} |" if g else
                 f"| UNet at ≥ {share} of peak | – | – | – |")
-    best_start = min(w["first_step"], w["first_step_cache_warm"])
-    rows.append(f"| worker: first step ≤ {FIRST_STEP_S} s after start (best of compile cache off / warm) | "
-                f"≤ {FIRST_STEP_S} s | {best_start:.1f} s | {'met' if best_start <= FIRST_STEP_S else 'NOT met'} |")
+    start = w["denoise_start"]
+    rows.append(f"| worker: first step begins ≤ {FIRST_STEP_S} s after launch (default settings, compile cache "
+                f"warm) | ≤ {FIRST_STEP_S} s | {start:.1f} s | {'met' if start <= FIRST_STEP_S else 'NOT met'} |")
     rss = w["worker_peak_rss"]
     rows.append(f"| worker: peak RSS holding the 512 text-to-image model | ≤ {WORKER_RSS_GIB} GiB | "
                 f"{rss / GIB:.2f} GiB | {'met' if rss <= WORKER_RSS_GIB * GIB else 'NOT met'} |")
@@ -178,16 +178,18 @@ def _worker_rows(w: dict) -> list[str]:
     return [
         "| worker figure | measured |",
         "|---|---|",
-        f"| launch to the end of the first step, default settings | {w['first_step']:.1f} s |",
-        f"| the same, compile cache on: launch that stores the blobs / next launch | "
-        f"{w['first_step_cache_store']:.1f} s / {w['first_step_cache_warm']:.1f} s |",
-        *([f"| of which, at once in two threads: importing the render core / compiling the model, default | "
+        f"| launch to the start / end of the first step, default settings, compile cache warm | "
+        f"{w['denoise_start']:.1f} s / {w['first_step']:.1f} s |",
+        f"| the same, cold (compile cache off) | {w['denoise_start_cold']:.1f} s / {w['first_step_cold']:.1f} s |",
+        f"| launch to the end of the first step, default settings, the compile cache storing its blobs | "
+        f"{w['first_step_cache_store']:.1f} s |",
+        *([f"| of which, at once in two threads: importing the render core / compiling the model, warm | "
            f"{w['warmup_import']:.1f} s / {w['warmup_compile']:.1f} s |"] if "warmup_compile" in w else []),
-        *([f"| the same, compile cache warm | {w['warmup_import_cached']:.1f} s / "
-           f"{w['warmup_compile_cached']:.1f} s |"] if "warmup_compile_cached" in w else []),
+        *([f"| the same, cold | {w['warmup_import_cold']:.1f} s / "
+           f"{w['warmup_compile_cold']:.1f} s |"] if "warmup_compile_cold" in w else []),
         f"| the job's mean step (from a job queued before the worker started) | {w['seconds_per_step']:.1f} s |",
-        f"| peak RSS of the render process, whole 512 px job: default / compile cache on | "
-        f"{w['worker_peak_rss'] / GIB:.2f} GiB / {w['worker_peak_rss_cached'] / GIB:.2f} GiB |",
+        f"| peak RSS of the render process, whole 512 px job: compile cache warm / cold | "
+        f"{w['worker_peak_rss'] / GIB:.2f} GiB / {w['worker_peak_rss_cold'] / GIB:.2f} GiB |",
         f"| peak private memory, default (RSS less the model files' shared page cache) | "
         f"{w['worker_peak_private'] / GIB:.2f} GiB |",
         f"| throughput, 1 process × {cpus} threads | {w['jobs_per_min_1']:.2f} jobs/min |",

@@ -1,8 +1,9 @@
 """The worker's side of the render benchmark: real ``zoomq worker`` processes on a private Redis.
 
 Measured with the full-size text-to-image model and default settings:
-- start-up: seconds from launching a worker (a 512 px job already queued) to the end of the job's
-  first denoising step, with the default settings and with OpenVINO's compile cache on and warm;
+- start-up: seconds from launching a worker (a 512 px job already queued) to the start and to the
+  end of the job's first denoising step: cold (compile cache off) and with the default settings, the
+  compile cache first storing, then warm;
 - peak RSS of the process that renders (the prefork child) over a whole 512 px job, and its peak
   private memory (RSS without the model files' shared page cache);
 - throughput of 1 process × all threads against 2 processes × half the threads each, on a batch
@@ -11,14 +12,16 @@ Measured with the full-size text-to-image model and default settings:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from benchmarks.probe import PROMPT
 from zoomq.node.processes import Fleet, wait_for
@@ -70,27 +73,62 @@ class _PrivatePeak(threading.Thread):
         return self.peak
 
 
-def _first_step(fleet: Fleet, producer: Producer, folder: Path, cache: Path, steps: int,
-                compile_cache: bool = False) -> dict:
-    """Launch a worker with one job waiting; when does its first step end, and its peak RSS."""
+def _denoise_start(producer: Producer, job: str) -> float | None:
+    """When the job's first denoising step began (wall clock), once it has: the worker's progress
+    at step 0 writes the stage "... (0/N)" and the time it did so."""
+    record = producer.jobs.get(job) or {}
+    if record.get("work_done", 0) >= 1:
+        raise RuntimeError("the first step ended before its start was seen")
+    if str(record.get("stage", "")).endswith(f"(0/{record.get('work_total')})") and record.get("heartbeat"):
+        return float(record["heartbeat"])
+    return None
+
+
+def first_step(fleet: Fleet, producer: Producer, folder: Path, cache: Path, steps: int,
+                compile_cache: str = "auto") -> dict:
+    """Launch a worker with one job waiting: when does the job's first step begin, when does it end,
+    and the worker's peak RSS. ``compile_cache``: ``ZOOMQ_COMPILE_CACHE`` (auto: the default)."""
     job = producer.submit_image(PROMPT, model=folder.name, steps=steps, seed=1)
     start = time.time()
-    env = {"ZOOMQ_CACHE_DIR": str(cache), **({"ZOOMQ_COMPILE_CACHE": "on"} if compile_cache else {})}
+    env = {"ZOOMQ_CACHE_DIR": str(cache), "ZOOMQ_COMPILE_CACHE": compile_cache, "ZOOMQ_LOG_FORMAT": "json"}
     worker = fleet.start(f"start-{job[:8]}", env=env)
     private = _PrivatePeak(worker.proc.pid)
     private.start()
     try:
+        began = cast(float, wait_for(lambda: _denoise_start(producer, job), 900, "the first step to begin",
+                                     interval=0.02))
         wait_for(lambda: (producer.jobs.get(job) or {}).get("work_done", 0) >= 1, 900, "the first step")
         first = time.time() - start
         record = producer.wait(job, poll=0.2, timeout=1800)
         if record["state"] != "done":
             raise RuntimeError(f"bench job failed: {record.get('error')}")
-        return {"first_step": first, "step": record["seconds_per_step"],
+        return {"denoise_start": began - start, "first_step": first, "step": record["seconds_per_step"],
                 "peak_rss": _status(worker.proc.pid, "VmHWM"), "peak_private": private.stop(),
-                **_warmup_figures(worker.log_path)}
+                **_warmup_figures(worker.log_path), "timeline": _timeline(worker.log_path, start)}
     finally:
         private.stop()
         fleet.stop_workers()
+
+
+_MILESTONES = (("warm-up begins", "warm-up of "), ("model compiled", "compiled for its default render"),
+               ("render core imported", "render core imported"))
+
+
+def _timeline(log: Path, launched: float) -> dict[str, float]:
+    """Seconds from the launch to each milestone of the warm-up, from the worker's JSON log."""
+    times = {}
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict) or "time" not in entry:
+            continue
+        for name, text in _MILESTONES:
+            if name not in times and text in str(entry.get("message", "")):
+                at = datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+                times[name] = at.timestamp() - launched
+    return times
 
 
 def _warmup_figures(log: Path) -> dict:
@@ -153,17 +191,18 @@ def measure(t2i_model: Path, settings_cache: Path, say: Callable[[str], None], q
 
 def _launches(fleet: Fleet, producer: Producer, folder: Path, cache: Path, steps: int,
               say: Callable[[str], None]) -> dict:
-    """A worker's start-up and memory: with the default settings, then with the compile cache on,
-    storing the blobs and then warm."""
-    say("  worker launch, default settings")
-    default = _first_step(fleet, producer, folder, cache, steps)
-    say("  worker launch, compile cache on (storing the blobs)")
-    stored = _first_step(fleet, producer, folder, cache, steps, compile_cache=True)
-    say("  worker launch, compile cache on (warm)")
-    cached = _first_step(fleet, producer, folder, cache, steps, compile_cache=True)
-    return dict(first_step=default["first_step"], first_step_cache_store=stored["first_step"],
-                first_step_cache_warm=cached["first_step"], seconds_per_step=default["step"],
-                worker_peak_rss=default["peak_rss"], worker_peak_private=default["peak_private"],
-                worker_peak_rss_cached=cached["peak_rss"],
-                **{f"warmup_{k}": v for k, v in default.items() if k in ("import", "compile")},
-                **{f"warmup_{k}_cached": v for k, v in cached.items() if k in ("import", "compile")})
+    """A worker's start-up and memory: cold (no compile cache), with the default settings storing
+    the warm-up's compile in the cache, and with the default settings and that cache warm."""
+    say("  worker launch, compile cache off (cold)")
+    cold = first_step(fleet, producer, folder, cache, steps, compile_cache="off")
+    say("  worker launch, default settings (the compile cache storing its blobs)")
+    stored = first_step(fleet, producer, folder, cache, steps)
+    say("  worker launch, default settings (the compile cache warm)")
+    warm = first_step(fleet, producer, folder, cache, steps)
+    return dict(first_step=warm["first_step"], denoise_start=warm["denoise_start"],
+                first_step_cold=cold["first_step"], denoise_start_cold=cold["denoise_start"],
+                first_step_cache_store=stored["first_step"], seconds_per_step=warm["step"],
+                worker_peak_rss=warm["peak_rss"], worker_peak_private=warm["peak_private"],
+                worker_peak_rss_cold=cold["peak_rss"],
+                **{f"warmup_{k}": v for k, v in warm.items() if k in ("import", "compile")},
+                **{f"warmup_{k}_cold": v for k, v in cold.items() if k in ("import", "compile")})

@@ -75,7 +75,10 @@ def test_bench_render_writes_the_report(tmp_path, capsys, bench_models):
     rss = {m: raw["medians"][m]["peak_rss_t2i"] for m in raw["modes"]}
     assert len(set(rss.values())) > 1, rss  # each process's own peak, not one inherited figure
     worker = raw["worker"]  # real worker processes: start-up, memory, and the concurrency figures
-    assert 0 < worker["seconds_per_step"] < min(worker["first_step"], worker["first_step_cache_warm"]) < 120
+    assert 0 < worker["seconds_per_step"] < min(worker["first_step"], worker["first_step_cold"]) < 120
+    # the first step begins after launch and ends after it begins
+    assert 0 < worker["denoise_start"] < worker["first_step"]
+    assert 0 < worker["denoise_start_cold"] < worker["first_step_cold"]
     assert 100 * 2**20 < worker["worker_peak_private"] <= worker["worker_peak_rss"]
     assert worker["jobs_per_min_1"] > 0 and worker["jobs_per_min_2"] > 0
     assert 0 < worker["warmup_import"] < worker["first_step"] and 0 < worker["warmup_compile"] < worker["first_step"]
