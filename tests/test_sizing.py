@@ -106,3 +106,19 @@ def test_the_rule_can_plan_slots(cores, free_gib, slots, expected):
     assert f"x {slots} slots x {expected[2]} threads" in plan.describe()
     given = sizing.choose(sizing.Node(cores, int(free_gib * GiB)), per_process, processes=1, threads=1, slots=slots)
     assert (given.processes, given.slots, given.threads) == (1, slots, 1)
+
+
+@pytest.mark.parametrize("cores, free_gib, expected", [
+    (16, 62, (4, 1, 4)),    # memory holds the processes the cores want: processes, as measured
+    (16, 9, (2, 2, 4)),     # it holds two of the four: two slots in each, four renders at once
+    (16, 5.5, (1, 3, 5)),   # one process, as many slots as the rest of the memory holds
+    (16, 8, (2, 1, 8)),     # no room for a slot beside two processes: threads share the cores out
+    (2, 22, (1, 1, 2)),     # small nodes keep one process with every core
+])
+def test_auto_puts_slots_where_memory_holds_fewer_processes_than_the_cores_want(cores, free_gib, expected):
+    one_slot = int(3.4 * GiB)
+    plan = sizing.choose(sizing.Node(cores, int(free_gib * GiB)), one_slot, slots=None)
+    assert (plan.processes, plan.slots, plan.threads) == expected
+    assert plan.per_process == one_slot + (plan.slots - 1) * sizing.SLOT_BYTES
+    assert plan.processes * plan.per_process + sizing.RESERVE_BYTES <= free_gib * GiB or plan.slots == 1
+    assert ("render slots in each" in plan.reason) == (plan.slots > 1)

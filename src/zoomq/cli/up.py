@@ -24,8 +24,8 @@ def _add_stack_options(p: argparse.ArgumentParser, port_help: str) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address the web server listens on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help=port_help)
     p.add_argument("--concurrency", default="auto",
-                   help="worker processes; 1xS: one process with S render slots sharing its compiled models; "
-                   "or auto (default): chosen from the cores and memory, and printed")
+                   help="worker processes; PxS: P processes with S render slots each, sharing one compiled model "
+                   "per process; or auto (default): chosen from the cores and memory, and printed")
     p.add_argument("--threads", type=int,
                    help="OpenVINO threads per worker process, or per slot (default: the cores shared out)")
     p.add_argument("--grace", type=float, default=30.0,
@@ -88,9 +88,6 @@ def _stack(args: argparse.Namespace, port_fallback: bool):
     s = settings()
     exposure.check(s, [args.host], "--host", args.allow_anonymous)  # before anything starts
     given = sizing.parse_concurrency(args.concurrency)
-    if given is not None and given.processes > 1 and given.slots > 1:
-        raise InvalidParameter("concurrency", args.concurrency, "a worker with render slots is one process: use "
-                               f"--concurrency 1x{given.slots}, or {given.processes} for processes")
     for name in ("threads", "web_workers"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -105,7 +102,7 @@ def _stack(args: argparse.Namespace, port_fallback: bool):
                            redis_url=s.redis_url if is_set("ZOOMQ_REDIS_URL") else None,
                            host=args.host, port=args.port, port_fallback=port_fallback,
                            processes=given.processes if given is not None else None,
-                           slots=given.slots if given is not None else 1,
+                           slots=given.slots if given is not None else None,
                            threads=args.threads, grace=args.grace, web_workers=args.web_workers, events=args.events,
                            web_env={"ZOOMQ_ALLOW_ANONYMOUS": "1"} if args.allow_anonymous else {})
     return Stack(options, s, _say)

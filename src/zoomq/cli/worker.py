@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if render and s.guidance_split:  # offers to run half of another worker's guided render
         queues += [split_queue(name) for name in models]
     threads = args.threads or s.threads or None  # the option, else ZOOMQ_THREADS
-    slots = given.slots if given is not None and render else 1
+    slots = (given.slots if given is not None else None) if render else 1  # None: auto
     plan = sizing.for_worker(folders if render else [], s.inference_precision,
                              given.processes if given is not None else None, threads, slots=slots)
     log.info("worker: %s%s", plan.describe(), " (--concurrency auto)" if given is None else "")

@@ -148,13 +148,44 @@ def process_bytes(models: list[Path], factor: float, slots: int = 1) -> int:
     return BASE_BYTES + slots * SLOT_BYTES + int(factor * sum(model_bytes(m) for m in models))
 
 
+def _slots_where_memory_binds(node: Node, per_process: int, slot_bytes: int) -> tuple[int, int, int] | None:
+    """(processes, slots, processes wanted) when the memory holds fewer one-slot processes than the
+    cores would take, but room for slots in those that fit: the renders the cores want at once, on
+    fewer copies of the weights. None where processes fit (or not one does)."""
+    if node.cores < MIN_CORES_TO_SPLIT or slot_bytes <= 0:
+        return None
+    wanted = node.cores // THREADS_PER_PROCESS
+    room = max(0, node.memory - RESERVE_BYTES)
+    fits = room // per_process
+    if not 1 <= fits < wanted:
+        return None
+    slots = min(-(-wanted // fits), 1 + (room // fits - per_process) // slot_bytes)
+    return (fits, slots, wanted) if slots > 1 else None
+
+
 def choose(node: Node, per_process: int, processes: int | None = None, threads: int | None = None,
-           slots: int = 1) -> Plan:
+           slots: int | None = 1, slot_bytes: int = SLOT_BYTES) -> Plan:
     """Processes x slots x threads for a node; ``per_process``: the bytes of one process with its
-    ``slots``. Unless given: 4 threads a slot on nodes of 8 cores or more (one process with every
-    core below that), as many processes as the memory holds, at least one; threads share the cores
-    out between every slot of every process."""
+    ``slots`` (one where ``slots`` is None: auto). Unless given: 4 threads a slot on nodes of 8 cores
+    or more (one process with every core below that), as many processes as the memory holds, at
+    least one; with ``slots`` auto, where the memory holds fewer processes than the cores want,
+    render slots in those (``slot_bytes`` each) make up the rest; threads share the cores out
+    between every slot of every process."""
     notes = []
+    if slots is None:
+        slots = 1
+        filled = _slots_where_memory_binds(node, per_process, slot_bytes) if processes is None and threads is None \
+            else None
+        if filled is not None:
+            processes, slots, wanted = filled
+            per_process += (slots - 1) * slot_bytes
+            threads = max(1, node.cores // (processes * slots))
+            reason = f"{node.cores} cores, {node.memory / GiB:.1f} GiB free, ~{per_process / GiB:.1f} GiB a process"
+            if node.limits:
+                reason += f" (by the {' and '.join(node.limits)})"
+            note = (f"memory holds {processes} of the {wanted} processes the cores would take: "
+                    f"{slots} render slots in each, on one copy of the weights")
+            return Plan(processes, threads, per_process, f"{reason}; {note}", slots)
     if processes is None:
         if threads is not None:
             wanted = max(1, node.cores // (threads * slots))
@@ -181,12 +212,14 @@ def choose(node: Node, per_process: int, processes: int | None = None, threads: 
 
 
 def for_worker(models: list[Path], precision: str, processes: int | None = None,
-               threads: int | None = None, node: Node | None = None, slots: int = 1) -> Plan:
-    """The plan for a worker serving ``models`` on this node (or ``node``), ``slots`` a process."""
+               threads: int | None = None, node: Node | None = None, slots: int | None = 1) -> Plan:
+    """The plan for a worker serving ``models`` on this node (or ``node``), ``slots`` a process
+    (None: auto, see ``choose``)."""
     from zoomq.render.precision import cpu_flags  # reads /proc/cpuinfo; imports no OpenVINO
 
-    per_process = process_bytes(models, weights_factor(precision, *cpu_flags()), slots)
-    return choose(node or this_node(), per_process, processes, threads, slots)
+    per_process = process_bytes(models, weights_factor(precision, *cpu_flags()), slots or 1)
+    return choose(node or this_node(), per_process, processes, threads, slots,
+                  SLOT_BYTES if models else 0)
 
 
 _SHAPE = re.compile(r"([0-9]+)(?:x([0-9]+))?")

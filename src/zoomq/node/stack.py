@@ -41,7 +41,7 @@ class StackOptions:
     port: int = 8000
     port_fallback: bool = False   # take a free port when ``port`` is taken (the demo), instead of failing
     processes: int | None = None  # None: auto (zoomq.node.sizing)
-    slots: int = 1                # render slots in each worker process (--concurrency PxS)
+    slots: int | None = 1         # render slots in each worker process (--concurrency PxS); None: auto
     threads: int | None = None
     grace: float = 30.0           # seconds running pieces get to finish at a stop before they are requeued
     web_workers: int = 2
