@@ -106,26 +106,38 @@ class CompiledParts:
         self.streams = streams
         self._models: dict[str, ov.Model] = {}
         self._compiled: dict[tuple, ov.CompiledModel] = {}
-        self._lock = threading.Lock()
+        self._compiling: dict[tuple, threading.Lock] = {}  # one lock a shape: it is compiled once
+        self._lock = threading.Lock()  # the dicts; never held while compiling
 
     def compiled(self, part: str, shapes: dict[str, list[int]], warm_up: bool = False) -> ov.CompiledModel:
         """``part`` compiled for ``shapes`` (once); ``warm_up``: asked by a worker's warm-up, whose
-        shapes the compile cache keeps by default."""
+        shapes the compile cache keeps by default. A part already compiled is answered while
+        another compiles: a render's text encoder does not wait for the warm-up's VAE decoder."""
         key = (part, tuple((k, tuple(v)) for k, v in sorted(shapes.items())))
         with self._lock:
-            if key not in self._compiled:
+            if key in self._compiled:
+                return self._compiled[key]
+            compiling = self._compiling.setdefault(key, threading.Lock())
+        with compiling:
+            with self._lock:
+                if key in self._compiled:  # compiled by the thread this one waited for
+                    return self._compiled[key]
                 model = self._models.get(part)
-                if model is None:
-                    model = self._models[part] = core().read_model(self.folder / f"{part}.xml")
-                static = model.clone()
-                static.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()})
-                cache = caches(self.settings, warm_up)
-                mapped = [self.folder / f"{part}.bin"]
-                if cache:
-                    mapped.append(self.settings.ov_cache_dir)
-                with file_pages.kept_out(mapped):
-                    self._compiled[key] = self._compile(part, static, cache)
-            return self._compiled[key]
+            if model is None:
+                model = core().read_model(self.folder / f"{part}.xml")
+                with self._lock:
+                    model = self._models.setdefault(part, model)
+            static = model.clone()
+            static.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()})
+            cache = caches(self.settings, warm_up)
+            mapped = [self.folder / f"{part}.bin"]
+            if cache:
+                mapped.append(self.settings.ov_cache_dir)
+            with file_pages.kept_out(mapped):
+                compiled = self._compile(part, static, cache)
+            with self._lock:
+                self._compiled[key] = compiled
+            return compiled
 
     def _compile(self, part: str, model: ov.Model, cache: bool) -> ov.CompiledModel:
         """Compile ``model``; a compile cache that fails it (a damaged blob, a full disk) is left out."""
