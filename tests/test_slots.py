@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,11 @@ from PIL import Image
 
 from support.cluster import wait_for
 from zoomq import config
+from zoomq.config import settings
+from zoomq.model import manifest as mf
 from zoomq.producer import Producer
+from zoomq.render import precision, precompile
+from zoomq.render.ov_models import CompiledParts
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest
 from zoomq.worker.lease import RUNNING_PIECES
@@ -126,3 +131,35 @@ def test_two_processes_of_two_slots_render_four_at_once_restart_a_member_and_sto
     group.stop(grace=60)
     assert group.proc.returncode == 0
     assert not any(_alive(pid) for pid in members)
+
+
+def test_each_thread_keeps_its_own_unet_request_and_gets_the_same_noise(tiny_t2i):
+    """Render slots are threads: each keeps one UNet infer request (no buffers allocated again
+    each step), never another thread's, and the answers do not depend on which thread asked."""
+    parts = CompiledParts(tiny_t2i, precision.applied(settings()))
+    shapes = dict(precompile.default_shapes(mf.read(tiny_t2i)))["unet"]
+    rng = np.random.default_rng(0)
+    inputs = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+    inputs["timestep"] = np.array(500.0, dtype=np.float32)
+    other = {**inputs, "timestep": np.array(100.0, dtype=np.float32)}
+    compiled = parts.compiled("unet", shapes)
+    seen: dict[str, tuple] = {}
+
+    def slot(name: str) -> None:
+        first = parts._request("unet", compiled)
+        out = parts.run("unet", **inputs)
+        kept = out.copy()
+        parts.run("unet", **other)  # the kept request's buffers are written again
+        seen[name] = (first, parts._request("unet", compiled), out, kept)
+
+    threads = [threading.Thread(target=slot, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (a1, a2, a_out, a_kept), (b1, b2, b_out, b_kept) = seen["a"], seen["b"]
+    assert a1 is a2 and b1 is b2 and a1 is not b1
+    assert parts._request("vae_decoder", compiled) is not parts._request("vae_decoder", compiled)  # once a render
+    np.testing.assert_array_equal(a_out, a_kept)  # an answer is a copy, not the request's buffer
+    np.testing.assert_array_equal(b_out, b_kept)
+    np.testing.assert_array_equal(a_out, b_out)
