@@ -111,7 +111,7 @@ def test_the_rule_can_plan_slots(cores, free_gib, slots, expected):
 @pytest.mark.parametrize("cores, free_gib, expected", [
     (16, 62, (4, 1, 4)),    # memory holds the processes the cores want: processes, as measured
     (16, 9, (2, 2, 4)),     # it holds two of the four: two slots in each, four renders at once
-    (16, 5.5, (1, 3, 5)),   # one process, as many slots as the rest of the memory holds
+    (16, 5.5, (1, 2, 8)),   # one process, as many slots as the rest of the memory holds
     (16, 8, (2, 1, 8)),     # no room for a slot beside two processes: threads share the cores out
     (2, 22, (1, 1, 2)),     # small nodes keep one process with every core
 ])

@@ -8,8 +8,9 @@ memory and each job finishing twice as soon. On 2 cores 1 x 2 and 2 x 1 are leve
 for 2 x 1), so small nodes keep one process with every core. Memory bounds the count: a process
 holding the 512 px model peaks near 3.4 GiB, and no more processes start than the memory holds.
 Render slots (``--concurrency PxS``) share one compiled copy of the weights per process, each slot
-adding only its working memory; ``auto`` keeps one slot a process until slots are measured to match
-processes on a quiet machine (``benchmarks/slots.py``).
+adding only its working memory: measured at full size on 2 cores, 1x2 rendered 1.03x the jobs/min
+of 2x1 at 0.60x the memory. ``auto`` puts slots where the memory holds fewer processes than the cores
+want; where the processes fit it keeps them, as measured on 16-core Xeons.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from zoomq.errors import InvalidParameter
 GiB = 2**30
 THREADS_PER_PROCESS = 4   # on nodes of at least MIN_CORES_TO_SPLIT cores
 MIN_CORES_TO_SPLIT = 8
-BASE_BYTES = GiB // 2     # Python, torch, diffusers, OpenVINO: once a process
-SLOT_BYTES = GiB // 2     # one render's activations and infer requests: once a slot (an estimate, not yet measured)
+BASE_BYTES = int(0.4 * GiB)  # Python, torch, diffusers, OpenVINO: once a process
+SLOT_BYTES = int(0.6 * GiB)  # one render's activations and infer requests: once a slot (measured 0.57 GiB)
 RESERVE_BYTES = 1 * GiB   # left to Redis, the web server and the system
 ENCODE_BYTES = GiB // 2   # a process that only encodes segments
 
@@ -140,9 +141,9 @@ def model_bytes(folder: Path) -> int:
 
 def process_bytes(models: list[Path], factor: float, slots: int = 1) -> int:
     """Estimated peak memory of one worker process holding ``models`` once, with ``slots`` render
-    slots. Calibrated on the measured 3.4 GiB of a one-slot process holding the full-size 512 px
-    text-to-image model at bf16 (2.4 GiB of IR); the split of the other 1 GiB between the process
-    and its slot is an estimate until slots are measured at full size."""
+    slots. Calibrated on the full-size 512 px text-to-image model at bf16 (2.4 GiB of IR), PSS
+    measured with ``benchmarks/slots.py`` on 2 cores: 3.34 GiB for one slot, 3.87 GiB for two
+    (0.57 GiB a slot), 6.47 GiB for two one-slot processes."""
     if not models:
         return ENCODE_BYTES
     return BASE_BYTES + slots * SLOT_BYTES + int(factor * sum(model_bytes(m) for m in models))
