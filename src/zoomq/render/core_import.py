@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import types
 from types import ModuleType
 
 _DYNAMO = "torch._dynamo"
+# The warm-up's thread and a render slot's may both ask at once. Without this lock the second saw
+# diffusers half imported and failed ("cannot import name VaeImageProcessor from partially
+# initialized module"): the first must finish before the second looks.
+_lock = threading.Lock()
 
 
 def _identity(cls):
@@ -27,6 +32,11 @@ def import_render_core() -> ModuleType:
     imported it already. For worker processes: the stand-in is visible to other threads' imports
     for as long as diffusers' torch utilities take to import (0.4 s), and nothing else in a worker
     imports torch's compiler."""
+    with _lock:
+        return _import()
+
+
+def _import() -> ModuleType:
     if "zoomq.render.pipeline" in sys.modules or _DYNAMO in sys.modules or "diffusers.utils.torch_utils" in sys.modules:
         return importlib.import_module("zoomq.render.pipeline")
     import torch  # noqa: F401 — before the stand-in, so torch's own start-up sees no stand-in
