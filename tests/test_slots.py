@@ -5,9 +5,11 @@ process killed with both slots busy loses neither piece."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import threading
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -108,13 +110,20 @@ def test_two_processes_of_two_slots_render_four_at_once_restart_a_member_and_sto
     group = cluster("group", models=(tiny_t2i,), concurrency="2x2")
     entries = {w["name"]: w for w in producer.workers()}
     assert [(entries[n]["concurrency"], entries[n]["slots"]) for n in group.names] == [(1, 2), (1, 2)]
+    pids = {n: int(entries[n]["pid"]) for n in group.names}
+    assert len(set(pids.values())) == 2 and group.proc.pid not in pids.values()  # two processes, not the group's own
     jobs = [producer.submit_image(f"job {seed}", model="t2i", seed=seed, **LONG) for seed in range(4)]
-    wait_for(lambda: producer.redis.hlen(RUNNING_PIECES) == 4, 300, "four pieces under way at once")
+
+    def two_on_each() -> bool:
+        # Seen while they run: on a loaded machine a lease may lapse later and its piece be rendered
+        # again by the other member, so the records' last worker cannot tell who ran what at once.
+        running = Counter(json.loads(raw)["worker"] for raw in producer.redis.hvals(RUNNING_PIECES))
+        return running == {name: 2 for name in group.names}
+
+    wait_for(two_on_each, 300, "four pieces under way at once, two in each member")
     records = [producer.wait(job, timeout=300) for job in jobs]
     assert all(r["state"] == "done" for r in records), [r.get("error") for r in records]
-    assert {r["worker"] for r in records} == set(group.names)
-    pids = {r["worker"]: int(r["worker_pid"]) for r in records}
-    assert len(set(pids.values())) == 2  # two processes, not the group's own
+    assert {r["worker"] for r in records} <= set(group.names)
     # A member that dies is started again, under its name, and renders.
     dead = group.names[0]
     os.kill(pids[dead], signal.SIGKILL)
