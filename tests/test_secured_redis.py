@@ -201,6 +201,8 @@ def test_worker_and_up_stop_at_a_wrong_password(pw_server, clean_env, tiny_t2i, 
     worker = zoomq_process("worker", "--models", str(tiny_t2i), "--concurrency", "1", env=env)
     line = refused_in_one_line(worker, "ZOOMQ_REDIS_URL")
     assert "refused the user name or password" in line
+    group = zoomq_process("worker", "--models", str(tiny_t2i), "--concurrency", "2x2", env=env)
+    assert refused_in_one_line(group, "ZOOMQ_REDIS_URL") == line  # before it starts any member
     up = zoomq_process("up", "--models", str(tiny_t2i), "--port", str(free_port()), env=env)
     assert refused_in_one_line(up, "ZOOMQ_REDIS_URL") == line
 

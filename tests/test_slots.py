@@ -8,7 +8,10 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +30,7 @@ from zoomq.render.ov_models import CompiledParts
 from zoomq.render.pipeline import Renderer
 from zoomq.render.request import RenderRequest
 from zoomq.worker.lease import RUNNING_PIECES
+from zoomq.worker.process_group import ProcessGroup
 
 # At the model's native size, which the worker's warm-up compiles: no other compile to wait for.
 LONG: dict = dict(width=256, height=256, steps=10)  # seconds in a slot: long enough to overlap another piece
@@ -140,6 +144,22 @@ def test_two_processes_of_two_slots_render_four_at_once_restart_a_member_and_sto
     group.stop(grace=60)
     assert group.proc.returncode == 0
     assert not any(_alive(pid) for pid in members)
+
+
+def test_a_member_failing_at_its_start_stops_the_group_with_its_code():
+    """A member that exits with an error at its first start (a setup error, which a restart would
+    meet again) stops the others and the group, with its exit code; it is not restarted forever."""
+    started: list[subprocess.Popen] = []
+
+    def spawn(argv: list[str]) -> subprocess.Popen:  # member .1 fails at once, .2 would run a minute
+        code = "import sys; sys.exit(3)" if argv[-1].endswith(".1") else "import time; time.sleep(60)"
+        started.append(subprocess.Popen([sys.executable, "-c", code]))
+        return started[-1]
+
+    begun = time.monotonic()
+    assert ProcessGroup([], "group", 2, spawn=spawn).run() == 3
+    assert time.monotonic() - begun < 10
+    assert [p.returncode for p in started] == [3, -signal.SIGTERM]
 
 
 def test_each_thread_keeps_its_own_unet_request_and_gets_the_same_noise(tiny_t2i):

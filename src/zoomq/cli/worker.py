@@ -70,15 +70,15 @@ def run(args: argparse.Namespace) -> int:
     if threads is not None or plan.processes > 1 or plan.slots > 1:
         # One process alone keeps OpenVINO's default (every core, pinned); several share the cores.
         os.environ["ZOOMQ_THREADS"] = str(plan.threads)
+    from zoomq.queue.connection import check
+
+    check(s)  # a wrong password or TLS stops here, in one line; an unreachable Redis is waited for
     base = args.name or "zoomq-" + uuid.uuid4().hex[:8]
     if plan.processes > 1 and plan.slots > 1:
         return _group(args, folders, base, plan)
     name = f"{base}@{socket.gethostname()}"
     os.environ.update(WorkerIdentity(name, tuple(queues), (plan.processes, plan.slots)).environment())
 
-    from zoomq.queue.connection import check
-
-    check(s)  # a wrong password or TLS stops here, in one line; an unreachable Redis is waited for
     from zoomq.worker.tasks import app  # after the environment is set: the app reads it
 
     # Slots are threads of one process (a threads pool), so they share its compiled models; a

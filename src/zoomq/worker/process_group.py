@@ -5,6 +5,8 @@ one process (a threads pool), and P of them are P Celery workers, named ``<name>
 This process starts and watches them. SIGTERM or SIGINT to it is passed to each (a warm shutdown),
 SIGQUIT too (a cold one). A process that dies is started again: the pieces it held come back as
 for a lost node, when their leases lapse. The pause before a restart doubles while it keeps dying.
+A process that fails (a non-zero exit, not a signal) within seconds of its first start met a setup
+error that a restart would only meet again: the group stops them all and exits with its code.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ log = logging.getLogger("zoomq.worker")
 FIRST_PAUSE = 1.0  # seconds before restarting a process that died; doubles up to MAX_PAUSE
 MAX_PAUSE = 30.0
 STABLE_AFTER = 60.0  # a process that ran this long before dying is restarted after FIRST_PAUSE again
+SETUP_FAILURE_WITHIN = 30.0  # a first start that fails this soon is a setup error: the group stops
 _POLL = 0.2
 
 
@@ -51,6 +54,7 @@ class ProcessGroup:
         self.members = [_Member(i, member_argv(argv, name, i)) for i in range(1, processes + 1)]
         self._spawn = spawn or (lambda command: subprocess.Popen(command, preexec_fn=terminate_with_parent))
         self._stopping: signal.Signals | None = None
+        self._failed: int | None = None  # the exit code of a member that failed at its first start
 
     def _start(self, member: _Member) -> None:
         member.proc = self._spawn(member.argv)
@@ -72,7 +76,12 @@ class ProcessGroup:
             code = member.proc.returncode
             member.exit_codes.append(code)
             member.proc = None
-            if self._stopping is None:
+            if self._stopping is None and code > 0 and len(member.exit_codes) == 1 \
+                    and now - member.started < SETUP_FAILURE_WITHIN:
+                log.error("worker process %d failed at its start (code %d); stopping the others", member.index, code)
+                self._failed = code
+                self._signal(signal.SIGTERM)
+            elif self._stopping is None:
                 if now - member.started >= STABLE_AFTER:
                     member.pause = FIRST_PAUSE
                 member.restart_at = now + member.pause
@@ -86,15 +95,21 @@ class ProcessGroup:
     def run(self) -> int:
         """Start every member, keep them running until a stop signal, wait for them; the exit code
         is 0 when every member stopped cleanly."""
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            signal.signal(signum, self._signal)
-        for member in self.members:
-            self._start(member)
-        while self._stopping is None or any(m.proc is not None for m in self.members):
-            now = time.monotonic()
+        stops = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+        before = {signum: signal.signal(signum, self._signal) for signum in stops}
+        try:
             for member in self.members:
-                self._watch(member, now)
-            time.sleep(_POLL)
+                self._start(member)
+            while self._stopping is None or any(m.proc is not None for m in self.members):
+                now = time.monotonic()
+                for member in self.members:
+                    self._watch(member, now)
+                time.sleep(_POLL)
+        finally:
+            for signum, handler in before.items():
+                signal.signal(signum, handler)
+        if self._failed is not None:
+            return self._failed
         log.info("worker processes stopped (%s)", self._stopping.name)
         last = [m.exit_codes[-1] for m in self.members if m.exit_codes]
         return 0 if all(code == 0 for code in last) else 1
