@@ -35,8 +35,19 @@ def core() -> ov.Core:
     global _core
     with _core_lock:
         if _core is None:
+            _prime_numpy_bridge()
             _core = ov.Core()
         return _core
+
+
+def _prime_numpy_bridge() -> None:
+    """Make OpenVINO's Python binding build its numpy type table now, in one thread. Built lazily by
+    the first ``Tensor.data`` (every ``infer``), that table is a C++ static whose initialisation
+    releases the GIL half-way (pybind11's numpy API lookup): two render slots running their first
+    infer at once then deadlock, one waiting for the static while holding the GIL, the other
+    holding the static while waiting for the GIL (seen in a 1x2 worker: the whole process froze;
+    openvino 2026.4). Nothing infers before this: every compiled model comes from ``core()``."""
+    ov.Tensor(np.zeros(1, np.float32)).data  # noqa: B018 — the access is the point
 
 
 def compile_config(s: Settings, cache: bool = True, streams: int = 1) -> dict:
