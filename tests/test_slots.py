@@ -125,6 +125,15 @@ def test_two_processes_of_two_slots_render_four_at_once_restart_a_member_and_sto
         return running == {name: 2 for name in group.names}
 
     wait_for(two_on_each, 300, "four pieces under way at once, two in each member")
+    # Every zoomq process of the group answers `kill -USR2` (logs.STACKS_SIGNAL) with its threads'
+    # stacks in the log, and renders on: the group's own and each member's, four slots rendering.
+    group.dump_stacks()
+
+    def stacks() -> bool:
+        text = group.log_path.read_text(errors="replace")
+        return text.count(" in run_image") >= 4 and "process_group.py" in text
+
+    wait_for(stacks, 30, "the stacks of the group and of both members")
     records = [producer.wait(job, timeout=300) for job in jobs]
     assert all(r["state"] == "done" for r in records), [r.get("error") for r in records]
     assert {r["worker"] for r in records} <= set(group.names)

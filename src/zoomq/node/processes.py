@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import redis
 
-from zoomq import config
+from zoomq import config, logs
 from zoomq.config import Settings
 from zoomq.errors import ZoomqError
 from zoomq.node import sizing
@@ -243,6 +243,17 @@ class WorkerProcess:
         client = client_for(redis_url, environment.get("ZOOMQ_REDIS_CA", ""))
         _await_start(self.proc, lambda: all(client.exists(f"zoomq:worker:{n}") for n in self.names), start_timeout,
                      f"worker {name}", self.log_path)
+
+    def dump_stacks(self) -> None:
+        """Ask this worker's zoomq processes for their threads' stacks, written into its log
+        (``logs.STACKS_SIGNAL``). Not the whole group: an ffmpeg it runs would die of that signal."""
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                pid = int(entry.name)
+                if os.getpgid(pid) == self.proc.pid and b"zoomq" in (entry / "cmdline").read_bytes():
+                    os.kill(pid, logs.STACKS_SIGNAL)
+            except OSError:  # gone meanwhile
+                pass
 
     def kill_node(self) -> None:
         """Every process of this worker at once, with SIGKILL: nothing can requeue anything."""
