@@ -35,9 +35,10 @@ def report_workers(workers: list[WorkerProcess]) -> None:
     for worker in running:
         worker.dump_stacks()
     if running:
-        time.sleep(1)  # faulthandler writes at once; the signal may wait for a process's next instruction
+        time.sleep(1)  # the stacks are written from the signal handler itself: a second is plenty
     for worker in workers:
-        worker.log.flush()
+        if not worker.log.closed:  # a worker the test stopped has closed it
+            worker.log.flush()
         lines = worker.log_path.read_text(errors="replace").splitlines()
         print(f"---- last {LOG_TAIL} lines of {worker.log_path}", *lines[-LOG_TAIL:], sep="\n")
 
