@@ -10,19 +10,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Two test files run at once, each process with as many threads as cores. PyTorch's OpenMP threads
+# busy-wait after each parallel region (libgomp's default), taking the core the other file's process
+# needs: test_parity, test_render and test_latent_factor on 2 cores took 113-116 s so, 80 s waiting
+# passively (as fast as one thread each, 79 s); the whole suite on a fresh clone, 1993 s then 1903 s.
+# libgomp reads this when torch loads, which pyproject's warning filters make happen before this file
+# in the controlling process (it runs no test under ``-n``); the pytest-xdist workers, and every
+# worker or command a test starts, inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # models: the miniature models, built once per run (tiny_t2i, tiny_inpaint, ...); images: init_image
 # and square_mask; cluster: server and cluster (a private redis-server and workers on it); s3server:
 # moto_server and s3_bucket, a real S3-compatible server; webapp: make_client; prerequisites: the
 # browser and root markers, skipped where their prerequisite is missing and counted at the end;
 # schedule: the longest test files start first.
-# Two test files run at once, each process with as many threads as cores. PyTorch's OpenMP threads
-# busy-wait after each parallel region (libgomp's default), taking the core the other file's process
-# needs: test_parity, test_render and test_latent_factor on 2 cores took 113-116 s so, 80 s waiting
-# passively (as fast as one thread each, 79 s). libgomp reads this when torch loads, which pyproject's
-# warning filters make happen before this file in the controlling process (it runs no test under
-# ``-n``); the pytest-xdist workers, and every worker or command a test starts, inherit it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 pytest_plugins = ["support.models", "support.images", "support.cluster", "support.s3server", "support.webapp",
                   "support.prerequisites", "support.schedule"]
 
