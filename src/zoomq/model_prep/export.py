@@ -13,6 +13,10 @@ from pathlib import Path
 
 import openvino as ov
 import torch
+from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+
+#: Bytes of weights above which a part's memory is collected as soon as it is converted.
+LARGE_PART = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,12 @@ def _convert_direct(module: torch.nn.Module, part: Part) -> ov.Model:
     example = tuple(make() for _, _, make in part.inputs)
     shapes = [(ov.PartialShape(shape), ov.Type.i64 if ex.dtype == torch.int64 else ov.Type.f32)
               for (_, shape, _), ex in zip(part.inputs, example)]
+    # torch.jit.trace's check_trace traces the module a second time and runs both traces to compare
+    # them: a seventh of a miniature model's build. The IR is checked against diffusers instead
+    # (tests/test_parity.py), as OpenVINO's own notebooks skip the check.
+    decoder = TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
     with torch.no_grad():
-        return ov.convert_model(module, example_input=example, input=shapes)
+        return ov.convert_model(decoder, example_input=example, input=shapes)
 
 
 def _convert_via_onnx(module: torch.nn.Module, part: Part, workdir: Path) -> ov.Model:
@@ -125,13 +133,18 @@ def convert_part(
 ) -> Path:
     """Convert one sub-model of ``folder`` and write ``dest/<name>.xml`` (+ ``.bin``)."""
     module = part.build(folder).eval()
+    # A full collection after a large part returns what reference cycles still hold of it before the
+    # next part loads; it takes a quarter of a second in a process that has imported torch, which a
+    # miniature part's few MB are not worth (a tenth of its build).
+    large = sum(t.numel() * t.element_size() for t in module.state_dict().values()) > LARGE_PART
     with tempfile.TemporaryDirectory(prefix="zoomq-onnx-", dir=dest) as workdir:
         if route == "onnx":
             model = _convert_via_onnx(module, part, Path(workdir))
         else:
             model = _convert_direct(module, part)
         del module
-        gc.collect()
+        if large:
+            gc.collect()
         model = name_io(model, part)
         if weights == "int8":
             import nncf  # optional speed-neutral size reduction; imported only when asked for
@@ -140,5 +153,6 @@ def convert_part(
         xml = dest / f"{part.name}.xml"
         ov.save_model(model, xml, compress_to_fp16=(weights == "fp16"))
     del model
-    gc.collect()
+    if large:
+        gc.collect()
     return xml
