@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from typing import Any
@@ -240,6 +241,7 @@ def test_by_default_the_compile_cache_keeps_the_warm_up_alone(tiny_t2i, tmp_path
 
 
 def test_an_unwritable_compile_cache_is_skipped_with_a_warning(tiny_t2i, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="zoomq")
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")  # where the cache folder would be: even root cannot make it
     monkeypatch.setenv("ZOOMQ_CACHE_DIR", str(blocked))
