@@ -246,14 +246,31 @@ class WorkerProcess:
 
     def dump_stacks(self) -> None:
         """Ask this worker's zoomq processes for their threads' stacks, written into its log
-        (``logs.STACKS_SIGNAL``). Not the whole group: an ffmpeg it runs would die of that signal."""
+        (``logs.STACKS_SIGNAL``). Not the whole group: an ffmpeg it runs would die of that signal.
+        One process at a time: they share the log, and faulthandler writes a stack in many small
+        writes, so two processes dumping at once interleave theirs character by character."""
         for entry in Path("/proc").glob("[0-9]*"):
             try:
                 pid = int(entry.name)
-                if os.getpgid(pid) == self.proc.pid and b"zoomq" in (entry / "cmdline").read_bytes():
-                    os.kill(pid, logs.STACKS_SIGNAL)
+                if os.getpgid(pid) != self.proc.pid or b"zoomq" not in (entry / "cmdline").read_bytes():
+                    continue
+                os.kill(pid, logs.STACKS_SIGNAL)
             except OSError:  # gone meanwhile
-                pass
+                continue
+            self._await_quiet_log()
+
+    def _await_quiet_log(self, quiet: float = 0.3, limit: float = 5) -> None:
+        """Wait until the log has grown and then stayed the same size for ``quiet`` seconds (a dump
+        written whole), or ``limit`` seconds at most (a process that wrote nothing)."""
+        size, changed = self.log_path.stat().st_size, None
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self.log_path.stat().st_size
+            if now != size:
+                size, changed = now, time.monotonic()
+            elif changed is not None and time.monotonic() - changed >= quiet:
+                return
 
     def kill_node(self) -> None:
         """Every process of this worker at once, with SIGKILL: nothing can requeue anything."""
