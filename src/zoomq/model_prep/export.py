@@ -95,7 +95,7 @@ def _convert_direct(module: torch.nn.Module, part: Part) -> ov.Model:
               for (_, shape, _), ex in zip(part.inputs, example)]
     # torch.jit.trace's check_trace traces the module a second time and runs both traces to compare
     # them: a seventh of a miniature model's build. The IR is checked against diffusers instead
-    # (tests/test_parity.py), as OpenVINO's own notebooks skip the check.
+    # (tests/test_parity.py), as public OpenVINO conversion helpers for large models skip it.
     decoder = TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
     with torch.no_grad():
         return ov.convert_model(decoder, example_input=example, input=shapes)
