@@ -135,7 +135,7 @@ def convert_part(
     module = part.build(folder).eval()
     # A full collection after a large part returns what reference cycles still hold of it before the
     # next part loads; it takes a quarter of a second in a process that has imported torch, which a
-    # miniature part's few MB are not worth (a tenth of its build).
+    # miniature part's few MB are not worth (two per part: a seventh of its build).
     large = sum(t.numel() * t.element_size() for t in module.state_dict().values()) > LARGE_PART
     with tempfile.TemporaryDirectory(prefix="zoomq-onnx-", dir=dest) as workdir:
         if route == "onnx":
