@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -31,11 +30,9 @@ def pytest_runtest_makereport(item, call):
 
 def report_workers(workers: list[WorkerProcess]) -> None:
     """The stacks of the workers still running, and the end of every worker's log, on stdout."""
-    running = [w for w in workers if w.proc.poll() is None]
-    for worker in running:
-        worker.dump_stacks()
-    if running:
-        time.sleep(1)  # the stacks are written from the signal handler itself: a second is plenty
+    for worker in workers:
+        if worker.proc.poll() is None:
+            worker.dump_stacks()  # returns once each process's dump is in the log
     for worker in workers:
         if not worker.log.closed:  # a worker the test stopped has closed it
             worker.log.flush()
